@@ -1,0 +1,46 @@
+"""llmguard: let a front-end-only app use an LLM without leaking the key or the budget."""
+
+from llmguard._app import create_app
+from llmguard._chat_endpoint import ChatEndpoint
+from llmguard._errors import (
+    Forbidden,
+    InvalidRequest,
+    LLMGuardError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimitExceeded,
+    SpendCapReached,
+    StorageUnavailable,
+    TokenBudgetExceeded,
+    Unauthorized,
+    UpstreamError,
+)
+from llmguard._jwt_auth import JWTAuth
+from llmguard._origin import OriginFilter
+from llmguard._settings import Settings, SettingsError
+from llmguard._token_endpoint import TokenEndpoint
+from llmguard._version import __version__
+
+__all__ = [
+    "ChatEndpoint",
+    "Forbidden",
+    "InvalidRequest",
+    "JWTAuth",
+    "LLMGuardError",
+    "MethodNotAllowed",
+    "NotFound",
+    "OriginFilter",
+    "PayloadTooLarge",
+    "RateLimitExceeded",
+    "Settings",
+    "SettingsError",
+    "SpendCapReached",
+    "StorageUnavailable",
+    "TokenBudgetExceeded",
+    "TokenEndpoint",
+    "Unauthorized",
+    "UpstreamError",
+    "__version__",
+    "create_app",
+]

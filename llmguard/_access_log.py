@@ -1,0 +1,130 @@
+"""AccessLog: one line per request, with the model, the tokens and no secrets.
+
+The library only emits records on the ``llmguard.access`` logger; handlers and
+formats are the application's choice (``llmguard serve`` installs
+``TextFormatter`` or ``JSONFormatter``). The line never holds a header but the
+``Origin``, whose CR/LF and other control characters are escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmguard._state import request_state
+
+logger = logging.getLogger("llmguard.access")
+
+_CONTROL = {code: f"\\x{code:02x}" for code in range(32)} | {10: "\\n", 13: "\\r", 9: "\\t", 127: "\\x7f"}
+
+
+def escape(text: str, limit: int = 200) -> str:
+    """A header value made safe for one log line."""
+    return text[:limit].translate(_CONTROL)
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp, *, logger: logging.Logger = logger) -> None:
+        self.app = app
+        self.logger = logger
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = request_state(scope)
+        started = time.perf_counter()
+        path = scope["path"]  # before routing rewrites the scope
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["x-request-id"] = state.request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.logger.isEnabledFor(logging.INFO):
+                self.log(scope, path, status, time.perf_counter() - started)
+
+    def log(self, scope: Scope, path: str, status: int, elapsed: float) -> None:
+        state = request_state(scope)
+        client = scope.get("client")
+        origin = Headers(scope=scope).get("origin")
+        fields: dict[str, Any] = {
+            "request_id": state.request_id,
+            "client_ip": state.client_ip or (client[0] if client else None),
+            "method": scope["method"],
+            "path": escape(path),
+            "status": status,
+            "latency_ms": round(elapsed * 1000, 1),
+            "origin": escape(origin) if origin is not None else None,
+            "model": state.model,
+            "prompt_tokens": state.usage.prompt_tokens if state.usage else None,
+            "completion_tokens": state.usage.completion_tokens if state.usage else None,
+            "tokens_estimated": state.usage.estimated if state.usage else None,
+            "error": state.error_code,
+        }
+        self.logger.info(
+            "%s %s %s %d %.1fms",
+            fields["client_ip"] or "-",
+            fields["method"],
+            fields["path"],
+            status,
+            fields["latency_ms"],
+            extra={"llmguard": fields},
+        )
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-01-01T12:00:00Z INFO llmguard.access 1.2.3.4 POST /api/chat 200 12.3ms model=… tokens=12+40``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record)} {record.levelname} {record.name} {record.getMessage()}"
+        fields = getattr(record, "llmguard", None)
+        if isinstance(fields, dict):
+            if fields.get("model"):
+                line += f" model={fields['model']}"
+            if fields.get("prompt_tokens") is not None:
+                mark = "~" if fields.get("tokens_estimated") else ""
+                line += f" tokens={mark}{fields['prompt_tokens']}+{fields['completion_tokens']}"
+            if fields.get("error"):
+                line += f" error={fields['error']}"
+            if fields.get("origin"):
+                line += f" origin={fields['origin']}"
+            line += f" id={fields['request_id']}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``message`` and the request fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "llmguard", None)
+        if isinstance(fields, dict):
+            data.update(fields)
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -1,0 +1,159 @@
+"""create_app: the whole stack as one Starlette app, to serve alone or mount under a prefix."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route, Router
+
+from llmguard._access_log import AccessLog
+from llmguard._chat_endpoint import ChatEndpoint
+from llmguard._errors import LLMGuardError, MethodNotAllowed, NotFound, error_response
+from llmguard._jwt_auth import JWTAuth
+from llmguard._origin import OriginFilter
+from llmguard._settings import Settings
+from llmguard._token_endpoint import Authenticate, TokenEndpoint
+from llmguard._version import __version__
+from llmguard.testing import FakeProvider
+
+logger = logging.getLogger("llmguard")
+
+DEMO_BASE_URL = "http://offline-demo.invalid/v1"
+DEMO_WORD_DELAY = 0.04
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    authenticate: Authenticate | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    """The bundled app: ``/api/token``, ``/api/chat``, ``/healthz`` and the demo page.
+
+    ``settings`` defaults to ``Settings.from_env()``. ``authenticate`` is
+    passed to ``TokenEndpoint``; ``transport`` replaces the provider
+    connection (tests use ``FakeProvider.transport()``).
+    """
+    settings = settings or Settings.from_env()
+    secret = settings.jwt_secret or _ephemeral_secret()
+    api_key, base_url = settings.openai_api_key, settings.openai_base_url
+    if settings.demo:
+        base_url = DEMO_BASE_URL if transport is None else base_url
+        transport = transport or FakeProvider(model=settings.openai_model, delay=DEMO_WORD_DELAY).transport()
+        api_key = api_key or "sk-offline-demo"
+    if api_key is None:
+        raise ValueError("openai_api_key is required outside the demo")
+
+    chat = ChatEndpoint(
+        api_key=api_key,
+        base_url=base_url,
+        model=settings.openai_model,
+        system_prompt=settings.system_prompt,
+        allow_client_system=settings.allow_client_system,
+        max_tokens=settings.max_tokens,
+        max_tokens_param=settings.token_limit_param,
+        max_body_bytes=settings.max_body_bytes,
+        request_timeout=settings.request_timeout,
+        retries=settings.upstream_retries,
+        transport=transport,
+    )
+    token = TokenEndpoint(
+        secret=secret,
+        ttl=int(settings.jwt_ttl),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        authenticate=authenticate,
+    )
+    chat_stack = JWTAuth(chat, secret=secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    api = Router(routes=[Route("/token", token), Route("/chat", chat_stack)])
+    routes: list[BaseRoute] = [
+        Route("/healthz", _healthz, methods=["GET"]),
+        Mount("/api", app=OriginFilter(api, allow_origins=settings.allowed_origins)),
+    ]
+    if settings.serves_demo_page:
+        routes.append(Route("/", _demo_page, methods=["GET"]))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await chat.aclose()
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(AccessLog)],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app
+
+
+def _ephemeral_secret() -> str:
+    logger.warning(
+        "JWT_SECRET is not set, so this process signs tokens with a random secret: tokens stop "
+        "working when it restarts, and other instances or workers reject them. Set JWT_SECRET "
+        "to at least 32 random bytes to keep tokens valid across restarts and instances."
+    )
+    return secrets.token_urlsafe(32)
+
+
+async def _healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok", "version": __version__}, headers={"cache-control": "no-store"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: LLMGuardError
+    if exc.status_code == 404:
+        error = NotFound()
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(headers=dict(exc.headers or {}))
+    else:
+        error = LLMGuardError(exc.detail, status_code=exc.status_code)
+    return error_response(request.scope, error)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # Starlette re-raises after this, so the server logs the traceback; the client gets no trace.
+    return error_response(request.scope, LLMGuardError())
+
+
+def _load_demo_page() -> tuple[bytes, str]:
+    page = resources.files("llmguard").joinpath("static/demo.html").read_bytes()
+    scripts = re.findall(rb"<script[^>]*>(.*?)</script>", page, flags=re.DOTALL)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'" for script in scripts
+    )
+    policy = (
+        f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+    return page, policy
+
+
+_DEMO_PAGE, _DEMO_POLICY = _load_demo_page()
+
+
+async def _demo_page(request: Request) -> Response:
+    headers = {
+        "content-security-policy": _DEMO_POLICY,
+        "cache-control": "no-cache",
+        "x-content-type-options": "nosniff",
+        "referrer-policy": "no-referrer",
+    }
+    return Response(_DEMO_PAGE, media_type="text/html; charset=utf-8", headers=headers)

@@ -1,0 +1,176 @@
+"""The body of ``POST /api/chat``, validated into what the provider may receive."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import Receive, Scope
+
+from llmguard._errors import InvalidRequest, PayloadTooLarge
+
+CLIENT_ROLES = ("user", "assistant")
+# AI SDK parts that carry no text for the model and are safe to drop.
+IGNORED_PART_TYPES = ("step-start", "reasoning", "source-url", "source-document")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    messages: tuple[ChatMessage, ...]
+    system: str | None = None
+    stream: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+
+
+async def read_body(scope: Scope, receive: Receive, *, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+    declared = Headers(scope=scope).get("content-length")
+    if declared is not None:
+        try:
+            length = int(declared)
+        except ValueError:
+            raise InvalidRequest("The Content-Length header is not a number.", status_code=400) from None
+        if length > max_bytes:
+            raise _too_large(max_bytes)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("The client went away while sending the body.", status_code=400)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The request body is larger than {max_bytes} bytes.")
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; send a JSON object.", status_code=400)
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The request body is not valid JSON.", status_code=400) from None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_chat_request(data: Any, *, server_model: str) -> ChatRequest:
+    """Validate the ``/api/chat`` body; plain ``content`` and AI SDK ``parts`` both work."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    raw_messages = data.get("messages")
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise InvalidRequest("'messages' must be a non-empty list.", param="messages")
+    messages = tuple(_message(item, f"messages[{index}]") for index, item in enumerate(raw_messages))
+
+    system = data.get("system")
+    if system is not None and not isinstance(system, str):
+        raise InvalidRequest("'system' must be a string.", param="system")
+    if system is not None:
+        _check_text(system, "system")
+
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be true or false.", param="stream")
+
+    model = data.get("model")
+    if model is not None and model != server_model:
+        raise InvalidRequest("The model is chosen by the server; leave 'model' out.", param="model")
+    n = data.get("n")
+    if n is not None and n != 1:
+        raise InvalidRequest("Only one reply per request is allowed ('n' must be 1).", param="n")
+
+    return ChatRequest(
+        messages=messages,
+        system=system or None,
+        stream=stream,
+        max_tokens=_optional_int(data.get("max_tokens"), "max_tokens"),
+        temperature=_temperature(data.get("temperature")),
+    )
+
+
+def _message(item: Any, where: str) -> ChatMessage:
+    if not isinstance(item, dict):
+        raise InvalidRequest(f"{where} must be an object with 'role' and 'content'.", param=where)
+    role = item.get("role")
+    if role in ("system", "developer"):
+        raise InvalidRequest(
+            f"{where}.role {role!r} is not allowed; send instructions in the 'system' field.",
+            param=f"{where}.role",
+        )
+    if role not in CLIENT_ROLES:
+        raise InvalidRequest(f"{where}.role must be 'user' or 'assistant'.", param=f"{where}.role")
+    if "content" in item and item["content"] is not None:
+        content = item["content"]
+        if not isinstance(content, str):
+            raise InvalidRequest(f"{where}.content must be a string.", param=f"{where}.content")
+    elif "parts" in item:
+        content = _parts_text(item["parts"], f"{where}.parts")
+    else:
+        raise InvalidRequest(f"{where} needs 'content' (a string) or 'parts'.", param=where)
+    _check_text(content, f"{where}.content")
+    return ChatMessage(role=role, content=content)
+
+
+def _parts_text(parts: Any, where: str) -> str:
+    if not isinstance(parts, list):
+        raise InvalidRequest(f"{where} must be a list.", param=where)
+    texts: list[str] = []
+    for index, part in enumerate(parts):
+        here = f"{where}[{index}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str):
+            raise InvalidRequest(f"{here} must be an object with a 'type'.", param=here)
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"{here}.text must be a string.", param=f"{here}.text")
+            texts.append(text)
+        elif kind not in IGNORED_PART_TYPES and not kind.startswith(("data-", "tool-")):
+            raise InvalidRequest(f"{here} has type {kind[:40]!r}, which this server does not accept.", param=here)
+    return "".join(texts)
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{where} contains invalid Unicode (a lone surrogate).", param=where) from None
+
+
+def _optional_int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"'{name}' must be a whole number, 1 or more.", param=name)
+    return value
+
+
+def _temperature(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest("'temperature' must be a number between 0 and 2.", param="temperature")
+    if not 0 <= value <= 2:
+        raise InvalidRequest("'temperature' must be a number between 0 and 2.", param="temperature")
+    return float(value)

@@ -1,0 +1,133 @@
+"""``llmguard serve``: the bundled server, configured by environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from llmguard._access_log import JSONFormatter, TextFormatter
+from llmguard._settings import Settings, SettingsError
+from llmguard._version import __version__
+
+DEFAULT_PORT = 8000
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="llmguard", description="A safe LLM proxy for front-end apps.")
+    parser.add_argument("--version", action="version", version=f"llmguard {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the proxy server")
+    serve.add_argument("--host", help="interface to bind (default: 127.0.0.1, or 0.0.0.0 when PORT is set)")
+    serve.add_argument("--port", type=int, help=f"port to listen on (default: $PORT or {DEFAULT_PORT})")
+    serve.add_argument("--demo", action="store_true", help="run offline against a built-in fake provider")
+    serve.add_argument("--env-file", help="read settings from this file too (the environment wins)")
+    args = parser.parse_args(argv)
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    environ: dict[str, str] = {}
+    if args.env_file:
+        try:
+            environ.update(_read_env_file(args.env_file))
+        except OSError as exc:
+            return _fail(f"cannot read --env-file {args.env_file!r}: {exc.strerror}")
+    environ.update(os.environ)
+    try:
+        port = args.port if args.port is not None else int(environ.get("PORT") or DEFAULT_PORT)
+    except ValueError:
+        return _fail(f"PORT has value {environ['PORT']!r}: expected a port number")
+    if not 0 <= port <= 65535:
+        return _fail(f"port has value {port}: expected 0 to 65535")
+    # A platform that sets PORT (Railway, Render, Fly) routes to the container from outside.
+    all_interfaces = "0.0.0.0"  # noqa: S104
+    host = args.host or environ.get("HOST") or (all_interfaces if environ.get("PORT") else "127.0.0.1")
+
+    try:
+        settings = load_settings(environ, demo=args.demo, port=port)
+    except SettingsError as exc:
+        if exc.name == "OPENAI_API_KEY" and "required" in exc.reason:
+            return _fail(
+                "OPENAI_API_KEY is not set: set it to your provider key, "
+                "or run `llmguard serve --demo` to try llmguard offline."
+            )
+        return _fail(str(exc))
+
+    configure_logging(settings)
+    import uvicorn
+
+    from llmguard._app import create_app
+
+    app = create_app(settings)
+    shown = "127.0.0.1" if host in (all_interfaces, "::") else host
+    mode = "offline demo (fake provider, no key used)" if settings.demo else settings.openai_base_url
+    logging.getLogger("llmguard").info(
+        "llmguard %s on http://%s:%d, provider: %s, model: %s%s",
+        __version__,
+        shown,
+        port,
+        mode,
+        settings.openai_model,
+        f"; open http://{shown}:{port}/ in a browser" if settings.serves_demo_page else "",
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        # llmguard reads forwarding headers itself, only from TRUSTED_PROXIES.
+        proxy_headers=False,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def load_settings(environ: Mapping[str, str], *, demo: bool, port: int) -> Settings:
+    overrides = {"demo": True} if demo else {}
+    settings = Settings.from_env(environ, **overrides)
+    if settings.demo:
+        # The demo page is served by this process, so its own origins are allowed.
+        own = tuple(f"http://{host}:{port}" for host in ("localhost", "127.0.0.1", "[::1]"))
+        settings = dataclasses.replace(settings, allowed_origins=settings.allowed_origins + own)
+    return settings
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter() if settings.log_format == "json" else TextFormatter())
+    level = getattr(logging, settings.log_level.upper())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    # httpx logs each provider call at INFO, which the access line already covers.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else logging.WARNING)
+
+
+def _read_env_file(path: str) -> dict[str, str]:
+    values: dict[str, str] = {}
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, value = line.removeprefix("export ").split("=", 1)
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+                value = value[1:-1]
+            values[key.strip()] = value
+    return values
+
+
+def _fail(message: str) -> int:
+    print(f"llmguard: {message}", file=sys.stderr)
+    return 2

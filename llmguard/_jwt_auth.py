@@ -1,0 +1,84 @@
+"""JWTAuth: only requests carrying a token minted by TokenEndpoint go further."""
+
+from __future__ import annotations
+
+import jwt
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llmguard._errors import Unauthorized, send_error
+from llmguard._jwt import ALGORITHM, MAX_LEEWAY, REQUIRED_CLAIMS, check_secret
+from llmguard._state import request_state
+
+# A JWT we mint is ~250 bytes; anything far larger is not ours and not worth decoding.
+MAX_TOKEN_LENGTH = 4096
+
+
+class JWTAuth:
+    """Verify ``Authorization: Bearer <jwt>`` and put the claims in the scope.
+
+    HS256 is pinned (``alg: none`` and every other algorithm are refused), and
+    ``exp``, ``iat``, ``iss``, ``aud`` and ``jti`` are required. The verified
+    claims are in ``scope["llmguard"].claims`` for the layers after this one.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        secret: str | bytes,
+        issuer: str = "llmguard",
+        audience: str = "llmguard",
+        leeway: int = 10,
+    ) -> None:
+        self.app = app
+        self.secret = check_secret("secret", secret)
+        if not 0 <= leeway <= MAX_LEEWAY:
+            raise ValueError(f"leeway has value {leeway!r}: must be between 0 and {MAX_LEEWAY} seconds")
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway = leeway
+        self.options: jwt.types.Options = {"require": list(REQUIRED_CLAIMS)}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            claims = self.verify(Headers(scope=scope).getlist("authorization"))
+        except Unauthorized as error:
+            await send_error(scope, send, error)
+            return
+        request_state(scope).claims = claims
+        await self.app(scope, receive, send)
+
+    def verify(self, authorization: list[str]) -> dict[str, object]:
+        if not authorization:
+            raise Unauthorized()
+        if len(authorization) > 1:
+            raise Unauthorized("Send exactly one Authorization header.")
+        scheme, _, token = authorization[0].strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
+        if len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthorized("The token is not valid.")
+        try:
+            claims: dict[str, object] = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway,
+                options=self.options,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The token has expired. Get a new one from POST /api/token.") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"The token is missing the {exc.claim!r} claim.") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("The token is not valid.") from None
+        if not isinstance(claims.get("jti"), str):
+            raise Unauthorized("The token is not valid.")
+        return claims

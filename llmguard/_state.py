@@ -1,0 +1,61 @@
+"""What one request carries through the layers, kept in ``scope["llmguard"]``."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from starlette.types import Scope
+
+SCOPE_KEY = "llmguard"
+
+
+@dataclass(slots=True)
+class Usage:
+    """Tokens one provider call consumed; ``estimated`` when the provider did not say."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(8)
+
+
+@dataclass(slots=True)
+class RequestState:
+    """Per-request data shared by the middlewares and the endpoints.
+
+    Layers write what they learn (the verified ``claims``, the ``usage`` the
+    provider reported) and read what earlier layers decided. Nothing about a
+    request is ever stored on a middleware instance.
+    """
+
+    request_id: str = field(default_factory=new_request_id)
+    error_style: Literal["llmguard", "openai"] = "llmguard"
+    client_ip: str | None = None
+    claims: dict[str, Any] | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    error_code: str | None = None
+
+
+def request_state(scope: Scope) -> RequestState:
+    """The request's state, created by whichever layer asks first."""
+    state = scope.get(SCOPE_KEY)
+    if state is None:
+        state = scope[SCOPE_KEY] = RequestState()
+    return state

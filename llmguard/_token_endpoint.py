@@ -1,0 +1,87 @@
+"""TokenEndpoint: mints the short-lived JWT a browser uses for the chat routes."""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import jwt
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from llmguard._errors import LLMGuardError, MethodNotAllowed, Unauthorized, send_error
+from llmguard._jwt import ALGORITHM, RESERVED_CLAIMS, check_secret
+
+ClaimsResult = Mapping[str, Any] | None
+Authenticate = Callable[[Request], ClaimsResult | Awaitable[ClaimsResult]]
+
+
+class TokenEndpoint:
+    """``POST`` → ``{"token", "expires_at", "expires_in"}``.
+
+    ``authenticate(request)`` (sync or async) may return extra claims for the
+    token, such as ``{"sub": user.id}`` so budgets follow the user instead of
+    the IP; returning ``None`` refuses with 401, and raising any
+    ``LLMGuardError`` refuses with that error. The registered claims (``iss``,
+    ``aud``, ``iat``, ``nbf``, ``exp``, ``jti``) are always the server's.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | bytes,
+        ttl: int = 900,
+        issuer: str = "llmguard",
+        audience: str = "llmguard",
+        authenticate: Authenticate | None = None,
+    ) -> None:
+        self.secret = check_secret("secret", secret)
+        if not 10 <= ttl <= 86400:
+            raise ValueError(f"ttl has value {ttl!r}: must be between 10 and 86400 seconds")
+        self.ttl = int(ttl)
+        self.issuer = issuer
+        self.audience = audience
+        self.authenticate = authenticate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(headers={"allow": "POST"})
+            extra = await self.extra_claims(Request(scope, receive))
+        except LLMGuardError as error:
+            await send_error(scope, send, error)
+            return
+        token, expires_at = self.mint(extra)
+        body = {"token": token, "expires_at": expires_at, "expires_in": self.ttl}
+        response = JSONResponse(body, headers={"cache-control": "no-store"})
+        await response(scope, receive, send)
+
+    async def extra_claims(self, request: Request) -> Mapping[str, Any]:
+        if self.authenticate is None:
+            return {}
+        result = self.authenticate(request)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None:
+            raise Unauthorized("Sign in to use the assistant.")
+        return result
+
+    def mint(self, extra: Mapping[str, Any] | None = None) -> tuple[str, int]:
+        now = int(time.time())
+        expires_at = now + self.ttl
+        claims = {key: value for key, value in (extra or {}).items() if key not in RESERVED_CLAIMS}
+        claims.update(
+            iss=self.issuer,
+            aud=self.audience,
+            iat=now,
+            nbf=now,
+            exp=expires_at,
+            jti=secrets.token_urlsafe(16),
+        )
+        return jwt.encode(claims, self.secret, algorithm=ALGORITHM), expires_at

@@ -1,0 +1,202 @@
+"""The provider connection: one pooled httpx client, bounded retries, safe error mapping."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import anyio
+import httpx
+
+from llmguard._errors import UpstreamError
+from llmguard._version import __version__
+
+logger = logging.getLogger("llmguard.upstream")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Provider waits longer than this are not slept through: the client is told instead.
+MAX_RETRY_DELAY = 8.0
+MAX_ERROR_BODY = 64 * 1024
+_SAFE_CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+
+
+class Upstream:
+    """Calls ``{base_url}/chat/completions`` with the server's key.
+
+    The client is created on first use (so it belongs to the running event
+    loop, and mounting without a lifespan still works) and closed by
+    ``aclose()``, which the bundled app's lifespan calls. Nothing from the
+    browser's request but the validated payload ever reaches the provider.
+    """
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        retries: int = 2,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 120.0,
+        max_connections: int = 1000,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries has value {retries!r}: must be 0 or more")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.retries = retries
+        self.headers = {
+            "authorization": f"Bearer {api_key}",
+            "content-type": "application/json",
+            "accept": "application/json, text/event-stream",
+            "user-agent": f"llmguard/{__version__}",
+        }
+        # Streams go quiet while a model thinks, so reads get the whole request's time;
+        # the overall deadline is enforced by the caller, not by httpx.
+        self.timeout = httpx.Timeout(read_timeout, connect=connect_timeout, pool=connect_timeout)
+        self.limits = httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=min(100, max_connections),
+            keepalive_expiry=30,
+        )
+        self.transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                limits=self.limits,
+                transport=self.transport,
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    @asynccontextmanager
+    async def chat(self, payload: bytes) -> AsyncIterator[httpx.Response]:
+        """A 2xx response whose body is still unread, or ``UpstreamError``.
+
+        429, 5xx and connection failures are retried with backoff (honouring
+        ``Retry-After``) as long as nothing has reached the browser yet.
+        """
+        response = await self._send_with_retries(payload)
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def _send_with_retries(self, payload: bytes) -> httpx.Response:
+        attempt = 0
+        while True:
+            delay: float | None
+            try:
+                request = self.client.build_request("POST", self.url, content=payload, headers=self.headers)
+                response = await self.client.send(request, stream=True)
+            except httpx.TimeoutException:
+                error = UpstreamError("The AI provider did not answer in time.", status_code=504)
+                delay = _backoff(attempt)
+            except httpx.TransportError as exc:
+                logger.warning("provider unreachable: %s", type(exc).__name__)
+                error = UpstreamError("The AI provider could not be reached.")
+                delay = _backoff(attempt)
+            else:
+                if response.status_code < 400:
+                    return response
+                error, delay = await _refusal(response, attempt)
+            if delay is None or attempt >= self.retries or delay > MAX_RETRY_DELAY:
+                raise error
+            attempt += 1
+            logger.info("retrying the provider in %.2fs (attempt %d)", delay, attempt + 1)
+            await anyio.sleep(delay)
+
+
+async def _refusal(response: httpx.Response, attempt: int) -> tuple[UpstreamError, float | None]:
+    """Map a provider error to ours without relaying its text (OpenAI's 401 quotes the key)."""
+    status = response.status_code
+    body = b""
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass
+    finally:
+        await response.aclose()
+    provider_code = _provider_code(body)
+    context: dict[str, str | int | float | bool | None] = {"upstream_status": status}
+    if provider_code:
+        context["upstream_code"] = provider_code
+    retry_after = _retry_after(response.headers)
+
+    if status in (401, 403):
+        logger.error("the provider refused the server's API key (HTTP %d); check OPENAI_API_KEY", status)
+        message = "The AI provider refused this server's credentials."
+    elif status == 429 and provider_code == "insufficient_quota":
+        logger.error("the provider account has no quota left (HTTP 429 insufficient_quota)")
+        return UpstreamError("The AI provider account has run out of credit.", context=context), None
+    elif status == 429:
+        message = "The AI provider is rate limiting this server. Try again shortly."
+    elif status in (400, 404, 409, 413, 422):
+        message = "The AI provider rejected the request."
+    else:
+        message = "The AI provider failed to answer."
+    rounded = None if retry_after is None else max(1, round(retry_after))
+    error = UpstreamError(message, retry_after=rounded if status in RETRY_STATUSES else None, context=context)
+    if status not in RETRY_STATUSES:
+        return error, None
+    return error, _backoff(attempt) if retry_after is None else retry_after
+
+
+def _backoff(attempt: int) -> float:
+    jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreads retries, not a secret
+    return float(min(MAX_RETRY_DELAY, 0.5 * 2**attempt * jitter))
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _provider_code(body: bytes) -> str | None:
+    """The provider's machine-readable error code, if it is a plain identifier."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    code = error.get("code") or error.get("type") if isinstance(error, dict) else None
+    if isinstance(code, str) and _SAFE_CODE.match(code):
+        return code
+    return None

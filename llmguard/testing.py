@@ -1,0 +1,367 @@
+"""A fake OpenAI-compatible provider for your tests, and the engine of the offline demo.
+
+``FakeProvider`` is an ASGI app: serve it with uvicorn to get a provider that
+speaks real HTTP and Server-Sent Events, or call ``provider.transport()`` to
+plug it straight into an ``httpx.AsyncClient`` (streams stay streams). Every
+request it receives is recorded, and ``enqueue()`` scripts what the next
+requests get: errors, slow or cut streams, missing usage::
+
+    provider = FakeProvider(api_key="sk-test")
+    provider.enqueue(FakeReply.failure(429, retry_after=1), FakeReply(text="Hi!"))
+    app = create_app(Settings(openai_api_key="sk-test", ...), transport=provider.transport())
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+from starlette.types import Receive, Scope, Send
+
+from llmguard._tokens import estimate_prompt_tokens
+
+__all__ = ["FakeProvider", "FakeReply", "RecordedRequest", "demo_reply"]
+
+_WORDS = re.compile(r"\s*\S+\s*")
+
+
+def demo_reply(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The offline demo's answer: friendly, and honest that no model was called."""
+    said = ""
+    for message in reversed(messages):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            said = " ".join(message["content"].split())
+            break
+    if len(said) > 120:
+        said = said[:117] + "..."
+    echo = f" You said: “{said}”." if said else ""
+    return (
+        "Hello from llmguard's offline demo!"
+        + echo
+        + " This reply streams word by word from a fake provider: no model was called and no key"
+        " was used. Set OPENAI_API_KEY and start without --demo to talk to a real model,"
+        " with the same token, origin and budget guards in front of it."
+    )
+
+
+@dataclass
+class FakeReply:
+    """What the fake provider does with one request.
+
+    ``text`` is split into word deltas unless ``chunks`` gives them. ``delay``
+    is the pause before each delta, ``first_byte_delay`` the pause before the
+    response starts. ``cut_after=N`` ends a stream after N deltas without a
+    finish reason or ``[DONE]``; with ``abrupt=True`` the connection is dropped
+    instead. ``usage=False`` leaves usage out even when it is asked for.
+    """
+
+    text: str | None = None
+    chunks: Sequence[str] | None = None
+    status: int = 200
+    error: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float | None = None
+    first_byte_delay: float = 0.0
+    cut_after: int | None = None
+    abrupt: bool = False
+    usage: bool = True
+    finish_reason: str = "stop"
+    body: bytes | None = None
+
+    @classmethod
+    def failure(
+        cls,
+        status: int,
+        message: str = "The fake provider refused this request.",
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> FakeReply:
+        headers = {} if retry_after is None else {"retry-after": f"{retry_after:g}"}
+        error = {"message": message, "type": type, "param": None, "code": code}
+        return cls(status=status, error=error, headers=headers)
+
+
+@dataclass
+class RecordedRequest:
+    """One request as the fake provider received it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    received_at: float = field(default_factory=time.monotonic)
+    deltas_sent: int = 0
+    finished: bool = False
+    disconnected_at: float | None = None
+
+
+class _Abort(Exception):
+    """Raised inside the fake to drop a connection mid-stream."""
+
+
+_ABORT = object()
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes | AsyncIterator[bytes | object]
+
+
+class FakeProvider:
+    """An OpenAI-compatible ``/chat/completions`` and ``/models`` that never leaves the machine."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        model: str = "gpt-4.1-mini",
+        delay: float = 0.0,
+        reply: Callable[[Sequence[Mapping[str, Any]]], str] = demo_reply,
+    ) -> None:
+        self.api_key = api_key
+        self.model = model
+        self.delay = delay
+        self.reply = reply
+        self.requests: list[RecordedRequest] = []
+        self._queue: deque[FakeReply] = deque()
+        self._lock = threading.Lock()
+
+    def enqueue(self, *replies: FakeReply) -> None:
+        """Script the next requests' replies, in order (thread-safe)."""
+        with self._lock:
+            self._queue.extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self.requests.clear()
+
+    @property
+    def last_request(self) -> RecordedRequest:
+        return self.requests[-1]
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """An httpx transport that answers in-process, streaming included."""
+        return _FakeTransport(self)
+
+    # -- ASGI ---------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                kind = (await receive())["type"]
+                await send({"type": kind + ".complete"})
+                if kind == "lifespan.shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        record, response = await self._handle(scope["method"], scope["path"], headers, body)
+
+        async with anyio.create_task_group() as tasks:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                if record is not None and not record.finished:
+                    record.disconnected_at = time.monotonic()
+                tasks.cancel_scope.cancel()
+
+            tasks.start_soon(watch)
+            raw_headers = [(k.encode(), v.encode()) for k, v in response.headers.items()]
+            await send({"type": "http.response.start", "status": response.status, "headers": raw_headers})
+            if isinstance(response.body, bytes):
+                await send({"type": "http.response.body", "body": response.body})
+            else:
+                async for chunk in response.body:
+                    if chunk is _ABORT:
+                        raise _Abort("dropping the connection, as scripted")
+                    assert isinstance(chunk, bytes)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+            tasks.cancel_scope.cancel()
+
+    # -- behaviour ----------------------------------------------------------------
+
+    async def _handle(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[RecordedRequest | None, _Response]:
+        if method == "GET" and path.endswith("/models"):
+            data = {
+                "object": "list",
+                "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "fake"}],
+            }
+            return None, _json_response(200, data)
+        if method != "POST" or not path.endswith("/chat/completions"):
+            return None, _error_response(404, "Unknown path.", "invalid_request_error", None)
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        record = RecordedRequest(method=method, path=path, headers=headers, json=payload)
+        with self._lock:
+            self.requests.append(record)
+            scripted = self._queue.popleft() if self._queue else FakeReply()
+
+        presented = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if self.api_key is not None and presented != self.api_key:
+            message = f"Incorrect API key provided: {_mask(presented)}. You can find your API key in your account."
+            record.finished = True
+            return record, _error_response(401, message, "invalid_request_error", "invalid_api_key")
+        if scripted.first_byte_delay:
+            await anyio.sleep(scripted.first_byte_delay)
+        if scripted.status >= 400 or scripted.body is not None:
+            record.finished = True
+            error = dict(scripted.error or {"message": "error", "type": "server_error"})
+            if scripted.status == 401:
+                error["message"] = f"Incorrect API key provided: {_mask(presented)}."
+            body_bytes = scripted.body if scripted.body is not None else json.dumps({"error": error}).encode()
+            return record, _Response(
+                scripted.status, {"content-type": "application/json", **scripted.headers}, body_bytes
+            )
+        if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
+            record.finished = True
+            return record, _error_response(400, "'messages' is required.", "invalid_request_error", None)
+
+        messages = payload["messages"]
+        if scripted.chunks is not None:
+            chunks = list(scripted.chunks)
+        else:
+            chunks = _WORDS.findall(scripted.text if scripted.text is not None else self.reply(messages))
+        prompt_tokens = estimate_prompt_tokens(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": len(chunks),
+            "total_tokens": prompt_tokens + len(chunks),
+        }
+        model = str(payload.get("model", self.model))
+        if payload.get("stream"):
+            wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            stream = self._stream(record, scripted, chunks, model, usage if wants_usage and scripted.usage else None)
+            headers_out = {
+                "content-type": "text/event-stream",
+                "cache-control": "no-cache",
+                **scripted.headers,
+            }
+            return record, _Response(200, headers_out, stream)
+        record.finished = True
+        completion = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(chunks)},
+                    "finish_reason": scripted.finish_reason,
+                }
+            ],
+        }
+        if scripted.usage:
+            completion["usage"] = usage
+        return record, _json_response(200, completion, scripted.headers)
+
+    async def _stream(
+        self,
+        record: RecordedRequest,
+        scripted: FakeReply,
+        chunks: list[str],
+        model: str,
+        usage: dict[str, int] | None,
+    ) -> AsyncIterator[bytes | object]:
+        delay = self.delay if scripted.delay is None else scripted.delay
+        base = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+        }
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n"
+
+        try:
+            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            for index, chunk in enumerate(chunks):
+                if scripted.cut_after is not None and index >= scripted.cut_after:
+                    record.finished = True
+                    if scripted.abrupt:
+                        yield _ABORT
+                    return
+                if delay:
+                    await anyio.sleep(delay)
+                yield event([{"index": 0, "delta": {"content": chunk}, "finish_reason": None}])
+                record.deltas_sent += 1
+            yield event([{"index": 0, "delta": {}, "finish_reason": scripted.finish_reason}])
+            if usage is not None:
+                yield event([], usage=usage)
+            yield b"data: [DONE]\n\n"
+            record.finished = True
+        finally:
+            if not record.finished and record.disconnected_at is None:
+                record.disconnected_at = time.monotonic()
+
+
+class _FakeTransport(httpx.AsyncBaseTransport):
+    def __init__(self, provider: FakeProvider) -> None:
+        self.provider = provider
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        _, response = await self.provider._handle(request.method, request.url.path, headers, body)
+        if isinstance(response.body, bytes):
+            return httpx.Response(response.status, headers=response.headers, content=response.body)
+        return httpx.Response(response.status, headers=response.headers, stream=_ByteStream(response.body))
+
+
+class _ByteStream(httpx.AsyncByteStream):
+    def __init__(self, chunks: AsyncIterator[bytes | object]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.chunks:
+            if chunk is _ABORT:
+                raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+            assert isinstance(chunk, bytes)
+            yield chunk
+
+    async def aclose(self) -> None:
+        aclose = getattr(self.chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _mask(key: str) -> str:
+    # As OpenAI does: enough of the key to recognise it, which is why llmguard never relays it.
+    if len(key) <= 12:
+        return key
+    return key[:8] + "*" * (len(key) - 12) + key[-4:]
+
+
+def _json_response(status: int, data: object, headers: Mapping[str, str] | None = None) -> _Response:
+    return _Response(status, {"content-type": "application/json", **(headers or {})}, json.dumps(data).encode())
+
+
+def _error_response(status: int, message: str, kind: str, code: str | None) -> _Response:
+    error = {"message": message, "type": kind, "param": None, "code": code}
+    return _json_response(status, {"error": error})

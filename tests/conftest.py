@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from llmguard import Settings, create_app
+from llmguard.testing import FakeProvider
+
+# Distinctive values, so a test can search any output for them (or a fragment of them).
+KEY = "sk-test-Q7vX2mN9pL4kR8sT1wY6zA3bC5dE0fG"
+SECRET = "test-secret-0123456789abcdefghijklmnopqrstuv"
+ORIGIN = "https://app.example.com"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "function", None)):
+            item.add_marker(pytest.mark.anyio)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "openai_api_key": KEY,
+        "jwt_secret": SECRET,
+        "allowed_origins": (ORIGIN,),
+        "upstream_retries": 0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def _no_server_error(response: httpx.Response) -> None:
+    # A 500 is always a bug: every failure llmguard knows of has its own status and code.
+    assert response.status_code != 500, f"500 from {response.request.url}"
+
+
+class Harness:
+    """The bundled app in-process, its fake provider, and a client on an allowed origin."""
+
+    def __init__(self, app: Any, provider: FakeProvider, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.provider = provider
+        self.client = client
+
+    async def token(self) -> str:
+        response = await self.client.post("/api/token")
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
+    async def chat(self, body: Any, *, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        token = token or await self.token()
+        headers = {"authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        if isinstance(body, (bytes, str)):
+            return await self.client.post("/api/chat", content=body, headers=headers, **kwargs)
+        return await self.client.post("/api/chat", json=body, headers=headers, **kwargs)
+
+
+@pytest.fixture
+def provider() -> FakeProvider:
+    return FakeProvider(api_key=KEY)
+
+
+@pytest.fixture
+async def harness_factory(provider: FakeProvider) -> AsyncIterator[Callable[..., Any]]:
+    opened: list[tuple[Any, httpx.AsyncClient]] = []
+
+    async def make(**overrides: Any) -> Harness:
+        app = create_app(make_settings(**overrides), transport=provider.transport())
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, client=("203.0.113.7", 50000)),
+            base_url="http://testserver",
+            headers={"origin": ORIGIN},
+            event_hooks={"response": [_no_server_error]},
+        )
+        opened.append((lifespan, client))
+        return Harness(app, provider, client)
+
+    yield make
+    for lifespan, client in reversed(opened):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def harness(harness_factory: Callable[..., Any]) -> Harness:
+    result: Harness = await harness_factory()
+    return result
