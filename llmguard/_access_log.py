@@ -41,7 +41,8 @@ class AccessLog:
         state = request_state(scope)
         started = time.perf_counter()
         path = scope["path"]  # before routing rewrites the scope
-        status = 500
+        # Logged when the client went away before any response (nginx's "client closed request").
+        status = 499
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -52,6 +53,9 @@ class AccessLog:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except BaseException:
+            status = 500
+            raise
         finally:
             if self.logger.isEnabledFor(logging.INFO):
                 self.log(scope, path, status, time.perf_counter() - started)

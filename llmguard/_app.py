@@ -64,7 +64,7 @@ def create_app(
         system_prompt=settings.system_prompt,
         allow_client_system=settings.allow_client_system,
         max_tokens=settings.max_tokens,
-        max_tokens_param=settings.token_limit_param,
+        max_tokens_param=settings.max_tokens_param,
         max_body_bytes=settings.max_body_bytes,
         request_timeout=settings.request_timeout,
         retries=settings.upstream_retries,

@@ -18,7 +18,7 @@ from llmguard._errors import InvalidRequest, LLMGuardError, MethodNotAllowed, Up
 from llmguard._settings import DEFAULT_BASE_URL, DEFAULT_MODEL
 from llmguard._state import RequestState, Usage, request_state
 from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
-from llmguard._upstream import Upstream
+from llmguard._upstream import Upstream, token_limit_param
 
 logger = logging.getLogger("llmguard.chat")
 
@@ -42,7 +42,7 @@ class ChatEndpoint:
         system_prompt: str = "",
         allow_client_system: bool = True,
         max_tokens: int = 2000,
-        max_tokens_param: str = "max_tokens",
+        max_tokens_param: str = "auto",
         max_body_bytes: int = 1_048_576,
         request_timeout: float = 120,
         retries: int = 2,
@@ -55,15 +55,16 @@ class ChatEndpoint:
                 raise ValueError(f"{name} has value {value!r}: must be at least 1")
         if not request_timeout > 0:
             raise ValueError(f"request_timeout has value {request_timeout!r}: must be positive")
-        if max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+        if max_tokens_param not in ("auto", "max_tokens", "max_completion_tokens"):
             raise ValueError(
-                f"max_tokens_param has value {max_tokens_param!r}: expected 'max_tokens' or 'max_completion_tokens'"
+                f"max_tokens_param has value {max_tokens_param!r}: "
+                "expected 'auto', 'max_tokens' or 'max_completion_tokens'"
             )
         self.model = model
         self.system_prompt = system_prompt
         self.allow_client_system = allow_client_system
         self.max_tokens = max_tokens
-        self.max_tokens_param = max_tokens_param
+        self.max_tokens_param = token_limit_param(base_url, max_tokens_param)
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.upstream = Upstream(
@@ -165,6 +166,8 @@ class ChatEndpoint:
         try:
             with anyio.fail_after(self.request_timeout):
                 async with self.upstream.chat(payload) as response:
+                    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                        raise UpstreamError("The AI provider did not answer with a stream.")
                     await send({"type": "http.response.start", "status": 200, "headers": ui.HEADERS})
                     started = True
                     await _send_chunk(send, ui.start())

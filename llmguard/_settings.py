@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import limits
 
 from llmguard._origin import normalize_origin
+from llmguard._upstream import token_limit_param
 
 DEFAULT_MODEL = "gpt-4.1-mini"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -175,10 +176,12 @@ class Settings:
         """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        texts: dict[str, str] = {}
         for item in dataclasses.fields(cls):
             text = environ.get(item.metadata["env"], "")
             if item.name in overrides or not text.strip():
                 continue
+            texts[item.name] = text
             try:
                 values[item.name] = item.metadata["parse"](text)
             except ValueError as exc:
@@ -188,7 +191,8 @@ class Settings:
             return cls(**values)
         except SettingsError as exc:
             item = _FIELDS[exc.name]
-            value = values.get(exc.name, item.default)
+            # Show what the user wrote ('2 days'), not what it was parsed into (172800.0).
+            value = texts.get(exc.name, values.get(exc.name, item.default))
             raise SettingsError(item.metadata["env"], value, exc.reason, secret=item.metadata["secret"]) from None
 
     @property
@@ -198,11 +202,7 @@ class Settings:
     @property
     def token_limit_param(self) -> str:
         """The request field that carries the output cap for this provider."""
-        if self.max_tokens_param != "auto":
-            return self.max_tokens_param
-        # OpenAI's newer models reject `max_tokens`; most other providers only know it.
-        host = urlsplit(self.openai_base_url).hostname or ""
-        return "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
+        return token_limit_param(self.openai_base_url, self.max_tokens_param)
 
 
 # -- checks: typed value → normalized value, or ValueError -----------------------------
@@ -276,6 +276,8 @@ def _origins(value: object) -> tuple[str, ...]:
     items = (value,) if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
         raise TypeError("expected a list of origins")
+    if not items:
+        raise ValueError("expected at least one origin such as https://app.example.com")
     return tuple(dict.fromkeys(normalize_origin(item) for item in items))
 
 

@@ -25,7 +25,8 @@ class TokenEndpoint:
 
     ``authenticate(request)`` (sync or async) may return extra claims for the
     token, such as ``{"sub": user.id}`` so budgets follow the user instead of
-    the IP; returning ``None`` refuses with 401, and raising any
+    the IP (a non-string ``sub`` is turned into a string); returning ``None``
+    refuses with 401, and raising any
     ``LLMGuardError`` refuses with that error. The registered claims (``iss``,
     ``aud``, ``iat``, ``nbf``, ``exp``, ``jti``) are always the server's.
     """
@@ -76,6 +77,9 @@ class TokenEndpoint:
         now = int(time.time())
         expires_at = now + self.ttl
         claims = {key: value for key, value in (extra or {}).items() if key not in RESERVED_CLAIMS}
+        if "sub" in claims and not isinstance(claims["sub"], str):
+            # JWT wants a string subject (RFC 7519); user ids are often numbers.
+            claims["sub"] = str(claims["sub"])
         claims.update(
             iss=self.issuer,
             aud=self.audience,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -120,6 +121,14 @@ class Upstream:
             attempt += 1
             logger.info("retrying the provider in %.2fs (attempt %d)", delay, attempt + 1)
             await anyio.sleep(delay)
+
+
+def token_limit_param(base_url: str, choice: str = "auto") -> str:
+    """The request field that carries the output cap for this provider."""
+    if choice != "auto":
+        return choice
+    # OpenAI's newer models refuse `max_tokens`; most other providers only know `max_tokens`.
+    return "max_completion_tokens" if urlsplit(base_url).hostname == "api.openai.com" else "max_tokens"
 
 
 async def _refusal(response: httpx.Response, attempt: int) -> tuple[UpstreamError, float | None]:

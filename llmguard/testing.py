@@ -174,7 +174,7 @@ class FakeProvider:
             if not message.get("more_body", False):
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        record, response = await self._handle(scope["method"], scope["path"], headers, body)
+        record, scripted = self._record(scope["method"], scope["path"], headers, body)
 
         async with anyio.create_task_group() as tasks:
 
@@ -186,6 +186,7 @@ class FakeProvider:
                 tasks.cancel_scope.cancel()
 
             tasks.start_soon(watch)
+            response = await self._respond(record, scripted, scope["method"], scope["path"], headers)
             raw_headers = [(k.encode(), v.encode()) for k, v in response.headers.items()]
             await send({"type": "http.response.start", "status": response.status, "headers": raw_headers})
             if isinstance(response.body, bytes):
@@ -201,17 +202,12 @@ class FakeProvider:
 
     # -- behaviour ----------------------------------------------------------------
 
-    async def _handle(
+    def _record(
         self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[RecordedRequest | None, _Response]:
-        if method == "GET" and path.endswith("/models"):
-            data = {
-                "object": "list",
-                "data": [{"id": self.model, "object": "model", "created": 0, "owned_by": "fake"}],
-            }
-            return None, _json_response(200, data)
+    ) -> tuple[RecordedRequest | None, FakeReply]:
+        """Record a chat request and take its scripted reply (nothing to record for other paths)."""
         if method != "POST" or not path.endswith("/chat/completions"):
-            return None, _error_response(404, "Unknown path.", "invalid_request_error", None)
+            return None, FakeReply()
         try:
             payload = json.loads(body)
         except ValueError:
@@ -220,26 +216,38 @@ class FakeProvider:
         with self._lock:
             self.requests.append(record)
             scripted = self._queue.popleft() if self._queue else FakeReply()
+        return record, scripted
 
+    async def _respond(
+        self, record: RecordedRequest | None, scripted: FakeReply, method: str, path: str, headers: dict[str, str]
+    ) -> _Response:
+        if record is None:
+            if method == "GET" and path.endswith("/models"):
+                entry = {"id": self.model, "object": "model", "created": 0, "owned_by": "fake"}
+                return _json_response(200, {"object": "list", "data": [entry]})
+            return _error_response(404, "Unknown path.", "invalid_request_error", None)
+        payload = record.json
         presented = headers.get("authorization", "").removeprefix("Bearer ").strip()
         if self.api_key is not None and presented != self.api_key:
             message = f"Incorrect API key provided: {_mask(presented)}. You can find your API key in your account."
             record.finished = True
-            return record, _error_response(401, message, "invalid_request_error", "invalid_api_key")
+            return _error_response(401, message, "invalid_request_error", "invalid_api_key")
         if scripted.first_byte_delay:
-            await anyio.sleep(scripted.first_byte_delay)
+            try:
+                await anyio.sleep(scripted.first_byte_delay)
+            except anyio.get_cancelled_exc_class():
+                record.disconnected_at = time.monotonic()
+                raise
         if scripted.status >= 400 or scripted.body is not None:
             record.finished = True
             error = dict(scripted.error or {"message": "error", "type": "server_error"})
             if scripted.status == 401:
                 error["message"] = f"Incorrect API key provided: {_mask(presented)}."
             body_bytes = scripted.body if scripted.body is not None else json.dumps({"error": error}).encode()
-            return record, _Response(
-                scripted.status, {"content-type": "application/json", **scripted.headers}, body_bytes
-            )
+            return _Response(scripted.status, {"content-type": "application/json", **scripted.headers}, body_bytes)
         if not isinstance(payload, dict) or not isinstance(payload.get("messages"), list):
             record.finished = True
-            return record, _error_response(400, "'messages' is required.", "invalid_request_error", None)
+            return _error_response(400, "'messages' is required.", "invalid_request_error", None)
 
         messages = payload["messages"]
         if scripted.chunks is not None:
@@ -261,7 +269,7 @@ class FakeProvider:
                 "cache-control": "no-cache",
                 **scripted.headers,
             }
-            return record, _Response(200, headers_out, stream)
+            return _Response(200, headers_out, stream)
         record.finished = True
         completion = {
             "id": "chatcmpl-fake",
@@ -278,7 +286,7 @@ class FakeProvider:
         }
         if scripted.usage:
             completion["usage"] = usage
-        return record, _json_response(200, completion, scripted.headers)
+        return _json_response(200, completion, scripted.headers)
 
     async def _stream(
         self,
@@ -328,7 +336,8 @@ class _FakeTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
         headers = {k.lower(): v for k, v in request.headers.items()}
-        _, response = await self.provider._handle(request.method, request.url.path, headers, body)
+        record, scripted = self.provider._record(request.method, request.url.path, headers, body)
+        response = await self.provider._respond(record, scripted, request.method, request.url.path, headers)
         if isinstance(response.body, bytes):
             return httpx.Response(response.status, headers=response.headers, content=response.body)
         return httpx.Response(response.status, headers=response.headers, stream=_ByteStream(response.body))

@@ -62,12 +62,13 @@ class LLMGuardProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LLMGuardProcess:
-        log = self.log_path.open("wb")
         command = [sys.executable, "-m", "llmguard", "serve", "--port", str(self.port), *self.args]
-        self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while True:
             if self.process.poll() is not None:
+                self.__exit__()
                 raise RuntimeError(f"llmguard exited with {self.process.returncode}:\n{self.logs()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
@@ -75,6 +76,7 @@ class LLMGuardProcess:
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
+                self.__exit__()
                 raise RuntimeError(f"llmguard did not start:\n{self.logs()}")
             time.sleep(0.05)
 

@@ -1,0 +1,130 @@
+"""`llmguard serve`, run as users run it: a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from servers import LLMGuardProcess, free_port
+
+from llmguard._cli import load_settings
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmguard", *args],
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_serve_without_a_key_exits_with_one_line_naming_the_variable() -> None:
+    result = run_cli("serve", "--port", str(free_port()))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "OPENAI_API_KEY" in lines[0]
+    assert "--demo" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "shown"),
+    [
+        ("RATE_LIMIT_WINDOW", "soon", True),
+        ("ALLOWED_ORIGIN", "https://app.example.com/path", True),
+        ("MAX_TOKENS", "lots", True),
+        ("STORAGE_FAILURE", "maybe", True),
+        ("JWT_SECRET", "too-short-secret", False),
+    ],
+)
+def test_a_bad_setting_stops_start_up_naming_it(variable: str, value: str, shown: bool) -> None:
+    result = run_cli("serve", "--port", str(free_port()), env={"OPENAI_API_KEY": "sk-x", variable: value})
+    assert result.returncode == 2
+    assert variable in result.stderr
+    assert (value in result.stderr) is shown
+    assert "Traceback" not in result.stderr
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("llmguard ")
+
+
+def test_demo_adds_its_own_origins() -> None:
+    settings = load_settings({"ALLOWED_ORIGIN": "https://app.example.com"}, demo=True, port=8123)
+    assert settings.demo
+    assert settings.openai_api_key is None
+    assert settings.allowed_origins == (
+        "https://app.example.com",
+        "http://localhost:8123",
+        "http://127.0.0.1:8123",
+        "http://[::1]:8123",
+    )
+    assert load_settings({"OPENAI_API_KEY": "sk-x"}, demo=False, port=8123).allowed_origins == (
+        "http://localhost:5173",
+    )
+
+
+def test_demo_server_serves_its_page_and_streams_word_by_word(tmp_path: Path) -> None:
+    with LLMGuardProcess({"LOG_FORMAT": "json"}, tmp_path / "demo.log", args=("--demo",)) as server:
+        origin = server.url.replace("127.0.0.1", "localhost")
+        page = httpx.get(server.url + "/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "script-src 'sha256-" in page.headers["content-security-policy"]
+        assert "api/chat" in page.text
+
+        with httpx.Client(base_url=server.url, headers={"origin": origin}) as client:
+            token = client.post("/api/token").json()["token"]
+            body = {"messages": [{"role": "user", "content": "Are you there?"}], "stream": True}
+            arrivals = []
+            headers = {"authorization": f"Bearer {token}"}
+            with client.stream("POST", "/api/chat", json=body, headers=headers) as response:
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if '"text-delta"' in line:
+                        arrivals.append((time.monotonic(), json.loads(line.removeprefix("data: "))["delta"]))
+        reply = "".join(delta for _, delta in arrivals)
+        assert "offline demo" in reply
+        assert "Are you there?" in reply
+        assert len(arrivals) > 20  # word by word
+        assert arrivals[-1][0] - arrivals[0][0] > 0.5  # visibly streamed, not one burst
+
+    lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    assert any(line.get("path") == "/api/chat" and line.get("status") == 200 for line in lines)
+    assert all("time" in line and "level" in line for line in lines)
+
+
+def test_port_comes_from_the_environment_as_on_railway(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "port.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llmguard", "serve", "--demo"],
+            env={"PATH": "/usr/bin:/bin", "PORT": str(port)},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        assert response.json()["status"] == "ok"
+        assert f":{port}" in log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
