@@ -133,10 +133,11 @@ class ChatEndpoint:
         state: RequestState,
         prompt_estimate: int,
     ) -> None:
-        state.usage = Usage(prompt_estimate, 0, estimated=True)
         try:
             with anyio.fail_after(self.request_timeout):
                 async with self.upstream.chat(payload) as response:
+                    # The provider accepted the prompt: it is charged even if the client leaves now.
+                    state.usage = Usage(prompt_estimate, 0, estimated=True)
                     body = await response.aread()
             content, finish_reason, usage = _parse_completion(body)
         except TimeoutError:
@@ -185,7 +186,8 @@ class ChatEndpoint:
             error = exc
         finally:
             # Runs on client disconnect too: what was streamed is what gets charged.
-            state.usage = usage or _estimate(prompt_estimate, streamed_chars)
+            if started:
+                state.usage = usage or _estimate(prompt_estimate, streamed_chars)
         if not started:
             await send_error(scope, send, error)
             return

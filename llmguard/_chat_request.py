@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,8 +168,7 @@ def _optional_int(value: Any, name: str) -> int | None:
 def _temperature(value: Any) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidRequest("'temperature' must be a number between 0 and 2.", param="temperature")
-    if not 0 <= value <= 2:
+    # Compared as given: a 400-digit integer is valid JSON but overflows float().
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2:
         raise InvalidRequest("'temperature' must be a number between 0 and 2.", param="temperature")
     return float(value)

@@ -24,7 +24,10 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Provider waits longer than this are not slept through: the client is told instead.
 MAX_RETRY_DELAY = 8.0
 MAX_ERROR_BODY = 64 * 1024
-_SAFE_CODE = re.compile(r"^[a-z0-9_.-]{1,64}$")
+# Codes such as `rate_limit_exceeded` or `model_not_found`: words and underscores. A long
+# unbroken run of letters and digits looks like a key or an id, and is never relayed.
+_SAFE_CODE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
+_KEY_LIKE = re.compile(r"[a-z0-9]{17,}")
 
 
 class Upstream:
@@ -206,6 +209,6 @@ def _provider_code(body: bytes) -> str | None:
         return None
     error = data.get("error") if isinstance(data, dict) else None
     code = error.get("code") or error.get("type") if isinstance(error, dict) else None
-    if isinstance(code, str) and _SAFE_CODE.match(code):
+    if isinstance(code, str) and _SAFE_CODE.match(code) and not _KEY_LIKE.search(code):
         return code
     return None

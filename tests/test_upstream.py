@@ -1,0 +1,301 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import anyio
+import httpx
+import pytest
+from conftest import KEY
+
+from llmguard import UpstreamError
+from llmguard._upstream import MAX_RETRY_DELAY, Upstream, _backoff, _provider_code, _retry_after
+from llmguard.testing import FakeProvider, FakeReply
+
+BASE_URL = "https://provider.example/v1/"
+PAYLOAD = json.dumps({"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "Hi"}]}).encode()
+
+
+# -- _retry_after ---------------------------------------------------------------------
+
+
+def http_date(delta: timedelta) -> str:
+    return format_datetime(datetime.now(timezone.utc) + delta, usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        pytest.param({}, None, id="none"),
+        pytest.param({"retry-after": "3"}, 3.0, id="seconds"),
+        pytest.param({"retry-after": "1.5"}, 1.5, id="fractional-seconds"),
+        pytest.param({"retry-after": "0"}, 0.0, id="zero"),
+        pytest.param({"retry-after": "-4"}, 0.0, id="negative-is-now"),
+        pytest.param({"retry-after-ms": "250"}, 0.25, id="milliseconds"),
+        pytest.param({"retry-after-ms": "250", "retry-after": "9"}, 0.25, id="milliseconds-win"),
+        pytest.param({"retry-after-ms": "soon", "retry-after": "9"}, 9.0, id="bad-milliseconds-fall-back"),
+        pytest.param({"retry-after": "soon"}, None, id="garbage"),
+        pytest.param({"retry-after": ""}, None, id="empty"),
+        pytest.param({"retry-after": "Wed, 99 Foo 2015 07:28:00 GMT"}, None, id="broken-date"),
+        pytest.param({"retry-after": http_date(timedelta(hours=-1))}, 0.0, id="date-in-the-past"),
+    ],
+)
+def test_retry_after(headers: dict[str, str], expected: float | None) -> None:
+    assert _retry_after(httpx.Headers(headers)) == expected
+
+
+def test_retry_after_http_date_is_seconds_from_now() -> None:
+    seconds = _retry_after(httpx.Headers({"retry-after": http_date(timedelta(seconds=30))}))
+    assert seconds is not None
+    assert 28 <= seconds <= 30
+
+
+# -- _provider_code -------------------------------------------------------------------
+
+
+def error_body(**error: object) -> bytes:
+    return json.dumps({"error": error}).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(error_body(code="rate_limit_exceeded", type="requests"), "rate_limit_exceeded", id="code"),
+        pytest.param(error_body(code=None, type="insufficient_quota"), "insufficient_quota", id="type-when-no-code"),
+        pytest.param(error_body(code="model.not_found_2"), "model.not_found_2", id="dots"),
+        pytest.param(error_body(code="not-a-code"), None, id="dashes-as-in-keys"),
+        pytest.param(error_body(code="req_0123456789abcdefghij"), None, id="an-id"),
+        pytest.param(error_body(code="Incorrect API key provided"), None, id="spaces"),
+        pytest.param(error_body(code=KEY), None, id="the-key"),
+        pytest.param(error_body(code="sk-" + "0123456789abcdef" * 2), None, id="lowercase-hex-key"),
+        pytest.param(error_body(code="a" * 65), None, id="too-long"),
+        pytest.param(error_body(code="bad\ncode"), None, id="newline"),
+        pytest.param(error_body(code="<script>"), None, id="markup"),
+        pytest.param(error_body(code=429), None, id="number"),
+        pytest.param(error_body(message="no code"), None, id="no-code"),
+        pytest.param(json.dumps({"error": "rate_limited"}).encode(), None, id="error-a-string"),
+        pytest.param(b"[]", None, id="array"),
+        pytest.param(b"<html>502</html>", None, id="html"),
+        pytest.param(b"", None, id="empty"),
+        pytest.param(b"[" * 100_000, None, id="deep-nesting"),
+    ],
+)
+def test_provider_code_keeps_only_safe_identifiers(body: bytes, expected: str | None) -> None:
+    assert _provider_code(body) == expected
+
+
+# -- backoff --------------------------------------------------------------------------
+
+
+def test_backoff_grows_with_jitter_and_is_capped() -> None:
+    for _ in range(50):
+        assert 0.4 <= _backoff(0) <= 0.6
+        assert 0.8 <= _backoff(1) <= 1.2
+        assert _backoff(20) == MAX_RETRY_DELAY
+    assert len({_backoff(0) for _ in range(20)}) > 1
+
+
+# -- Upstream -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record the retry pauses instead of sleeping through them."""
+    recorded: list[float] = []
+    real_sleep = anyio.sleep
+
+    async def sleep(delay: float) -> None:
+        recorded.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr("llmguard._upstream.anyio.sleep", sleep)
+    return recorded
+
+
+def upstream_for(provider: FakeProvider, retries: int = 2) -> Upstream:
+    return Upstream(base_url=BASE_URL, api_key=KEY, retries=retries, transport=provider.transport())
+
+
+async def call(upstream: Upstream) -> bytes:
+    try:
+        async with upstream.chat(PAYLOAD) as response:
+            return await response.aread()
+    finally:
+        await upstream.aclose()
+
+
+async def test_chat_posts_the_payload_with_the_server_key(provider: FakeProvider) -> None:
+    body = await call(upstream_for(provider))
+    assert json.loads(body)["object"] == "chat.completion"
+    sent = provider.last_request
+    assert sent.method == "POST"
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.headers["user-agent"].startswith("llmguard/")
+    assert sent.json == json.loads(PAYLOAD)
+
+
+def test_negative_retries_are_refused() -> None:
+    with pytest.raises(ValueError, match="retries"):
+        Upstream(base_url=BASE_URL, api_key=KEY, retries=-1)
+
+
+async def test_retryable_statuses_are_retried_honouring_retry_after(
+    provider: FakeProvider, sleeps: list[float]
+) -> None:
+    provider.enqueue(
+        FakeReply.failure(429, retry_after=2),
+        FakeReply.failure(503, retry_after=0.5),
+        FakeReply(text="At last."),
+    )
+    body = await call(upstream_for(provider, retries=2))
+    assert json.loads(body)["choices"][0]["message"]["content"] == "At last."
+    assert len(provider.requests) == 3
+    assert sleeps == [2.0, 0.5]
+
+
+async def test_retries_without_retry_after_back_off(provider: FakeProvider, sleeps: list[float]) -> None:
+    provider.enqueue(FakeReply.failure(500), FakeReply.failure(502), FakeReply())
+    await call(upstream_for(provider, retries=2))
+    assert len(provider.requests) == 3
+    assert len(sleeps) == 2
+    assert 0.4 <= sleeps[0] <= 0.6
+    assert 0.8 <= sleeps[1] <= 1.2
+
+
+async def test_retries_stop_after_the_configured_count(provider: FakeProvider, sleeps: list[float]) -> None:
+    provider.enqueue(*(FakeReply.failure(503, retry_after=0) for _ in range(5)))
+    with pytest.raises(UpstreamError) as caught:
+        await call(upstream_for(provider, retries=2))
+    assert len(provider.requests) == 3
+    assert caught.value.status_code == 502
+    assert caught.value.context["upstream_status"] == 503
+
+
+async def test_zero_retries_means_one_attempt(provider: FakeProvider, sleeps: list[float]) -> None:
+    provider.enqueue(FakeReply.failure(503, retry_after=0), FakeReply())
+    with pytest.raises(UpstreamError):
+        await call(upstream_for(provider, retries=0))
+    assert len(provider.requests) == 1
+    assert sleeps == []
+
+
+async def test_a_wait_longer_than_the_max_is_not_slept_through(provider: FakeProvider, sleeps: list[float]) -> None:
+    provider.enqueue(FakeReply.failure(429, "slow down", code="rate_limit_exceeded", retry_after=30), FakeReply())
+    with pytest.raises(UpstreamError) as caught:
+        await call(upstream_for(provider, retries=2))
+    assert len(provider.requests) == 1
+    assert sleeps == []
+    assert caught.value.retry_after == 30
+    assert caught.value.context == {"upstream_status": 429, "upstream_code": "rate_limit_exceeded"}
+
+
+@pytest.mark.parametrize(
+    ("failure", "status"),
+    [
+        pytest.param(FakeReply.failure(400), 400, id="400"),
+        pytest.param(FakeReply.failure(401), 401, id="401"),
+        pytest.param(FakeReply.failure(403), 403, id="403"),
+        pytest.param(FakeReply.failure(404), 404, id="404"),
+        pytest.param(FakeReply.failure(422), 422, id="422"),
+        pytest.param(FakeReply.failure(429, code="insufficient_quota", retry_after=0), 429, id="insufficient-quota"),
+    ],
+)
+async def test_refusals_are_not_retried(
+    provider: FakeProvider, sleeps: list[float], failure: FakeReply, status: int
+) -> None:
+    provider.enqueue(failure, FakeReply())
+    with pytest.raises(UpstreamError) as caught:
+        await call(upstream_for(provider, retries=2))
+    assert len(provider.requests) == 1
+    assert sleeps == []
+    assert caught.value.status_code == 502
+    assert caught.value.context["upstream_status"] == status
+    assert caught.value.retry_after is None
+
+
+async def test_a_401_names_the_key_problem_without_quoting_the_provider(provider: FakeProvider) -> None:
+    provider.enqueue(FakeReply.failure(401))
+    with pytest.raises(UpstreamError) as caught:
+        await call(upstream_for(provider))
+    text = caught.value.message + json.dumps(caught.value.context)
+    assert "credentials" in caught.value.message
+    assert KEY[:8] not in text
+    assert KEY[-4:] not in text
+    assert "Incorrect" not in text
+
+
+def failing_transport(error: Callable[[httpx.Request], Exception]) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        raise error(request)
+
+    return httpx.MockTransport(handler), seen
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(lambda r: httpx.ConnectError("connection refused", request=r), id="connect"),
+        pytest.param(lambda r: httpx.RemoteProtocolError("server hung up", request=r), id="protocol"),
+        pytest.param(lambda r: httpx.ReadError("reset by peer", request=r), id="read"),
+    ],
+)
+async def test_unreachable_provider_is_a_502_after_retries(
+    sleeps: list[float], error: Callable[[httpx.Request], Exception]
+) -> None:
+    transport, seen = failing_transport(error)
+    upstream = Upstream(base_url=BASE_URL, api_key=KEY, retries=2, transport=transport)
+    with pytest.raises(UpstreamError) as caught:
+        await call(upstream)
+    assert caught.value.status_code == 502
+    assert len(seen) == 3
+    assert len(sleeps) == 2
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(lambda r: httpx.ConnectTimeout("connect timed out", request=r), id="connect"),
+        pytest.param(lambda r: httpx.ReadTimeout("read timed out", request=r), id="read"),
+        pytest.param(lambda r: httpx.PoolTimeout("pool timed out", request=r), id="pool"),
+    ],
+)
+async def test_provider_timeouts_are_a_504(sleeps: list[float], error: Callable[[httpx.Request], Exception]) -> None:
+    transport, seen = failing_transport(error)
+    upstream = Upstream(base_url=BASE_URL, api_key=KEY, retries=1, transport=transport)
+    with pytest.raises(UpstreamError) as caught:
+        await call(upstream)
+    assert caught.value.status_code == 504
+    assert len(seen) == 2
+
+
+async def test_a_failed_attempt_then_success_returns_the_success(sleeps: list[float]) -> None:
+    attempts: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"ok": True})
+
+    upstream = Upstream(base_url=BASE_URL, api_key=KEY, retries=2, transport=httpx.MockTransport(handler))
+    assert json.loads(await call(upstream)) == {"ok": True}
+    assert len(attempts) == 2
+
+
+async def test_the_client_is_pooled_and_closed(provider: FakeProvider) -> None:
+    upstream = upstream_for(provider)
+    first = upstream.client
+    async with upstream.chat(PAYLOAD) as response:
+        await response.aread()
+    async with upstream.chat(PAYLOAD) as response:
+        await response.aread()
+    assert upstream.client is first
+    await upstream.aclose()
+    assert first.is_closed
