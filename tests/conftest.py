@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -26,6 +27,34 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+class _ServerErrors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "llmguard", None)
+        if isinstance(fields, dict) and fields.get("status") == 500:
+            self.seen.append(f"{fields['method']} {fields['path']}")
+
+
+@pytest.fixture(autouse=True)
+def _no_request_gets_a_500(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test: no request served in this process may end in a 500 (unless it crashes on purpose)."""
+    handler = _ServerErrors()
+    access = logging.getLogger("llmguard.access")
+    previous = access.level
+    access.setLevel(logging.INFO)
+    access.addHandler(handler)
+    try:
+        yield
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(previous)
+    if request.node.get_closest_marker("crashes_on_purpose") is None:
+        assert handler.seen == [], f"requests answered 500: {handler.seen}"
 
 
 def make_settings(**overrides: Any) -> Settings:

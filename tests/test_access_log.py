@@ -83,6 +83,7 @@ async def test_refusals_are_logged_with_their_code(
 ) -> None:
     token = await harness.token()
     caplog.set_level(logging.INFO, logger="llmguard.access")
+    caplog.clear()
     headers = {"authorization": f"Bearer {token}", **request_kwargs.get("headers", {})}
     content = request_kwargs.get("content", json.dumps(HELLO).encode())
     response = await harness.client.post("/api/chat", content=content, headers=headers)
@@ -217,6 +218,7 @@ async def test_latency_is_measured(caplog: pytest.LogCaptureFixture) -> None:
     assert fields_of(access_records(caplog)[0])["latency_ms"] >= 45
 
 
+@pytest.mark.crashes_on_purpose
 async def test_an_app_that_crashes_is_logged_as_500(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="llmguard.access")
 
