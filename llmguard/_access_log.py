@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,15 +31,20 @@ def escape(text: str, limit: int = 200) -> str:
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp, *, logger: logging.Logger = logger) -> None:
+    def __init__(
+        self, app: ASGIApp, *, logger: logging.Logger = logger, client_ip: Callable[[Scope], str] | None = None
+    ) -> None:
         self.app = app
         self.logger = logger
+        self.client_ip = client_ip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         state = request_state(scope)
+        if self.client_ip is not None:
+            self.client_ip(scope)  # resolved once, here, so refused requests log the real client too
         started = time.perf_counter()
         path = scope["path"]  # before routing rewrites the scope
         # Logged when the client went away before any response (nginx's "client closed request").
@@ -76,6 +82,7 @@ class AccessLog:
             "prompt_tokens": state.usage.prompt_tokens if state.usage else None,
             "completion_tokens": state.usage.completion_tokens if state.usage else None,
             "tokens_estimated": state.usage.estimated if state.usage else None,
+            "cost_usd": state.cost_usd,
             "error": state.error_code,
         }
         self.logger.info(
@@ -101,6 +108,8 @@ class TextFormatter(logging.Formatter):
             if fields.get("prompt_tokens") is not None:
                 mark = "~" if fields.get("tokens_estimated") else ""
                 line += f" tokens={mark}{fields['prompt_tokens']}+{fields['completion_tokens']}"
+            if fields.get("cost_usd") is not None:
+                line += f" cost=${fields['cost_usd']:.6f}"
             if fields.get("error"):
                 line += f" error={fields['error']}"
             if fields.get("origin"):

@@ -20,11 +20,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 
 from llmguard._access_log import AccessLog
+from llmguard._budget import TokenBudget
 from llmguard._chat_endpoint import ChatEndpoint
+from llmguard._client_ip import ClientIP
 from llmguard._errors import LLMGuardError, MethodNotAllowed, NotFound, error_response
 from llmguard._jwt_auth import JWTAuth
 from llmguard._origin import OriginFilter
+from llmguard._rate_limit import IPRateLimit
 from llmguard._settings import Settings
+from llmguard._storage import Storage
 from llmguard._token_endpoint import Authenticate, TokenEndpoint
 from llmguard._version import __version__
 from llmguard.testing import FakeProvider
@@ -42,6 +46,10 @@ def create_app(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     """The bundled app: ``/api/token``, ``/api/chat``, ``/healthz`` and the demo page.
+
+    ``/api/token``: OriginFilter ▶ IPRateLimit ▶ TokenEndpoint.
+    ``/api/chat``: OriginFilter ▶ IPRateLimit ▶ JWTAuth ▶ TokenBudget ▶ ChatEndpoint.
+    All counting goes to one storage (``settings.storage_url``).
 
     ``settings`` defaults to ``Settings.from_env()``. ``authenticate`` is
     passed to ``TokenEndpoint``; ``transport`` replaces the provider
@@ -70,17 +78,48 @@ def create_app(
         retries=settings.upstream_retries,
         transport=transport,
     )
+    storage = Storage(settings.storage_url, failure=settings.storage_failure, timeout=settings.storage_timeout)
+    client_ip = ClientIP(trusted_proxies=settings.trusted_proxies, header=settings.client_ip_header)
+    issuer, audience = settings.jwt_issuer, settings.jwt_audience
     token = TokenEndpoint(
         secret=secret,
+        issuer=issuer,
+        audience=audience,
         ttl=int(settings.jwt_ttl),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
         authenticate=authenticate,
+        max_uses=settings.jwt_max_uses,
     )
-    chat_stack = JWTAuth(chat, secret=secret, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
-    api = Router(routes=[Route("/token", token), Route("/chat", chat_stack)])
+    budget = TokenBudget(
+        chat,
+        storage=storage,
+        client_ip=client_ip,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        tokens_per_client=settings.tokens_per_ip,
+        monthly_token_cap=settings.monthly_token_cap,
+        monthly_spend_cap_usd=settings.monthly_spend_cap_usd,
+        prices=settings.prices,
+    )
+    chat_stack = IPRateLimit(
+        JWTAuth(
+            budget, secret=secret, issuer=issuer, audience=audience, max_uses=settings.jwt_max_uses, storage=storage
+        ),
+        limit=settings.rate_limit,
+        name="chat",
+        storage=storage,
+        client_ip=client_ip,
+    )
+    token_stack = IPRateLimit(
+        token, limit=settings.token_rate_limit, name="token", storage=storage, client_ip=client_ip
+    )
+    api = Router(routes=[Route("/token", token_stack), Route("/chat", chat_stack)])
+
+    async def healthz(request: Request) -> Response:
+        storage_ok = await storage.check()
+        body = {"status": "ok" if storage_ok else "degraded", "version": __version__, "storage": storage_ok}
+        return JSONResponse(body, headers={"cache-control": "no-store"})
+
     routes: list[BaseRoute] = [
-        Route("/healthz", _healthz, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
         Mount("/api", app=OriginFilter(api, allow_origins=settings.allowed_origins)),
     ]
     if settings.serves_demo_page:
@@ -95,7 +134,7 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessLog)],
+        middleware=[Middleware(AccessLog, client_ip=client_ip)],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
@@ -110,10 +149,6 @@ def _ephemeral_secret() -> str:
         "to at least 32 random bytes to keep tokens valid across restarts and instances."
     )
     return secrets.token_urlsafe(32)
-
-
-async def _healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok", "version": __version__}, headers={"cache-control": "no-store"})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -97,7 +97,14 @@ class ChatEndpoint:
             return
         state.model = self.model
         prompt_estimate = estimate_prompt_tokens(message["content"] for message in messages)
-        payload = self.payload(request, messages)
+        cap = min(request.max_tokens or self.max_tokens, self.max_tokens)
+        if state.budget is not None:
+            try:
+                cap = await state.budget.reserve(model=self.model, prompt_tokens=prompt_estimate, max_output_tokens=cap)
+            except LLMGuardError as error:
+                await send_error(scope, send, error)
+                return
+        payload = self.payload(request, messages, cap)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
             if request.stream:
@@ -114,8 +121,7 @@ class ChatEndpoint:
         messages.extend({"role": m.role, "content": m.content} for m in request.messages)
         return messages
 
-    def payload(self, request: ChatRequest, messages: list[dict[str, str]]) -> bytes:
-        cap = min(request.max_tokens or self.max_tokens, self.max_tokens)
+    def payload(self, request: ChatRequest, messages: list[dict[str, str]], cap: int) -> bytes:
         payload: dict[str, Any] = {"model": self.model, "messages": messages, self.max_tokens_param: cap}
         if request.temperature is not None:
             payload["temperature"] = request.temperature
@@ -140,12 +146,8 @@ class ChatEndpoint:
                     state.usage = Usage(prompt_estimate, 0, estimated=True)
                     body = await response.aread()
             content, finish_reason, usage = _parse_completion(body)
-        except TimeoutError:
-            error: LLMGuardError = _timeout()
-        except httpx.HTTPError:
-            error = UpstreamError("The connection to the AI provider broke.")
-        except LLMGuardError as exc:
-            error = exc
+        except (TimeoutError, httpx.HTTPError, LLMGuardError) as exc:
+            error = _failure(exc)
         else:
             state.usage = usage or Usage(prompt_estimate, estimate_text_tokens(content), estimated=True)
             reply = {
@@ -178,12 +180,8 @@ class ChatEndpoint:
             await _send_chunk(send, text_end + ui.FINISH_STEP + ui.finish(finish_reason, usage.as_dict()))
             await send({"type": "http.response.body", "body": b""})
             return
-        except TimeoutError:
-            error: LLMGuardError = _timeout()
-        except httpx.HTTPError:
-            error = UpstreamError("The connection to the AI provider broke mid-reply.")
-        except LLMGuardError as exc:
-            error = exc
+        except (TimeoutError, httpx.HTTPError, LLMGuardError) as exc:
+            error = _failure(exc)
         finally:
             # Runs on client disconnect too: what was streamed is what gets charged.
             if started:
@@ -294,5 +292,10 @@ def _estimate(prompt_estimate: int, streamed: list[str]) -> Usage:
     return Usage(prompt_estimate, estimate_text_tokens("".join(streamed)), estimated=True)
 
 
-def _timeout() -> UpstreamError:
-    return UpstreamError("The AI provider took too long to answer.", status_code=504)
+def _failure(error: Exception) -> LLMGuardError:
+    """What to tell the client when the provider call failed."""
+    if isinstance(error, LLMGuardError):
+        return error
+    if isinstance(error, TimeoutError):
+        return UpstreamError("The AI provider took too long to answer.", status_code=504)
+    return UpstreamError("The connection to the AI provider broke.")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import jwt
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmguard._errors import Unauthorized, send_error
+from llmguard._errors import StorageUnavailable, Unauthorized, send_error
 from llmguard._jwt import ALGORITHM, MAX_LEEWAY, REQUIRED_CLAIMS, check_secret
 from llmguard._state import request_state
+from llmguard._storage import Storage
 
 # A JWT we mint is ~250 bytes; anything far larger is not ours and not worth decoding.
 MAX_TOKEN_LENGTH = 4096
@@ -20,6 +23,8 @@ class JWTAuth:
     HS256 is pinned (``alg: none`` and every other algorithm are refused), and
     ``exp``, ``iat``, ``iss``, ``aud`` and ``jti`` are required. The verified
     claims are in ``scope["llmguard"].claims`` for the layers after this one.
+    With ``max_uses`` (``1`` makes every token single-use) each ``jti`` is
+    counted in ``storage`` and refused once used up.
     """
 
     def __init__(
@@ -30,6 +35,8 @@ class JWTAuth:
         issuer: str = "llmguard",
         audience: str = "llmguard",
         leeway: int = 10,
+        max_uses: int | None = None,
+        storage: Storage | str = "memory://",
     ) -> None:
         self.app = app
         self.secret = check_secret("secret", secret)
@@ -39,6 +46,10 @@ class JWTAuth:
         self.audience = audience
         self.leeway = leeway
         self.options: jwt.types.Options = {"require": list(REQUIRED_CLAIMS)}
+        if max_uses is not None and max_uses < 1:
+            raise ValueError(f"max_uses has value {max_uses!r}: must be at least 1 (or None for unlimited)")
+        self.max_uses = max_uses
+        self.storage = storage if isinstance(storage, Storage) else Storage(storage)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -46,11 +57,27 @@ class JWTAuth:
             return
         try:
             claims = self.verify(Headers(scope=scope).getlist("authorization"))
-        except Unauthorized as error:
+            if self.max_uses is not None:
+                await self.count_use(claims)
+        except (Unauthorized, StorageUnavailable) as error:
             await send_error(scope, send, error)
             return
         request_state(scope).claims = claims
         await self.app(scope, receive, send)
+
+    async def count_use(self, claims: dict[str, object]) -> None:
+        """Refuse a token past its ``max_uses`` (a replay), counted per ``jti`` in the storage."""
+        exp = claims["exp"]
+        # The count only has to outlive the token (PyJWT has checked that exp is a number).
+        expires_in = int(exp if isinstance(exp, (int, float)) else 0) - int(time.time()) + self.leeway
+        try:
+            uses = await self.storage.incr(f"jti:{claims['jti']}", expiry=max(1, expires_in))
+        except StorageUnavailable as error:
+            self.storage.unavailable(error)
+            return
+        if self.max_uses is not None and uses > self.max_uses:
+            times = "once" if self.max_uses == 1 else f"{self.max_uses} times"
+            raise Unauthorized(f"This token can be used {times} and has been used up. Get a new one.")
 
     def verify(self, authorization: list[str]) -> dict[str, object]:
         if not authorization:

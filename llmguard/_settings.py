@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import limits
 
 from llmguard._origin import normalize_origin
+from llmguard._prices import DEFAULT_PRICES, Price, parse_prices, price_of
 from llmguard._upstream import token_limit_param
 
 DEFAULT_MODEL = "gpt-4.1-mini"
@@ -142,6 +143,9 @@ class Settings:
     storage_url: str = field(default="memory://", metadata=_env("STORAGE_URL"))
     storage_failure: Literal["closed", "open"] = field(default="closed", metadata=_env("STORAGE_FAILURE"))
     trusted_proxies: tuple[str, ...] = field(default=(), metadata=_env("TRUSTED_PROXIES", _parse_list))
+    client_ip_header: str | None = field(default=None, metadata=_env("CLIENT_IP_HEADER"))
+    model_prices: Mapping[str, Price] = field(default_factory=dict, metadata=_env("MODEL_PRICES", parse_prices))
+    storage_timeout: float = field(default=2.0, metadata=_env("STORAGE_TIMEOUT", parse_duration))
     log_format: Literal["text", "json"] = field(default="text", metadata=_env("LOG_FORMAT"))
     log_level: str = field(default="info", metadata=_env("LOG_LEVEL"))
     max_body_bytes: int = field(default=1_048_576, metadata=_env("MAX_BODY_BYTES", _parse_int))
@@ -160,6 +164,13 @@ class Settings:
                 raise SettingsError(name, value, str(exc), secret=secret) from None
             if normalized is not value:
                 object.__setattr__(self, name, normalized)
+        if self.monthly_spend_cap_usd is not None and price_of(self.openai_model, self.prices) is None:
+            raise SettingsError(
+                "model_prices",
+                dict(self.model_prices),
+                f"MONTHLY_SPEND_CAP_USD needs the price of {self.openai_model!r}: add it, as "
+                f"'{self.openai_model}=<input>/<output>' in US dollars per million tokens",
+            )
         if not self.demo and not self.openai_api_key:
             raise SettingsError(
                 "openai_api_key",
@@ -194,6 +205,16 @@ class Settings:
             # Show what the user wrote ('2 days'), not what it was parsed into (172800.0).
             value = texts.get(exc.name, values.get(exc.name, item.default))
             raise SettingsError(item.metadata["env"], value, exc.reason, secret=item.metadata["secret"]) from None
+
+    @property
+    def prices(self) -> dict[str, Price]:
+        """The built-in price table with ``model_prices`` laid over it."""
+        return {**DEFAULT_PRICES, **self.model_prices}
+
+    @property
+    def rate_limit(self) -> str:
+        """``rate_limit_max`` per ``rate_limit_window``, in the `limits` notation."""
+        return f"{self.rate_limit_max} per {int(self.rate_limit_window)} seconds"
 
     @property
     def serves_demo_page(self) -> bool:
@@ -342,6 +363,22 @@ def _proxies(value: object) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _header_name(value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value.strip()):
+        raise ValueError("expected a header name such as Fly-Client-IP or CF-Connecting-IP")
+    if value.strip().lower() == "x-forwarded-for":
+        raise ValueError("X-Forwarded-For is always read from trusted proxies; name a platform header here")
+    return value.strip().lower()
+
+
+def _prices(value: object) -> Mapping[str, Price]:
+    if not isinstance(value, Mapping) or not all(
+        isinstance(model, str) and isinstance(price, Price) for model, price in value.items()
+    ):
+        raise TypeError("expected a mapping of model names to Price")
+    return value
+
+
 def _spend(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("expected an amount in US dollars")
@@ -390,6 +427,9 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "storage_url": _storage_url,
     "storage_failure": _choice("closed", "open"),
     "trusted_proxies": _proxies,
+    "client_ip_header": _optional_check(_header_name),
+    "model_prices": _prices,
+    "storage_timeout": _seconds(0.05, 60),
     "log_format": _choice("text", "json"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "max_body_bytes": _positive_int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from starlette.types import Scope
 
@@ -31,6 +31,14 @@ class Usage:
         }
 
 
+class Budget(Protocol):
+    """What TokenBudget offers the endpoint behind it."""
+
+    async def reserve(self, *, model: str, prompt_tokens: int, max_output_tokens: int) -> int:
+        """Reserve the worst case; return the output cap to use (maybe lowered), or raise a refusal."""
+        ...
+
+
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(8)
 
@@ -50,6 +58,8 @@ class RequestState:
     claims: dict[str, Any] | None = None
     model: str | None = None
     usage: Usage | None = None
+    cost_usd: float | None = None
+    budget: Budget | None = None
     error_code: str | None = None
 
 

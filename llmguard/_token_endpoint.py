@@ -21,7 +21,10 @@ Authenticate = Callable[[Request], ClaimsResult | Awaitable[ClaimsResult]]
 
 
 class TokenEndpoint:
-    """``POST`` → ``{"token", "expires_at", "expires_in"}``.
+    """``POST`` → ``{"token", "expires_at", "expires_in", "max_uses"}``.
+
+    ``max_uses`` tells the client how many requests the token is good for
+    (``None``: any number until it expires); it must match ``JWTAuth``'s.
 
     ``authenticate(request)`` (sync or async) may return extra claims for the
     token, such as ``{"sub": user.id}`` so budgets follow the user instead of
@@ -39,6 +42,7 @@ class TokenEndpoint:
         issuer: str = "llmguard",
         audience: str = "llmguard",
         authenticate: Authenticate | None = None,
+        max_uses: int | None = None,
     ) -> None:
         self.secret = check_secret("secret", secret)
         if not 10 <= ttl <= 86400:
@@ -47,6 +51,9 @@ class TokenEndpoint:
         self.issuer = issuer
         self.audience = audience
         self.authenticate = authenticate
+        if max_uses is not None and max_uses < 1:
+            raise ValueError(f"max_uses has value {max_uses!r}: must be at least 1 (or None for unlimited)")
+        self.max_uses = max_uses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,7 +66,7 @@ class TokenEndpoint:
             await send_error(scope, send, error)
             return
         token, expires_at = self.mint(extra)
-        body = {"token": token, "expires_at": expires_at, "expires_in": self.ttl}
+        body = {"token": token, "expires_at": expires_at, "expires_in": self.ttl, "max_uses": self.max_uses}
         response = JSONResponse(body, headers={"cache-control": "no-store"})
         await response(scope, receive, send)
 

@@ -63,6 +63,10 @@ def make_settings(**overrides: Any) -> Settings:
         "jwt_secret": SECRET,
         "allowed_origins": (ORIGIN,),
         "upstream_retries": 0,
+        # Limits are tested where they are the subject; elsewhere they stay out of the way.
+        "rate_limit_max": 100_000,
+        "token_rate_limit": "100000/minute",
+        "tokens_per_ip": None,
     }
     values.update(overrides)
     return Settings(**values)

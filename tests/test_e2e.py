@@ -50,6 +50,10 @@ def server(upstream: tuple[FakeProvider, str], tmp_path_factory: pytest.TempPath
         "MAX_BODY_BYTES": "65536",
         "REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
         "UPSTREAM_RETRIES": "0",
+        # This module is about the proxy, not the limits (tests/test_limits_e2e.py is).
+        "RATE_LIMIT_MAX": "100000",
+        "TOKEN_RATE_LIMIT": "100000/minute",
+        "TOKENS_PER_IP": "off",
         "LOG_LEVEL": "debug",
     }
     process = LLMGuardProcess(env, tmp_path_factory.mktemp("llmguard") / "server.log")

@@ -56,7 +56,8 @@ async def test_post_mints_a_token_with_its_expiry(harness: Harness) -> None:
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
-    assert set(body) == {"token", "expires_at", "expires_in"}
+    assert set(body) == {"token", "expires_at", "expires_in", "max_uses"}
+    assert body["max_uses"] is None
     assert body["expires_in"] == 900
     assert before + 900 <= body["expires_at"] <= after + 900
 

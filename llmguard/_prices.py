@@ -1,0 +1,65 @@
+"""What tokens cost, for the monthly spend cap.
+
+US dollars per million tokens (input, output), OpenAI's published standard-tier
+prices for the models people pick for chat widgets. Prices change: check them
+and override or extend the table with ``MODEL_PRICES`` (``"model=in/out,..."``)
+or the ``prices`` argument of ``TokenBudget``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_DATED = re.compile(r"-\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """US dollars per million input (prompt) and output (completion) tokens."""
+
+    input: float
+    output: float
+
+    def micro_usd(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The cost in millionths of a dollar, rounded up (tokens times dollars per million)."""
+        return math.ceil(prompt_tokens * self.input + completion_tokens * self.output)
+
+
+DEFAULT_PRICES: Mapping[str, Price] = {
+    "gpt-4.1": Price(2.00, 8.00),
+    "gpt-4.1-mini": Price(0.40, 1.60),
+    "gpt-4.1-nano": Price(0.10, 0.40),
+    "gpt-4o": Price(2.50, 10.00),
+    "gpt-4o-mini": Price(0.15, 0.60),
+    "gpt-5": Price(1.25, 10.00),
+    "gpt-5-mini": Price(0.25, 2.00),
+    "gpt-5-nano": Price(0.05, 0.40),
+    "o3": Price(2.00, 8.00),
+    "o4-mini": Price(1.10, 4.40),
+}
+
+
+def price_of(model: str, prices: Mapping[str, Price]) -> Price | None:
+    """The model's price; a dated snapshot (``gpt-4.1-mini-2025-04-14``) costs what its family costs."""
+    return prices.get(model) or prices.get(_DATED.sub("", model))
+
+
+def parse_prices(text: str) -> dict[str, Price]:
+    """``"my-model=0.5/1.5, other=1/4"`` → prices in dollars per million tokens."""
+    prices: dict[str, Price] = {}
+    for entry in text.split(","):
+        if not entry.strip():
+            continue
+        model, _, pair = entry.partition("=")
+        input_price, _, output_price = pair.partition("/")
+        try:
+            price = Price(float(input_price), float(output_price))
+        except ValueError:
+            raise ValueError(f"{entry.strip()!r} is not model=input/output (US dollars per million tokens)") from None
+        if not model.strip() or not all(math.isfinite(p) and p >= 0 for p in (price.input, price.output)):
+            raise ValueError(f"{entry.strip()!r} is not model=input/output (US dollars per million tokens)")
+        prices[model.strip()] = price
+    return prices

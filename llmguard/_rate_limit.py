@@ -1,0 +1,89 @@
+"""IPRateLimit: so many requests per client IP per window, counted in the shared storage."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import limits
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmguard._client_ip import ClientIP
+from llmguard._errors import RateLimitExceeded, StorageUnavailable, send_error
+from llmguard._storage import KEY_PREFIX, Storage
+
+
+class IPRateLimit:
+    """Refuse with 429 once a client IP has made ``limit`` requests in the window.
+
+    ``limit`` uses the `limits` notation (``"60/minute"``, ``"10 per 30 seconds"``)
+    and is counted with a sliding window counter, so a burst at a window's edge
+    does not get twice the allowance. ``name`` keeps the counts of different
+    routes apart and names the policy in the ``RateLimit-Policy`` field. Pass the
+    same ``storage`` to every guard; ``redis://`` shares the counts between
+    processes.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: str = "60/minute",
+        name: str = "chat",
+        storage: Storage | str = "memory://",
+        failure: Literal["closed", "open"] = "closed",
+        trusted_proxies: Sequence[str] = (),
+        client_ip_header: str | None = None,
+        client_ip: ClientIP | None = None,
+    ) -> None:
+        try:
+            self.item = limits.parse(limit)
+        except ValueError:
+            raise ValueError(f"limit has value {limit!r}: expected a rate such as '60/minute'") from None
+        if self.item.amount < 1:
+            raise ValueError(f"limit has value {limit!r}: the amount must be at least 1")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"name has value {name!r}: use letters, digits, '-' or '_'")
+        self.app = app
+        self.name = name
+        self.storage = storage if isinstance(storage, Storage) else Storage(storage, failure=failure)
+        self.client_ip = client_ip or ClientIP(trusted_proxies=trusted_proxies, header=client_ip_header)
+        self.window = self.item.get_expiry()
+        self.policy = f'"{name}";q={self.item.amount};w={self.window}'
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        key = self.client_ip(scope)
+        try:
+            allowed = await self.storage.guarded(self.storage.limiter.hit(self.item, KEY_PREFIX, self.name, key))
+            if not allowed:
+                await send_error(scope, send, await self.refusal(key))
+                return
+        except StorageUnavailable as error:
+            try:
+                self.storage.unavailable(error)
+            except StorageUnavailable:
+                await send_error(scope, send, error)
+                return
+
+        async def send_with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["ratelimit-policy"] = self.policy
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
+
+    async def refusal(self, key: str) -> RateLimitExceeded:
+        stats = await self.storage.guarded(self.storage.limiter.get_window_stats(self.item, KEY_PREFIX, self.name, key))
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        unit = "second" if wait == 1 else "seconds"
+        return RateLimitExceeded(
+            f"You have exceeded the allowed number of requests. Try again in {wait} {unit}.",
+            retry_after=wait,
+            headers={"ratelimit-policy": self.policy, "ratelimit": f'"{self.name}";r=0;t={wait}'},
+        )

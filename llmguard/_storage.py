@@ -1,0 +1,124 @@
+"""Where everything counted lives: one `limits` storage, memory or Redis, with a failure policy.
+
+Request limits, token windows, the monthly caps and single-use token ids all go
+through one ``Storage``, so with ``redis://`` every process and worker shares
+them. A storage that errors or hangs turns into ``StorageUnavailable`` within
+``timeout`` seconds; each guard then refuses (``failure="closed"``, 503) or lets
+the request through with a warning (``failure="open"``) — never a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Literal, TypeVar
+
+import anyio
+from limits.aio.storage import Storage as LimitsStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import ConfigurationError
+from limits.storage import storage_from_string
+
+from llmguard._errors import StorageUnavailable
+
+logger = logging.getLogger("llmguard.storage")
+T = TypeVar("T")
+
+KEY_PREFIX = "llmguard"
+# How often the fail-open warning may repeat while the storage stays down.
+WARNING_INTERVAL = 60.0
+
+
+class Storage:
+    """A `limits` async storage chosen by URL, with timeouts and a failure policy."""
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        failure: Literal["closed", "open"] = "closed",
+        timeout: float = 2.0,
+    ) -> None:
+        if failure not in ("closed", "open"):
+            raise ValueError(f"failure has value {failure!r}: expected 'closed' or 'open'")
+        if not timeout > 0:
+            raise ValueError(f"timeout has value {timeout!r}: must be positive")
+        self.url = url
+        self.fail_open = failure == "open"
+        self.timeout = timeout
+        self.backend = _backend(url, timeout)
+        self.limiter = SlidingWindowCounterRateLimiter(self.backend)
+        self._warned_at = -WARNING_INTERVAL
+
+    def __repr__(self) -> str:
+        scheme = self.url.split("://", 1)[0]
+        return f"Storage({scheme}://…, failure={'open' if self.fail_open else 'closed'!r})"
+
+    async def incr(self, key: str, *, expiry: int, amount: int = 1) -> int:
+        """Add ``amount`` (negative to give back) and return the new total, atomically."""
+        return await self.guarded(self.backend.incr(f"{KEY_PREFIX}:{key}", max(1, expiry), amount))
+
+    async def get(self, key: str) -> int:
+        return await self.guarded(self.backend.get(f"{KEY_PREFIX}:{key}"))
+
+    async def guarded(self, operation: Awaitable[T]) -> T:
+        """Await a storage operation; any error or a hang becomes ``StorageUnavailable``."""
+        try:
+            with anyio.fail_after(self.timeout):
+                return await operation
+        except TimeoutError:
+            raise _unavailable("timed out") from None
+        except Exception as exc:
+            raise _unavailable(type(exc).__name__) from None
+
+    async def check(self) -> bool:
+        """Whether the storage answers, within the timeout."""
+        try:
+            with anyio.fail_after(self.timeout):
+                return bool(await self.backend.check())
+        except Exception:
+            return False
+
+    def unavailable(self, error: StorageUnavailable) -> None:
+        """Handle a storage failure by policy: raise when closed, warn (now and then) when open."""
+        if not self.fail_open:
+            raise error
+        now = time.monotonic()
+        if now - self._warned_at >= WARNING_INTERVAL:
+            self._warned_at = now
+            logger.warning("storage unavailable; serving without limits (STORAGE_FAILURE=open)")
+
+
+def _unavailable(reason: str) -> StorageUnavailable:
+    logger.error("storage error: %s", reason)
+    return StorageUnavailable(retry_after=5)
+
+
+def _backend(url: str, timeout: float) -> LimitsStorage:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme == "memory":
+        return _as_async(storage_from_string("async+" + url))
+    if not scheme.startswith("redis"):
+        raise ValueError(f"storage url has scheme {scheme!r}: expected memory:// or redis://")
+    try:
+        import redis  # noqa: F401 - only to give a clear message when it is missing
+    except ImportError:
+        raise ValueError("a redis:// storage needs the redis package: pip install 'llmguard[redis]'") from None
+    try:
+        storage = storage_from_string(
+            "async+" + url,
+            implementation="redispy",
+            wrap_exceptions=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+    except ConfigurationError as exc:
+        raise ValueError(f"storage url is not usable: {exc}") from None
+    return _as_async(storage)
+
+
+def _as_async(storage: object) -> LimitsStorage:
+    if not isinstance(storage, LimitsStorage):
+        raise TypeError("expected an async limits storage")
+    return storage
