@@ -6,12 +6,17 @@ import argparse
 import dataclasses
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from llmguard._access_log import JSONFormatter, TextFormatter
 from llmguard._settings import Settings, SettingsError
 from llmguard._version import __version__
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 DEFAULT_PORT = 8000
 
@@ -25,6 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help=f"port to listen on (default: $PORT or {DEFAULT_PORT})")
     serve.add_argument("--demo", action="store_true", help="run offline against a built-in fake provider")
     serve.add_argument("--env-file", help="read settings from this file too (the environment wins)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes (share limits with redis://)")
     args = parser.parse_args(argv)
     return _serve(args)
 
@@ -57,15 +63,22 @@ def _serve(args: argparse.Namespace) -> int:
             )
         return _fail(str(exc))
 
+    if args.workers < 1:
+        return _fail(f"--workers has value {args.workers}: expected 1 or more")
     configure_logging(settings)
     import uvicorn
 
     from llmguard._app import create_app
 
-    app = create_app(settings)
+    log = logging.getLogger("llmguard")
+    if args.workers > 1:
+        _prepare_workers(settings, args.workers, log)
+        app: Starlette | str = "llmguard._cli:worker_app"
+    else:
+        app = create_app(settings)
     shown = "127.0.0.1" if host in (all_interfaces, "::") else host
     mode = "offline demo (fake provider, no key used)" if settings.demo else settings.openai_base_url
-    logging.getLogger("llmguard").info(
+    log.info(
         "llmguard %s on http://%s:%d, provider: %s, model: %s%s",
         __version__,
         shown,
@@ -74,18 +87,48 @@ def _serve(args: argparse.Namespace) -> int:
         settings.openai_model,
         f"; open http://{shown}:{port}/ in a browser" if settings.serves_demo_page else "",
     )
-    config = uvicorn.Config(
-        app,
+    uvicorn.run(
+        app,  # an app, or an import string for the workers
         host=host,
         port=port,
+        workers=args.workers,
+        factory=args.workers > 1,
         log_config=None,
         access_log=False,
         # llmguard reads forwarding headers itself, only from TRUSTED_PROXIES.
         proxy_headers=False,
         server_header=False,
     )
-    uvicorn.Server(config).run()
     return 0
+
+
+def _prepare_workers(settings: Settings, workers: int, log: logging.Logger) -> None:
+    """Each worker reads the settings from the environment: put what the CLI decided there."""
+    if settings.storage_url.startswith("memory"):
+        log.warning(
+            "STORAGE_URL is memory:// with %d workers: each worker counts on its own, so every rate limit, "
+            "token budget and monthly cap is %d times looser. Use redis:// to share the counts.",
+            workers,
+            workers,
+        )
+    if settings.jwt_secret is None:
+        log.warning(
+            "JWT_SECRET is not set: the workers share a random secret made now, so tokens stop working "
+            "when the server restarts. Set JWT_SECRET to at least 32 random bytes."
+        )
+        os.environ["JWT_SECRET"] = secrets.token_urlsafe(48)
+    os.environ["ALLOWED_ORIGIN"] = ",".join(settings.allowed_origins)
+    if settings.demo:
+        os.environ["LLMGUARD_DEMO"] = "1"
+
+
+def worker_app() -> Starlette:
+    """The app of one worker process (``--workers N``), from the environment the CLI prepared."""
+    from llmguard._app import create_app
+
+    settings = Settings.from_env()
+    configure_logging(settings)
+    return create_app(settings)
 
 
 def load_settings(environ: Mapping[str, str], *, demo: bool, port: int) -> Settings:
