@@ -58,7 +58,8 @@ class FakeReply:
 
     ``text`` is split into word deltas unless ``chunks`` gives them. ``delay``
     is the pause before each delta, ``first_byte_delay`` the pause before the
-    response starts. ``cut_after=N`` ends a stream after N deltas without a
+    response starts. Like a real model, a reply is cut at the request's
+    ``max_tokens`` (one delta counts as one token). ``cut_after=N`` ends a stream after N deltas without a
     finish reason or ``[DONE]``; with ``abrupt=True`` the connection is dropped
     instead. ``usage=False`` leaves usage out even when it is asked for.
     """
@@ -254,6 +255,11 @@ class FakeProvider:
             chunks = list(scripted.chunks)
         else:
             chunks = _WORDS.findall(scripted.text if scripted.text is not None else self.reply(messages))
+        finish_reason = scripted.finish_reason
+        cap = payload.get("max_completion_tokens") or payload.get("max_tokens")
+        if isinstance(cap, int) and 0 < cap < len(chunks):
+            # Like a real model: a reply longer than the output cap is cut there.
+            chunks, finish_reason = chunks[:cap], "length"
         prompt_tokens = estimate_prompt_tokens(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -263,7 +269,9 @@ class FakeProvider:
         model = str(payload.get("model", self.model))
         if payload.get("stream"):
             wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            stream = self._stream(record, scripted, chunks, model, usage if wants_usage and scripted.usage else None)
+            stream = self._stream(
+                record, scripted, chunks, model, usage if wants_usage and scripted.usage else None, finish_reason
+            )
             headers_out = {
                 "content-type": "text/event-stream",
                 "cache-control": "no-cache",
@@ -280,7 +288,7 @@ class FakeProvider:
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": "".join(chunks)},
-                    "finish_reason": scripted.finish_reason,
+                    "finish_reason": finish_reason,
                 }
             ],
         }
@@ -295,6 +303,7 @@ class FakeProvider:
         chunks: list[str],
         model: str,
         usage: dict[str, int] | None,
+        finish_reason: str,
     ) -> AsyncIterator[bytes | object]:
         delay = self.delay if scripted.delay is None else scripted.delay
         base = {
@@ -319,7 +328,7 @@ class FakeProvider:
                     await anyio.sleep(delay)
                 yield event([{"index": 0, "delta": {"content": chunk}, "finish_reason": None}])
                 record.deltas_sent += 1
-            yield event([{"index": 0, "delta": {}, "finish_reason": scripted.finish_reason}])
+            yield event([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
             if usage is not None:
                 yield event([], usage=usage)
             yield b"data: [DONE]\n\n"
