@@ -1,6 +1,7 @@
 """llmguard: let a front-end-only app use an LLM without leaking the key or the budget."""
 
 from llmguard._app import create_app
+from llmguard._budget import TokenBudget
 from llmguard._chat_endpoint import ChatEndpoint
 from llmguard._errors import (
     Forbidden,
@@ -18,13 +19,17 @@ from llmguard._errors import (
 )
 from llmguard._jwt_auth import JWTAuth
 from llmguard._origin import OriginFilter
+from llmguard._prices import Price
+from llmguard._rate_limit import IPRateLimit
 from llmguard._settings import Settings, SettingsError
+from llmguard._storage import Storage
 from llmguard._token_endpoint import TokenEndpoint
 from llmguard._version import __version__
 
 __all__ = [
     "ChatEndpoint",
     "Forbidden",
+    "IPRateLimit",
     "InvalidRequest",
     "JWTAuth",
     "LLMGuardError",
@@ -32,11 +37,14 @@ __all__ = [
     "NotFound",
     "OriginFilter",
     "PayloadTooLarge",
+    "Price",
     "RateLimitExceeded",
     "Settings",
     "SettingsError",
     "SpendCapReached",
+    "Storage",
     "StorageUnavailable",
+    "TokenBudget",
     "TokenBudgetExceeded",
     "TokenEndpoint",
     "Unauthorized",

@@ -24,8 +24,9 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import partial
 from typing import Literal
 
 import anyio
@@ -165,33 +166,62 @@ class BudgetTicket:
 
     async def _reserve(self, prompt_tokens: int, max_output_tokens: int) -> int:
         now = time.time()
-        budgets = await self._budgets(now)
-        floor_tokens = min(self.owner.min_output_tokens, max_output_tokens)
-        wanted = [(budget, self._amount(budget, prompt_tokens, max_output_tokens)) for budget in budgets]
+        storage = self.owner.storage
+        budgets, previous_key = self._budgets(now)
+        wanted = [self._amount(budget, prompt_tokens, max_output_tokens) for budget in budgets]
+        operations = [
+            partial(storage.incr, budget.key, expiry=budget.expiry, amount=amount)
+            for budget, amount in zip(budgets, wanted, strict=True)
+        ]
+        if previous_key is not None:
+            operations.append(partial(storage.get, previous_key))
+        # Shielded, like every change to the counters: a reservation is either recorded or given back.
+        with anyio.CancelScope(shield=True):
+            results = await storage.many(operations)
+            failure = next((r for r in results if isinstance(r, StorageUnavailable)), None)
+            if failure is not None:
+                landed = results[: len(budgets)]
+                await self._give_back(
+                    [(b, a) for b, a, r in zip(budgets, wanted, landed, strict=True) if isinstance(r, int)]
+                )
+                raise failure
+        counts = [result for result in results if not isinstance(result, StorageUnavailable)]
+        totals = counts[: len(budgets)]
+        added = list(zip(budgets, wanted, strict=True))
+        if previous_key is not None:
+            window = self.owner.window
+            assert window is not None
+            weight = 1 - (now % window.get_expiry()) / window.get_expiry()
+            budgets[0] = replace(budgets[0], carried=counts[-1] * weight)  # the client window is first
+
         grant = max_output_tokens
         binding: tuple[_Budget, int] | None = None
-        added: list[tuple[_Budget, int]] = []
-        try:
-            for budget, amount in wanted:
-                total = await self.owner.storage.incr(budget.key, expiry=budget.expiry, amount=amount)
-                added.append((budget, amount))
-                others = total - amount  # used and reserved by everyone else, this period
-                fits = self._output_for(budget, budget.limit - budget.carried - others, prompt_tokens)
-                if fits < grant:
-                    grant, binding = fits, (budget, others)
+        for budget, amount, total in zip(budgets, wanted, totals, strict=True):
+            others = total - amount  # used and reserved by everyone else, this period
+            fits = self._output_for(budget, budget.limit - budget.carried - others, prompt_tokens)
+            if fits < grant:
+                grant, binding = fits, (budget, others)
+        floor_tokens = min(self.owner.min_output_tokens, max_output_tokens)
+        with anyio.CancelScope(shield=True):
             if grant < floor_tokens and binding is not None:
-                raise self._refusal(*binding, now=now, needed=prompt_tokens + floor_tokens)
-            # Shrink each reservation to the granted output cap.
-            for index, (budget, amount) in enumerate(added):
-                final = self._amount(budget, prompt_tokens, grant)
-                if final != amount:
-                    await self.owner.storage.incr(budget.key, expiry=budget.expiry, amount=final - amount)
-                    added[index] = (budget, final)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
                 await self._give_back(added)
-            raise
-        self.reserved = added
+                raise self._refusal(*binding, now=now, needed=prompt_tokens + floor_tokens)
+            # Shrink each reservation to the granted output cap; keep count of what really landed.
+            changes = [
+                (budget, before, self._amount(budget, prompt_tokens, grant) - before) for budget, before in added
+            ]
+            changes = [change for change in changes if change[2] != 0]
+            results = await storage.many(
+                [partial(storage.incr, budget.key, expiry=budget.expiry, amount=delta) for budget, _, delta in changes]
+            )
+            lowered = {
+                budget.key: before + delta
+                for (budget, before, delta), result in zip(changes, results, strict=True)
+                if not isinstance(result, StorageUnavailable)
+            }
+            if len(lowered) < len(changes):
+                logger.error("could not lower a budget reservation: the storage is unavailable")
+        self.reserved = [(budget, lowered.get(budget.key, amount)) for budget, amount in added]
         return grant
 
     async def settle(self) -> None:
@@ -204,32 +234,30 @@ class BudgetTicket:
             self.price = self.owner.price(self.state.model or "")
         if usage is not None and self.price is not None:
             self.state.cost_usd = self.price.micro_usd(usage.prompt_tokens, usage.completion_tokens) / 1e6
-        if not self.reserved:
-            return
-        try:
-            for budget, reserved in self.reserved:
-                used = self._used(budget, usage)
-                if used != reserved:
-                    await self.owner.storage.incr(budget.key, expiry=budget.expiry, amount=used - reserved)
-        except StorageUnavailable:
+        corrections = [
+            partial(self.owner.storage.incr, budget.key, expiry=budget.expiry, amount=used - reserved)
+            for budget, reserved in self.reserved
+            if (used := self._used(budget, usage)) != reserved
+        ]
+        if any(isinstance(result, BaseException) for result in await self.owner.storage.many(corrections)):
             logger.error("could not settle a budget reservation: the storage is unavailable")
 
     # -- helpers ---------------------------------------------------------------------
 
-    async def _budgets(self, now: float) -> list[_Budget]:
+    def _budgets(self, now: float) -> tuple[list[_Budget], str | None]:
+        """The budgets this request counts against, and the key of the client window's last period."""
         owner = self.owner
         budgets: list[_Budget] = []
+        previous_key = None
         if owner.window is not None:
             length = owner.window.get_expiry()
             limit = owner.window.amount
             quota = (self.state.claims or {}).get("quota")
             if isinstance(quota, int) and not isinstance(quota, bool) and quota > 0:
                 limit = quota
-            period, into = divmod(now, length)
-            previous = await owner.storage.get(f"budget:client:{self.client}:{int(period) - 1}")
-            carried = previous * (1 - into / length)
-            key = f"budget:client:{self.client}:{int(period)}"
-            budgets.append(_Budget("client", key, limit, 2 * length, carried))
+            period = int(now // length)
+            previous_key = f"budget:client:{self.client}:{period - 1}"
+            budgets.append(_Budget("client", f"budget:client:{self.client}:{period}", limit, 2 * length))
         moment = datetime.fromtimestamp(now, tz=timezone.utc)
         month = f"{moment:%Y-%m}"
         expiry = int(_next_month(moment).timestamp() - now) + 7 * 86400
@@ -237,7 +265,7 @@ class BudgetTicket:
             budgets.append(_Budget("month-tokens", f"budget:month-tokens:{month}", owner.monthly_token_cap, expiry))
         if owner.monthly_spend_micro is not None and self.price is not None:
             budgets.append(_Budget("month-spend", f"budget:month-spend:{month}", owner.monthly_spend_micro, expiry))
-        return budgets
+        return budgets, previous_key
 
     def _amount(self, budget: _Budget, prompt_tokens: int, output_tokens: int) -> int:
         if budget.kind == "month-spend":
@@ -284,10 +312,8 @@ class BudgetTicket:
         return max(1, math.ceil(left_in_period + (excess - budget.carried) / max(1, current) * length))
 
     async def _give_back(self, added: list[tuple[_Budget, int]]) -> None:
-        try:
-            for budget, amount in added:
-                await self.owner.storage.incr(budget.key, expiry=budget.expiry, amount=-amount)
-        except StorageUnavailable:
+        operations = [partial(self.owner.storage.incr, b.key, expiry=b.expiry, amount=-a) for b, a in added]
+        if any(isinstance(result, BaseException) for result in await self.owner.storage.many(operations)):
             logger.error("could not release a budget reservation: the storage is unavailable")
 
 

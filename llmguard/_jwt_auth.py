@@ -15,6 +15,7 @@ from llmguard._storage import Storage
 
 # A JWT we mint is ~250 bytes; anything far larger is not ours and not worth decoding.
 MAX_TOKEN_LENGTH = 4096
+VERIFIED_CACHE_SIZE = 4096
 
 
 class JWTAuth:
@@ -49,6 +50,9 @@ class JWTAuth:
         if max_uses is not None and max_uses < 1:
             raise ValueError(f"max_uses has value {max_uses!r}: must be at least 1 (or None for unlimited)")
         self.max_uses = max_uses
+        # A browser sends the same token for its whole life: remember the ones already verified,
+        # by their exact text, until they expire. Only a verified token ever gets in.
+        self._verified: dict[str, tuple[float, dict[str, object]]] = {}
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -90,6 +94,11 @@ class JWTAuth:
             raise Unauthorized("The Authorization header must be 'Bearer <token>'.")
         if len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized("The token is not valid.")
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached[0] + self.leeway >= time.time():
+                return cached[1]
+            del self._verified[token]
         try:
             claims: dict[str, object] = jwt.decode(
                 token,
@@ -108,4 +117,9 @@ class JWTAuth:
             raise Unauthorized("The token is not valid.") from None
         if not isinstance(claims.get("jti"), str):
             raise Unauthorized("The token is not valid.")
+        exp = claims["exp"]
+        if isinstance(exp, (int, float)):
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = (float(exp), claims)
         return claims

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, TypeVar
 
 import anyio
@@ -48,6 +48,8 @@ class Storage:
         self.fail_open = failure == "open"
         self.timeout = timeout
         self.backend = _backend(url, timeout)
+        # In-process counters cannot hang; a timer per operation would only cost time.
+        self.in_process = url.split("://", 1)[0].lower() == "memory"
         self.limiter = SlidingWindowCounterRateLimiter(self.backend)
         self._warned_at = -WARNING_INTERVAL
 
@@ -65,12 +67,41 @@ class Storage:
     async def guarded(self, operation: Awaitable[T]) -> T:
         """Await a storage operation; any error or a hang becomes ``StorageUnavailable``."""
         try:
+            if self.in_process:
+                return await operation
             with anyio.fail_after(self.timeout):
                 return await operation
         except TimeoutError:
             raise _unavailable("timed out") from None
         except Exception as exc:
             raise _unavailable(type(exc).__name__) from None
+
+    async def many(self, operations: Sequence[Callable[[], Awaitable[T]]]) -> list[T | StorageUnavailable]:
+        """Run storage operations, concurrently over the network, and return each result or its error.
+
+        Over a network the round trips overlap (one request's counters cost one
+        round trip, not one each); in-process they simply run in order.
+        """
+        results: list[T | StorageUnavailable] = []
+        if self.in_process or len(operations) < 2:
+            for operation in operations:
+                try:
+                    results.append(await self.guarded(operation()))
+                except StorageUnavailable as error:
+                    results.append(error)
+            return results
+        slots: list[T | StorageUnavailable | None] = [None] * len(operations)
+
+        async def run(index: int) -> None:
+            try:
+                slots[index] = await self.guarded(operations[index]())
+            except StorageUnavailable as error:
+                slots[index] = error
+
+        async with anyio.create_task_group() as tasks:
+            for index in range(len(operations)):
+                tasks.start_soon(run, index)
+        return [slot for slot in slots if slot is not None]
 
     async def check(self) -> bool:
         """Whether the storage answers, within the timeout."""
