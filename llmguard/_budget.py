@@ -13,7 +13,8 @@ the provider's reported usage, or an estimate of what was streamed.
 Budgets, each optional:
 - per client (the ``sub`` claim of the token, else the client IP): tokens in a
   sliding window, ``tokens_per_client="100000/day"``; a ``quota`` claim
-  (an integer) replaces the amount for that user;
+  (an integer, from an ``authenticate`` hook) replaces the amount for that
+  user (it needs the window on: it sets an amount, not a period);
 - for the whole service: tokens and US dollars per calendar month (UTC).
 """
 
@@ -253,8 +254,8 @@ class BudgetTicket:
             length = owner.window.get_expiry()
             limit = owner.window.amount
             quota = (self.state.claims or {}).get("quota")
-            if isinstance(quota, int) and not isinstance(quota, bool) and quota > 0:
-                limit = quota
+            if isinstance(quota, int) and not isinstance(quota, bool):
+                limit = max(0, quota)
             period = int(now // length)
             previous_key = f"budget:client:{self.client}:{period - 1}"
             budgets.append(_Budget("client", f"budget:client:{self.client}:{period}", limit, 2 * length))
@@ -287,6 +288,12 @@ class BudgetTicket:
         return math.floor(room - prompt_tokens)
 
     def _refusal(self, budget: _Budget, current: int, *, now: float, needed: int) -> LLMGuardError:
+        if budget.kind == "client" and needed > budget.limit:
+            # Waiting will not help: the request is bigger than the whole allowance.
+            return TokenBudgetExceeded(
+                f"This request needs about {needed} tokens, more than your whole allowance of {budget.limit}. "
+                "Shorten the conversation."
+            )
         if budget.kind == "client":
             wait = self._client_wait(budget, current, now, needed)
             return TokenBudgetExceeded(
@@ -325,7 +332,7 @@ def _next_month(moment: datetime) -> datetime:
 
 def _humane(seconds: int) -> str:
     if seconds < 90:
-        return f"{seconds} seconds"
+        return "1 second" if seconds == 1 else f"{seconds} seconds"
     if seconds < 90 * 60:
         return f"{math.ceil(seconds / 60)} minutes"
     return f"{math.ceil(seconds / 3600)} hours"
