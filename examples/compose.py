@@ -3,8 +3,8 @@
     OPENAI_API_KEY=sk-... JWT_SECRET=... uvicorn examples.compose:app
 
 A signed-in user (here: any request with an `x-user` header, standing in for
-your session check) gets a token whose `sub` is their id, so budgets follow the
-user instead of the IP.
+your session check) gets a token whose `sub` is their id and whose `quota` is
+their daily tokens, so the budget follows the user instead of the IP.
 """
 
 import os
@@ -15,17 +15,28 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.routing import Route
 
-from llmguard import ChatEndpoint, JWTAuth, OriginFilter, TokenEndpoint, Unauthorized
+from llmguard import (
+    ChatEndpoint,
+    IPRateLimit,
+    JWTAuth,
+    OriginFilter,
+    Storage,
+    TokenBudget,
+    TokenEndpoint,
+    Unauthorized,
+)
 
 SECRET = os.environ["JWT_SECRET"]
 ORIGINS = ["http://localhost:5173"]
+# One storage for every count; redis://... shares them between processes.
+STORAGE = Storage(os.environ.get("STORAGE_URL", "memory://"))
 
 
-def authenticate(request: Request) -> dict[str, str]:
+def authenticate(request: Request) -> dict[str, str | int]:
     user = request.headers.get("x-user")  # replace with your session or cookie check
     if not user:
         raise Unauthorized("Sign in first.")
-    return {"sub": user}
+    return {"sub": user, "quota": 50_000}  # this user's tokens per day
 
 
 chat = ChatEndpoint(
@@ -42,13 +53,19 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     await chat.aclose()  # the pooled provider connections
 
 
-app = Starlette(
-    routes=[
-        Route(
-            "/api/token",
-            OriginFilter(TokenEndpoint(secret=SECRET, authenticate=authenticate), allow_origins=ORIGINS),
-        ),
-        Route("/api/chat", OriginFilter(JWTAuth(chat, secret=SECRET), allow_origins=ORIGINS)),
-    ],
-    lifespan=lifespan,
+token_route = OriginFilter(
+    IPRateLimit(
+        TokenEndpoint(secret=SECRET, authenticate=authenticate), limit="10/minute", name="token", storage=STORAGE
+    ),
+    allow_origins=ORIGINS,
 )
+chat_route = OriginFilter(
+    IPRateLimit(
+        JWTAuth(TokenBudget(chat, storage=STORAGE, tokens_per_client="20000/day"), secret=SECRET),
+        limit="30/minute",
+        name="chat",
+        storage=STORAGE,
+    ),
+    allow_origins=ORIGINS,
+)
+app = Starlette(routes=[Route("/api/token", token_route), Route("/api/chat", chat_route)], lifespan=lifespan)

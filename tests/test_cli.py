@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import subprocess
 import sys
 import time
@@ -128,3 +130,38 @@ def test_port_comes_from_the_environment_as_on_railway(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_workers_serve_and_warn_about_memory_storage(tmp_path: Path) -> None:
+    with LLMGuardProcess({}, tmp_path / "workers.log", args=("--demo", "--workers", "2")) as server:
+        origin = server.url.replace("127.0.0.1", "localhost")
+        # A new connection per request, so requests land on either worker.
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(base_url=server.url, headers={"origin": origin}, limits=fresh) as client:
+            # Tokens minted by whichever worker answers are accepted by every worker.
+            for _ in range(10):
+                token = client.post("/api/token").json()["token"]
+                body = {"messages": [{"role": "user", "content": "hi"}]}
+                reply = client.post("/api/chat", json=body, headers={"authorization": f"Bearer {token}"})
+                assert reply.status_code == 200, reply.text
+        logs = server.logs()
+    assert "memory:// with 2 workers" in logs
+    assert "Use redis://" in logs
+    assert logs.count("Started server process") == 2
+
+
+def test_workers_get_the_decisions_of_the_cli_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmguard._cli import _prepare_workers
+
+    environ = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "ALLOWED_ORIGIN", "LLMGUARD_DEMO")}
+    monkeypatch.setattr(os, "environ", environ)  # the workers' environment, thrown away afterwards
+    settings = load_settings({}, demo=True, port=8123)
+    _prepare_workers(settings, 3, logging.getLogger("test"))
+
+    # Every worker reads the same secret, so a token from one is valid on all.
+    assert len(os.environ["JWT_SECRET"]) >= 32
+    assert os.environ["ALLOWED_ORIGIN"].split(",") == list(settings.allowed_origins)
+    assert os.environ["LLMGUARD_DEMO"] == "1"
+    worker_settings = load_settings(dict(os.environ), demo=False, port=8123)
+    assert worker_settings.jwt_secret == os.environ["JWT_SECRET"]
+    assert worker_settings.demo
