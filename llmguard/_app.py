@@ -131,6 +131,7 @@ def create_app(
             yield
         finally:
             await chat.aclose()
+            await storage.aclose()
 
     app = Starlette(
         routes=routes,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Sequence
 
 from starlette.types import Scope
@@ -24,6 +25,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Clients with no IP at all (a Unix socket) share one bucket rather than none.
 UNKNOWN = "unknown"
 MAX_HOPS = 32
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
 class ClientIP:
@@ -42,7 +44,9 @@ class ClientIP:
             self.trusted = tuple(ipaddress.ip_network(proxy.strip(), strict=False) for proxy in trusted_proxies)
         except ValueError as exc:
             raise ValueError(f"trusted_proxies: {exc}") from None
-        if header is not None and (not header.strip() or header.strip().lower() == "x-forwarded-for"):
+        if header is not None and (
+            not _HEADER_NAME.fullmatch(header.strip()) or header.strip().lower() == "x-forwarded-for"
+        ):
             raise ValueError(f"header has value {header!r}: name a platform header such as Fly-Client-IP")
         if not 1 <= ipv6_prefix <= 128:
             raise ValueError(f"ipv6_prefix has value {ipv6_prefix!r}: expected 1 to 128")
@@ -84,13 +88,15 @@ class ClientIP:
 
     def _forwarded_client(self, scope: Scope) -> IPAddress | None:
         forwarded_for: list[str] = []
+        platform: IPAddress | None = None
         for name, value in scope["headers"]:
             if name == self.header:
-                platform = parse_ip(value.decode("latin-1"))
-                if platform is not None:
-                    return platform
+                # The last line is the one nearest the proxy, if a platform ever appended one.
+                platform = parse_ip(value.decode("latin-1")) or platform
             elif name == b"x-forwarded-for":
                 forwarded_for.append(value.decode("latin-1"))
+        if platform is not None:
+            return platform
         hops = ",".join(forwarded_for).split(",")[-MAX_HOPS:]
         nearest_trusted: IPAddress | None = None
         for hop in reversed(hops):

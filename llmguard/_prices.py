@@ -25,7 +25,8 @@ class Price:
 
     def micro_usd(self, prompt_tokens: int, completion_tokens: int) -> int:
         """The cost in millionths of a dollar, rounded up (tokens times dollars per million)."""
-        return math.ceil(prompt_tokens * self.input + completion_tokens * self.output)
+        # Rounded to a millionth of a micro-dollar first: 50 x 1.10 is 55.000000000000007 in floats.
+        return math.ceil(round(prompt_tokens * self.input + completion_tokens * self.output, 6))
 
 
 DEFAULT_PRICES: Mapping[str, Price] = {

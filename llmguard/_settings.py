@@ -203,7 +203,10 @@ class Settings:
         except SettingsError as exc:
             item = _FIELDS[exc.name]
             # Show what the user wrote ('2 days'), not what it was parsed into (172800.0).
-            value = texts.get(exc.name, values.get(exc.name, item.default))
+            default = item.default
+            if default is dataclasses.MISSING and item.default_factory is not dataclasses.MISSING:
+                default = item.default_factory()
+            value = texts.get(exc.name, values.get(exc.name, default))
             raise SettingsError(item.metadata["env"], value, exc.reason, secret=item.metadata["secret"]) from None
 
     @property

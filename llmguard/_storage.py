@@ -9,6 +9,7 @@ the request through with a warning (``failure="open"``) — never a 500.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -72,9 +73,9 @@ class Storage:
             with anyio.fail_after(self.timeout):
                 return await operation
         except TimeoutError:
-            raise _unavailable("timed out") from None
+            raise self._failed("timed out") from None
         except Exception as exc:
-            raise _unavailable(type(exc).__name__) from None
+            raise self._failed(type(exc).__name__) from None
 
     async def many(self, operations: Sequence[Callable[[], Awaitable[T]]]) -> list[T | StorageUnavailable]:
         """Run storage operations, concurrently over the network, and return each result or its error.
@@ -111,25 +112,40 @@ class Storage:
         except Exception:
             return False
 
+    async def aclose(self) -> None:
+        """Close the connections to a networked storage (the bundled app's lifespan does this)."""
+        client = getattr(getattr(self.backend, "bridge", None), "storage", None)
+        close = getattr(client, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):  # shutting down: nothing left to protect
+                await close()
+
     def unavailable(self, error: StorageUnavailable) -> None:
-        """Handle a storage failure by policy: raise when closed, warn (now and then) when open."""
+        """Handle a storage failure by policy: raise when closed, go on without limits when open."""
         if not self.fail_open:
             raise error
+
+    def _failed(self, reason: str) -> StorageUnavailable:
+        # One line a minute while the storage stays down, not one per request and guard.
         now = time.monotonic()
         if now - self._warned_at >= WARNING_INTERVAL:
             self._warned_at = now
-            logger.warning("storage unavailable; serving without limits (STORAGE_FAILURE=open)")
-
-
-def _unavailable(reason: str) -> StorageUnavailable:
-    logger.error("storage error: %s", reason)
-    return StorageUnavailable(retry_after=5)
+            if self.fail_open:
+                logger.warning("storage unavailable (%s): serving without limits (STORAGE_FAILURE=open)", reason)
+            else:
+                logger.error("storage unavailable (%s): refusing with 503 (STORAGE_FAILURE=closed)", reason)
+        else:
+            logger.debug("storage unavailable (%s)", reason)
+        return StorageUnavailable(retry_after=5)
 
 
 def _backend(url: str, timeout: float) -> LimitsStorage:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
-        return _as_async(storage_from_string("async+" + url))
+        try:
+            return _as_async(storage_from_string("async+" + url))
+        except ConfigurationError:
+            raise ValueError(f"storage url has value {url!r}: expected memory:// or redis://host:6379/0") from None
     if not scheme.startswith("redis"):
         raise ValueError(f"storage url has scheme {scheme!r}: expected memory:// or redis://")
     try:

@@ -1,0 +1,379 @@
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from conftest import ORIGIN, Harness
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from test_storage import RedisServer, close, closed_port_url
+
+from llmguard._rate_limit import IPRateLimit
+from llmguard._storage import Storage
+
+PEER = "203.0.113.7"
+HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
+# The IETF httpapi-ratelimit-headers draft: a structured-field List of one Item, a String
+# (the policy name) with integer parameters.
+STRUCTURED_ITEM = re.compile(r'^"[A-Za-z0-9_-]+"(;[a-z][a-z0-9_.*-]*=\d+)+$')
+EXPOSED = {"retry-after", "ratelimit", "ratelimit-policy"}
+
+
+class Endpoint:
+    """The app behind the limit; counts the requests that reached it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.calls += 1
+        await PlainTextResponse("served")(scope, receive, send)
+
+
+def client_for(app: ASGIApp, peer: str = PEER) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(peer, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+async def statuses(client: httpx.AsyncClient, count: int, path: str = "/api/chat") -> list[int]:
+    return [(await client.post(path)).status_code for _ in range(count)]
+
+
+def params(header: str) -> dict[str, str]:
+    assert STRUCTURED_ITEM.match(header), header
+    name, *pairs = header.split(";")
+    return {"name": name.strip('"'), **dict(pair.split("=", 1) for pair in pairs)}
+
+
+def assert_refusal(response: httpx.Response, *, name: str, limit: int, window: int) -> int:
+    """Check a 429 is the documented refusal; return its Retry-After."""
+    assert response.status_code == 429
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["error"] == "RateLimitExceeded"
+
+    retry_after = response.headers["retry-after"]
+    assert re.fullmatch(r"[1-9]\d*", retry_after), retry_after
+    wait = int(retry_after)
+    assert 1 <= wait <= window
+    unit = "second" if wait == 1 else "seconds"
+    assert f"Try again in {wait} {unit}" in body["message"]
+
+    assert params(response.headers["ratelimit-policy"]) == {"name": name, "q": str(limit), "w": str(window)}
+    assert params(response.headers["ratelimit"]) == {"name": name, "r": "0", "t": retry_after}
+    return wait
+
+
+# -- standalone -------------------------------------------------------------------------
+
+
+async def test_the_request_after_the_limit_is_refused_and_never_reaches_the_app() -> None:
+    endpoint = Endpoint()
+    async with client_for(IPRateLimit(endpoint, limit="3/minute")) as client:
+        served = [await client.post("/api/chat") for _ in range(3)]
+        refused = await client.post("/api/chat")
+
+    assert [r.status_code for r in served] == [200, 200, 200]
+    assert all(r.headers["ratelimit-policy"] == '"chat";q=3;w=60' for r in served)
+    assert_refusal(refused, name="chat", limit=3, window=60)
+    assert endpoint.calls == 3
+
+
+@pytest.mark.parametrize(
+    ("limit", "name", "policy"),
+    [
+        ("3/minute", "chat", '"chat";q=3;w=60'),
+        ("10 per 30 seconds", "chat", '"chat";q=10;w=30'),
+        ("100/hour", "token", '"token";q=100;w=3600'),
+        ("5/day", "my_route-2", '"my_route-2";q=5;w=86400'),
+    ],
+)
+async def test_the_policy_field_states_the_limit(limit: str, name: str, policy: str) -> None:
+    async with client_for(IPRateLimit(Endpoint(), limit=limit, name=name)) as client:
+        response = await client.post("/api/chat")
+    assert response.status_code == 200
+    assert response.headers["ratelimit-policy"] == policy
+    assert STRUCTURED_ITEM.match(policy)
+
+
+async def test_each_client_ip_has_its_own_count() -> None:
+    endpoint = Endpoint()
+    app = IPRateLimit(endpoint, limit="2/minute")
+    async with client_for(app, "198.51.100.1") as first, client_for(app, "198.51.100.2") as second:
+        assert await statuses(first, 3) == [200, 200, 429]
+        assert await statuses(second, 3) == [200, 200, 429]
+    assert endpoint.calls == 4
+
+
+async def test_routes_sharing_one_storage_keep_separate_counts() -> None:
+    storage = Storage()
+    chat = IPRateLimit(Endpoint(), limit="2/minute", name="chat", storage=storage)
+    token = IPRateLimit(Endpoint(), limit="2/minute", name="token", storage=storage)
+    async with client_for(chat) as chat_client, client_for(token) as token_client:
+        assert await statuses(chat_client, 3) == [200, 200, 429]
+        assert await statuses(token_client, 3) == [200, 200, 429]
+
+
+async def test_options_requests_are_not_counted() -> None:
+    endpoint = Endpoint()
+    async with client_for(IPRateLimit(endpoint, limit="2/minute")) as client:
+        for _ in range(5):
+            assert (await client.options("/api/chat")).status_code == 200
+        assert await statuses(client, 3) == [200, 200, 429]
+    assert endpoint.calls == 7
+
+
+async def test_waiting_retry_after_is_enough_and_not_much_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A clock the test moves: ten seconds into a minute, far from any real time.
+    now = [1_800_000_010.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    async with client_for(IPRateLimit(Endpoint(), limit="3/minute")) as client:
+        assert await statuses(client, 3) == [200, 200, 200]
+        for _ in range(4):
+            wait = assert_refusal(await client.post("/api/chat"), name="chat", limit=3, window=60)
+            now[0] += wait - 1
+            assert (await client.post("/api/chat")).status_code == 429, "Retry-After is longer than needed"
+            now[0] += 1.001  # the request's own travel time
+            assert (await client.post("/api/chat")).status_code == 200, "Retry-After is too short"
+
+
+@pytest.mark.parametrize(
+    ("options", "option"),
+    [
+        pytest.param({"limit": "lots"}, "limit", id="limit-not-a-rate"),
+        pytest.param({"limit": "0/minute"}, "limit", id="limit-zero"),
+        pytest.param({"name": ""}, "name", id="name-empty"),
+        pytest.param({"name": 'chat";q=1'}, "name", id="name-breaks-the-field"),
+        pytest.param({"failure": "maybe"}, "failure", id="failure"),
+        pytest.param({"storage": "mongodb://localhost"}, "storage", id="storage-scheme"),
+        pytest.param({"trusted_proxies": ["not-an-ip"]}, "trusted_proxies", id="trusted-proxies"),
+    ],
+)
+def test_bad_options_raise_a_value_error_naming_the_option(options: dict[str, Any], option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        IPRateLimit(Endpoint(), **options)
+
+
+# -- storage failures -------------------------------------------------------------------
+
+
+async def connection_refused(*args: object, **kwargs: object) -> bool:
+    raise ConnectionError("connection refused")
+
+
+async def hangs(*args: object, **kwargs: object) -> bool:
+    await anyio.sleep(10)
+    return True
+
+
+@pytest.fixture
+async def broken_storage_factory() -> Any:
+    """A network storage (never reached) whose backend fails, built per failure mode."""
+    made: list[Storage] = []
+
+    def make(failure: str, behaviour: Callable[..., Any]) -> Storage:
+        storage = Storage(closed_port_url(), failure=failure, timeout=0.2)  # type: ignore[arg-type]
+        backend: Any = storage.backend
+        backend.acquire_sliding_window_entry = behaviour
+        made.append(storage)
+        return storage
+
+    yield make
+    for storage in made:
+        await close(storage)
+
+
+FAILURES = [pytest.param(connection_refused, id="error"), pytest.param(hangs, id="hang")]
+
+
+@pytest.mark.parametrize("behaviour", FAILURES)
+async def test_failing_closed_answers_503_quickly(broken_storage_factory: Any, behaviour: Callable[..., Any]) -> None:
+    endpoint = Endpoint()
+    app = IPRateLimit(endpoint, limit="3/minute", storage=broken_storage_factory("closed", behaviour))
+    started = time.monotonic()
+    async with client_for(app) as client:
+        response = await client.post("/api/chat")
+    assert time.monotonic() - started < 3  # bounded by the storage timeout (0.2 s), not by the hang (10 s)
+
+    assert response.status_code == 503
+    assert response.json()["error"] == "StorageUnavailable"
+    assert response.json()["message"]
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.headers["cache-control"] == "no-store"
+    assert endpoint.calls == 0
+
+
+@pytest.mark.parametrize("behaviour", FAILURES)
+async def test_failing_open_serves_the_request(broken_storage_factory: Any, behaviour: Callable[..., Any]) -> None:
+    endpoint = Endpoint()
+    app = IPRateLimit(endpoint, limit="3/minute", storage=broken_storage_factory("open", behaviour))
+    started = time.monotonic()
+    async with client_for(app) as client:
+        response = await client.post("/api/chat")
+    assert time.monotonic() - started < 3
+
+    assert response.status_code == 200
+    assert response.text == "served"
+    assert endpoint.calls == 1
+
+
+async def test_failing_open_warns_once_not_once_per_request(
+    broken_storage_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="llmguard.storage")
+    app = IPRateLimit(Endpoint(), limit="3/minute", storage=broken_storage_factory("open", connection_refused))
+    async with client_for(app) as client:
+        assert await statuses(client, 10) == [200] * 10
+
+    logged = [r for r in caplog.records if r.name == "llmguard.storage" and r.levelno >= logging.WARNING]
+    assert [r.levelname for r in logged] == ["WARNING"], [(r.levelname, r.getMessage()) for r in logged]
+
+
+# -- through the app --------------------------------------------------------------------
+
+
+@pytest.fixture
+async def limited(harness_factory: Callable[..., Any]) -> Harness:
+    harness: Harness = await harness_factory(rate_limit_max=3, token_rate_limit="2/minute")
+    return harness
+
+
+async def test_token_minting_is_limited_and_browser_code_can_read_why(limited: Harness) -> None:
+    assert await statuses(limited.client, 2, "/api/token") == [200, 200]
+    refused = await limited.client.post("/api/token")
+
+    assert_refusal(refused, name="token", limit=2, window=60)
+    assert refused.headers["access-control-allow-origin"] == ORIGIN
+    exposed = {name.strip().lower() for name in refused.headers["access-control-expose-headers"].split(",")}
+    assert exposed >= EXPOSED
+
+
+async def test_chat_is_limited_and_a_refused_request_costs_nothing(limited: Harness) -> None:
+    token = await limited.token()
+    served = [await limited.chat(HELLO, token=token) for _ in range(3)]
+    refused = await limited.chat(HELLO, token=token)
+
+    assert [r.status_code for r in served] == [200, 200, 200]
+    assert all(r.headers["ratelimit-policy"] == '"chat";q=3;w=60' for r in served)
+    assert_refusal(refused, name="chat", limit=3, window=60)
+    assert refused.headers["access-control-allow-origin"] == ORIGIN
+    assert len(limited.provider.requests) == 3
+
+
+async def test_using_up_chat_leaves_token_minting_alone(limited: Harness) -> None:
+    token = await limited.token()
+    assert [(await limited.chat(HELLO, token=token)).status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert (await limited.client.post("/api/token")).status_code == 200
+
+
+async def test_using_up_token_minting_leaves_chat_alone(limited: Harness) -> None:
+    token = await limited.token()
+    assert await statuses(limited.client, 2, "/api/token") == [200, 429]
+    assert [(await limited.chat(HELLO, token=token)).status_code for _ in range(3)] == [200, 200, 200]
+
+
+async def test_another_client_ip_is_not_affected(limited: Harness) -> None:
+    assert await statuses(limited.client, 3, "/api/token") == [200, 200, 429]
+    transport = httpx.ASGITransport(app=limited.app, client=("198.51.100.77", 40000))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", headers={"origin": ORIGIN}
+    ) as other:
+        assert await statuses(other, 3, "/api/token") == [200, 200, 429]
+
+
+async def test_preflights_are_not_counted(limited: Harness) -> None:
+    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
+    for _ in range(5):
+        assert (await limited.client.options("/api/token", headers=preflight)).status_code == 204
+    assert await statuses(limited.client, 3, "/api/token") == [200, 200, 429]
+
+
+async def test_the_chat_window_comes_from_rate_limit_window(harness_factory: Callable[..., Any]) -> None:
+    harness: Harness = await harness_factory(rate_limit_max=5, rate_limit_window=30)
+    response = await harness.chat(HELLO)
+    assert response.status_code == 200
+    assert response.headers["ratelimit-policy"] == '"chat";q=5;w=30'
+
+
+# -- with a real Redis ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+async def test_two_apps_on_one_redis_share_one_limit(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    storages = [Storage(redis_server.url, timeout=1), Storage(redis_server.url, timeout=1)]
+    endpoints = [Endpoint(), Endpoint()]
+    first, second = (IPRateLimit(e, limit="3/minute", storage=s) for e, s in zip(endpoints, storages, strict=True))
+    try:
+        async with client_for(first) as to_first, client_for(second) as to_second:
+            answers = [(await client.post("/api/chat")).status_code for client in [to_first, to_second] * 3]
+            async with client_for(second, "198.51.100.2") as someone_else:
+                other = (await someone_else.post("/api/chat")).status_code
+    finally:
+        for storage in storages:
+            await close(storage)
+
+    assert answers == [200, 200, 200, 429, 429, 429]
+    assert [e.calls for e in endpoints] == [2, 2]
+    assert other == 200
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_a_concurrent_burst_gets_exactly_the_limit(backend: str, request: pytest.FixtureRequest) -> None:
+    if backend == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        storage = Storage(server.url, timeout=2)
+    else:
+        storage = Storage()
+    endpoint = Endpoint()
+    answers: list[int] = []
+    try:
+        async with client_for(IPRateLimit(endpoint, limit="5/minute", storage=storage)) as client:
+
+            async def one() -> None:
+                answers.append((await client.post("/api/chat")).status_code)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(30):
+                    group.start_soon(one)
+    finally:
+        await close(storage)
+
+    assert sorted(answers) == [200] * 5 + [429] * 25
+    assert endpoint.calls == 5
+
+
+@pytest.mark.parametrize(("failure", "status"), [("closed", 503), ("open", 200)])
+async def test_when_redis_dies(failure: str, status: int) -> None:
+    server = RedisServer()
+    storage = Storage(server.url, failure=failure, timeout=0.5)  # type: ignore[arg-type]
+    try:
+        async with client_for(IPRateLimit(Endpoint(), limit="3/minute", storage=storage)) as client:
+            assert (await client.post("/api/chat")).status_code == 200
+            server.stop()
+            started = time.monotonic()
+            response = await client.post("/api/chat")
+            elapsed = time.monotonic() - started
+    finally:
+        server.stop()
+        await close(storage)
+
+    assert response.status_code == status
+    assert elapsed < 3
+    if failure == "closed":
+        assert response.json()["error"] == "StorageUnavailable"
+        assert int(response.headers["retry-after"]) >= 1

@@ -1,0 +1,304 @@
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+import redis
+from conftest import ORIGIN, make_settings
+from servers import free_port
+
+from llmguard import StorageUnavailable, create_app
+from llmguard._storage import Storage
+from llmguard.testing import FakeProvider
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free loopback port, with no persistence."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def answers(self) -> bool:
+        try:
+            with redis.Redis(port=self.port, socket_timeout=1) as client:
+                return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    def flush(self) -> None:
+        with redis.Redis(port=self.port, socket_timeout=1) as client:
+            client.flushall()
+
+    def connected_clients(self) -> int:
+        with redis.Redis(port=self.port, socket_timeout=1) as client:
+            info: dict[str, Any] = client.info("clients")
+            return int(info["connected_clients"]) - 1  # not counting this one
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=10)
+
+
+async def close(storage: Storage) -> None:
+    """Close a Redis storage's connections; ``Storage`` offers no way to (see the lifespan test)."""
+    bridge: Any = getattr(storage.backend, "bridge", None)
+    if bridge is not None:
+        await bridge.storage.aclose()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def storage(request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
+    if request.param == "memory":
+        yield Storage("memory://")
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    server.flush()
+    shared = Storage(server.url, timeout=1)
+    yield shared
+    await close(shared)
+
+
+def closed_port_url(password: str = "") -> str:
+    credentials = f":{password}@" if password else ""
+    return f"redis://{credentials}127.0.0.1:{free_port()}/0"
+
+
+async def hang() -> int:
+    await anyio.sleep(10)
+    return 0
+
+
+async def fail() -> int:
+    raise ConnectionError("connection refused")
+
+
+# -- counting ---------------------------------------------------------------------------
+
+
+async def test_incr_adds_and_gives_back(storage: Storage) -> None:
+    assert await storage.get("tokens:198.51.100.9") == 0
+    assert await storage.incr("tokens:198.51.100.9", expiry=60) == 1
+    assert await storage.incr("tokens:198.51.100.9", expiry=60, amount=500) == 501
+    assert await storage.incr("tokens:198.51.100.9", expiry=60, amount=-200) == 301
+    assert await storage.get("tokens:198.51.100.9") == 301
+    assert await storage.get("tokens:198.51.100.10") == 0
+
+
+async def test_concurrent_increments_are_not_lost(storage: Storage) -> None:
+    async with anyio.create_task_group() as group:
+        for _ in range(50):
+            group.start_soon(lambda: storage.incr("burst", expiry=60, amount=7))
+    assert await storage.get("burst") == 350
+
+
+async def test_a_count_expires(storage: Storage) -> None:
+    await storage.incr("window", expiry=1, amount=5)
+    started = time.monotonic()
+    assert await storage.get("window") == 5
+    deadline = started + 5
+    while await storage.get("window") != 0:
+        assert time.monotonic() < deadline, "the count never expired"
+        await anyio.sleep(0.05)
+    assert time.monotonic() - started > 0.5
+    assert await storage.incr("window", expiry=60) == 1
+
+
+async def test_two_storages_on_one_redis_share_their_counts(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    first, second = Storage(redis_server.url), Storage(redis_server.url)
+    try:
+        await first.incr("monthly", expiry=60, amount=40)
+        assert await second.incr("monthly", expiry=60, amount=2) == 42
+        assert await first.get("monthly") == 42
+    finally:
+        await close(first)
+        await close(second)
+
+
+async def test_two_memory_storages_are_separate() -> None:
+    first, second = Storage(), Storage()
+    await first.incr("monthly", expiry=60, amount=40)
+    assert await second.get("monthly") == 0
+
+
+# -- health -----------------------------------------------------------------------------
+
+
+async def test_check_is_true_when_the_storage_answers(storage: Storage) -> None:
+    assert await storage.check() is True
+
+
+async def test_check_is_false_quickly_when_redis_is_not_there() -> None:
+    storage = Storage(closed_port_url(), timeout=0.5)
+    started = time.monotonic()
+    assert await storage.check() is False
+    assert time.monotonic() - started < 3
+    await close(storage)
+
+
+async def test_check_is_false_when_redis_goes_away() -> None:
+    server = RedisServer()
+    storage = Storage(server.url, timeout=0.5)
+    try:
+        assert await storage.check() is True
+    finally:
+        server.stop()
+    started = time.monotonic()
+    assert await storage.check() is False
+    assert time.monotonic() - started < 3
+    await close(storage)
+
+
+# -- failures ---------------------------------------------------------------------------
+
+
+async def test_guarded_passes_results_through() -> None:
+    async def answer() -> int:
+        return 42
+
+    assert await Storage().guarded(answer()) == 42
+
+
+@pytest.mark.parametrize("operation", [fail, hang], ids=["error", "hang"])
+async def test_guarded_turns_errors_and_hangs_into_storage_unavailable(operation: Any) -> None:
+    # A network storage (never reached here): in-process counters are not put under a timer.
+    storage = Storage(closed_port_url(), timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable) as caught:
+        await storage.guarded(operation())
+    assert time.monotonic() - started < 3
+    await close(storage)
+    assert caught.value.status_code == 503
+    assert caught.value.code == "StorageUnavailable"
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after >= 1
+
+
+async def test_a_redis_that_is_not_there_is_storage_unavailable_within_the_timeout() -> None:
+    storage = Storage(closed_port_url(), timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailable):
+        await storage.incr("tokens", expiry=60)
+    with pytest.raises(StorageUnavailable):
+        await storage.get("tokens")
+    assert time.monotonic() - started < 3
+    await close(storage)
+
+
+async def test_failures_never_log_the_redis_password(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    storage = Storage(closed_port_url("secretpw"), failure="open", timeout=0.5)
+    with pytest.raises(StorageUnavailable) as caught:
+        await storage.incr("tokens", expiry=60)
+    storage.unavailable(caught.value)
+    assert await storage.check() is False
+    assert "secretpw" not in caplog.text
+    assert "secretpw" not in str(caught.value)
+    await close(storage)
+
+
+def test_unavailable_raises_when_the_storage_fails_closed() -> None:
+    error = StorageUnavailable(retry_after=5)
+    with pytest.raises(StorageUnavailable) as caught:
+        Storage(failure="closed").unavailable(error)
+    assert caught.value is error
+
+
+async def test_failures_are_logged_now_and_then_not_per_request(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    caplog.set_level(logging.DEBUG, logger="llmguard.storage")
+    storage = Storage(failure="open")
+
+    async def broken() -> int:
+        raise ConnectionError("redis went away")
+
+    async def warnings_after(seconds: float) -> int:
+        now[0] += seconds
+        with pytest.raises(StorageUnavailable):
+            await storage.guarded(broken())
+        storage.unavailable(StorageUnavailable(retry_after=5))  # failing open: no raise
+        return sum(r.levelno == logging.WARNING for r in caplog.records if r.name == "llmguard.storage")
+
+    assert [await warnings_after(s) for s in (0, 1, 10, 30)] == [1, 1, 1, 1]
+    assert await warnings_after(3600) == 2
+    first = next(r for r in caplog.records if r.levelno == logging.WARNING).getMessage()
+    assert "open" in first
+    assert "ConnectionError" in first
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "named"),
+    [
+        pytest.param("mongodb://localhost:27017", {}, "storage url", id="mongodb"),
+        pytest.param("memcached://localhost:11211", {}, "storage url", id="memcached"),
+        pytest.param("", {}, "storage url", id="empty"),
+        pytest.param("memory", {}, "storage url", id="memory-without-slashes"),
+        pytest.param("redis://localhost:notaport/0", {}, "storage url", id="bad-redis-port"),
+        pytest.param("memory://", {"failure": "maybe"}, "failure", id="bad-failure"),
+        pytest.param("memory://", {"timeout": 0}, "timeout", id="zero-timeout"),
+        pytest.param("memory://", {"timeout": -1.0}, "timeout", id="negative-timeout"),
+    ],
+)
+def test_bad_configuration_raises_a_value_error_naming_it(url: str, options: dict[str, Any], named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        Storage(url, **options)
+
+
+@pytest.mark.parametrize("url", ["memory://", "redis://localhost:6379/0", "redis+sentinel://h:26379/main"])
+def test_good_urls_are_accepted_without_connecting(url: str) -> None:
+    assert Storage(url).url == url
+
+
+def test_the_repr_does_not_show_the_password() -> None:
+    storage = Storage("redis://:secretpw@redis.internal:6379/0", failure="open")
+    shown = repr(storage)
+    assert "secretpw" not in shown
+    assert shown.startswith("Storage(redis://")
+    assert "open" in shown
+
+
+async def test_shutting_the_app_down_closes_its_redis_connections(redis_server: RedisServer) -> None:
+    app = create_app(make_settings(storage_url=redis_server.url), transport=FakeProvider().transport())
+    before = redis_server.connected_clients()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            response = await client.post("/api/token", headers={"origin": ORIGIN})
+        assert response.status_code == 200
+        assert redis_server.connected_clients() > before
+    storage: Storage = app.routes[1].app.app.routes[0].app.storage  # type: ignore[attr-defined]
+    try:
+        assert redis_server.connected_clients() == before
+    finally:
+        await close(storage)  # so that the leak does not become warnings in later tests
