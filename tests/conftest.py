@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from servers import ThreadedServer, free_port
 
 from llmguard import Settings, create_app
 from llmguard.testing import FakeProvider
@@ -131,3 +133,23 @@ async def harness_factory(provider: FakeProvider) -> AsyncIterator[Callable[...,
 async def harness(harness_factory: Callable[..., Any]) -> Harness:
     result: Harness = await harness_factory()
     return result
+
+
+@pytest.fixture(params=["refuses", "hangs"])
+def broken_redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis that is down (connection refused) or hung (accepts, never answers)."""
+    if request.param == "refuses":
+        yield f"redis://127.0.0.1:{free_port()}/0"
+        return
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # the kernel completes connections; nobody ever reads or answers
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[tuple[FakeProvider, str]]:
+    """The fake provider over real HTTP (uvicorn in a thread), shared by the end-to-end modules."""
+    provider = FakeProvider(api_key=KEY)
+    with ThreadedServer(provider) as server:
+        yield provider, server.url

@@ -5,9 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
@@ -15,7 +14,7 @@ import anyio
 import httpx
 import pytest
 from conftest import KEY, ORIGIN, make_settings
-from servers import ThreadedServer, free_port
+from servers import ThreadedServer
 from starlette.requests import Request
 
 from llmguard import ChatEndpoint, TokenBudget, create_app
@@ -578,18 +577,6 @@ async def test_a_client_abort_mid_stream_is_charged_for_what_was_streamed(provid
 
 
 # -- the storage failing during the reservation ---------------------------------------
-
-
-@pytest.fixture(params=["refuses", "hangs"])
-def broken_redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A Redis that is down (connection refused) or hung (accepts, never answers)."""
-    if request.param == "refuses":
-        yield f"redis://127.0.0.1:{free_port()}/0"
-        return
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)  # the kernel completes connections; nobody ever reads or answers
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
 
 
 @pytest.mark.parametrize(

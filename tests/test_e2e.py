@@ -19,7 +19,7 @@ import httpx
 import jwt
 import pytest
 from conftest import KEY, ORIGIN, SECRET
-from servers import LLMGuardProcess, ThreadedServer
+from servers import LLMGuardProcess
 
 from llmguard.testing import FakeProvider, FakeReply
 
@@ -31,10 +31,9 @@ MINTED: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[tuple[FakeProvider, str]]:
-    provider = FakeProvider(api_key=KEY)
-    with ThreadedServer(provider) as server:
-        yield provider, server.url
+def upstream(fake_upstream: tuple[FakeProvider, str]) -> tuple[FakeProvider, str]:
+    fake_upstream[0].reset()
+    return fake_upstream
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 from conftest import KEY, ORIGIN, SECRET
-from servers import LLMGuardProcess, RedisServer, ThreadedServer
+from servers import LLMGuardProcess, RedisServer
 
 from llmguard._tokens import estimate_prompt_tokens
 from llmguard.testing import FakeProvider, FakeReply
@@ -37,10 +37,9 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module")
-def provider() -> Iterator[tuple[FakeProvider, str]]:
-    fake = FakeProvider(api_key=KEY)
-    with ThreadedServer(fake) as server:
-        yield fake, server.url
+def provider(fake_upstream: tuple[FakeProvider, str]) -> tuple[FakeProvider, str]:
+    fake_upstream[0].reset()
+    return fake_upstream
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import anyio
 import httpx
 import pytest
 from conftest import ORIGIN, Harness
+from servers import RedisServer, closed_port_url
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
-from test_storage import RedisServer, close, closed_port_url
 
 from llmguard._rate_limit import IPRateLimit
 from llmguard._storage import Storage
@@ -187,7 +187,7 @@ async def broken_storage_factory() -> Any:
 
     yield make
     for storage in made:
-        await close(storage)
+        await storage.aclose()
 
 
 FAILURES = [pytest.param(connection_refused, id="error"), pytest.param(hangs, id="hang")]
@@ -324,7 +324,7 @@ async def test_two_apps_on_one_redis_share_one_limit(redis_server: RedisServer) 
                 other = (await someone_else.post("/api/chat")).status_code
     finally:
         for storage in storages:
-            await close(storage)
+            await storage.aclose()
 
     assert answers == [200, 200, 200, 429, 429, 429]
     assert [e.calls for e in endpoints] == [2, 2]
@@ -351,7 +351,7 @@ async def test_a_concurrent_burst_gets_exactly_the_limit(backend: str, request: 
                 for _ in range(30):
                     group.start_soon(one)
     finally:
-        await close(storage)
+        await storage.aclose()
 
     assert sorted(answers) == [200] * 5 + [429] * 25
     assert endpoint.calls == 5
@@ -370,7 +370,7 @@ async def test_when_redis_dies(failure: str, status: int) -> None:
             elapsed = time.monotonic() - started
     finally:
         server.stop()
-        await close(storage)
+        await storage.aclose()
 
     assert response.status_code == status
     assert elapsed < 3

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 import httpx
 import pytest
 from conftest import SECRET, Harness
-from servers import free_port
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
@@ -93,18 +91,6 @@ async def test_concurrent_replays_cannot_exceed_the_uses(harness_factory: Factor
 
 
 # -- the storage failing --------------------------------------------------------------
-
-
-@pytest.fixture(params=["refuses", "hangs"])
-def broken_redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A Redis that is down (connection refused) or hung (accepts, never answers)."""
-    if request.param == "refuses":
-        yield f"redis://127.0.0.1:{free_port()}/0"
-        return
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)  # the kernel completes connections; nobody ever reads or answers
-        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
 
 
 class Echo:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -9,59 +8,12 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import redis
 from conftest import ORIGIN, make_settings
-from servers import free_port
+from servers import RedisServer, closed_port_url
 
 from llmguard import StorageUnavailable, create_app
 from llmguard._storage import Storage
 from llmguard.testing import FakeProvider
-
-REDIS_SERVER = "/usr/bin/redis-server"
-
-
-class RedisServer:
-    """A throwaway ``redis-server`` on a free loopback port, with no persistence."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        command = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not self.answers():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
-            time.sleep(0.02)
-
-    def answers(self) -> bool:
-        try:
-            with redis.Redis(port=self.port, socket_timeout=1) as client:
-                return bool(client.ping())
-        except redis.ConnectionError:
-            return False
-
-    def flush(self) -> None:
-        with redis.Redis(port=self.port, socket_timeout=1) as client:
-            client.flushall()
-
-    def connected_clients(self) -> int:
-        with redis.Redis(port=self.port, socket_timeout=1) as client:
-            info: dict[str, Any] = client.info("clients")
-            return int(info["connected_clients"]) - 1  # not counting this one
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=10)
-
-
-async def close(storage: Storage) -> None:
-    """Close a Redis storage's connections; ``Storage`` offers no way to (see the lifespan test)."""
-    bridge: Any = getattr(storage.backend, "bridge", None)
-    if bridge is not None:
-        await bridge.storage.aclose()
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +32,7 @@ async def storage(request: pytest.FixtureRequest) -> AsyncIterator[Storage]:
     server.flush()
     shared = Storage(server.url, timeout=1)
     yield shared
-    await close(shared)
-
-
-def closed_port_url(password: str = "") -> str:
-    credentials = f":{password}@" if password else ""
-    return f"redis://{credentials}127.0.0.1:{free_port()}/0"
+    await shared.aclose()
 
 
 async def hang() -> int:
@@ -136,8 +83,8 @@ async def test_two_storages_on_one_redis_share_their_counts(redis_server: RedisS
         assert await second.incr("monthly", expiry=60, amount=2) == 42
         assert await first.get("monthly") == 42
     finally:
-        await close(first)
-        await close(second)
+        await first.aclose()
+        await second.aclose()
 
 
 async def test_two_memory_storages_are_separate() -> None:
@@ -158,7 +105,7 @@ async def test_check_is_false_quickly_when_redis_is_not_there() -> None:
     started = time.monotonic()
     assert await storage.check() is False
     assert time.monotonic() - started < 3
-    await close(storage)
+    await storage.aclose()
 
 
 async def test_check_is_false_when_redis_goes_away() -> None:
@@ -171,7 +118,7 @@ async def test_check_is_false_when_redis_goes_away() -> None:
     started = time.monotonic()
     assert await storage.check() is False
     assert time.monotonic() - started < 3
-    await close(storage)
+    await storage.aclose()
 
 
 # -- failures ---------------------------------------------------------------------------
@@ -192,7 +139,7 @@ async def test_guarded_turns_errors_and_hangs_into_storage_unavailable(operation
     with pytest.raises(StorageUnavailable) as caught:
         await storage.guarded(operation())
     assert time.monotonic() - started < 3
-    await close(storage)
+    await storage.aclose()
     assert caught.value.status_code == 503
     assert caught.value.code == "StorageUnavailable"
     assert caught.value.retry_after is not None
@@ -207,7 +154,7 @@ async def test_a_redis_that_is_not_there_is_storage_unavailable_within_the_timeo
     with pytest.raises(StorageUnavailable):
         await storage.get("tokens")
     assert time.monotonic() - started < 3
-    await close(storage)
+    await storage.aclose()
 
 
 async def test_failures_never_log_the_redis_password(caplog: pytest.LogCaptureFixture) -> None:
@@ -219,7 +166,7 @@ async def test_failures_never_log_the_redis_password(caplog: pytest.LogCaptureFi
     assert await storage.check() is False
     assert "secretpw" not in caplog.text
     assert "secretpw" not in str(caught.value)
-    await close(storage)
+    await storage.aclose()
 
 
 def test_unavailable_raises_when_the_storage_fails_closed() -> None:
@@ -301,4 +248,4 @@ async def test_shutting_the_app_down_closes_its_redis_connections(redis_server: 
     try:
         assert redis_server.connected_clients() == before
     finally:
-        await close(storage)  # so that the leak does not become warnings in later tests
+        await storage.aclose()  # so that the leak does not become warnings in later tests
