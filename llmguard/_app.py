@@ -122,6 +122,7 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Mount("/api", app=OriginFilter(api, allow_origins=settings.allowed_origins)),
     ]
+    routes.append(Route("/sdk.js", _sdk_js, methods=["GET"]))
     if settings.serves_demo_page:
         routes.append(Route("/", _demo_page, methods=["GET"]))
 
@@ -176,7 +177,7 @@ def _load_demo_page() -> tuple[bytes, str]:
         "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'" for script in scripts
     )
     policy = (
-        f"default-src 'none'; script-src {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
+        f"default-src 'none'; script-src 'self' {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
         "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
     return page, policy
@@ -193,3 +194,22 @@ async def _demo_page(request: Request) -> Response:
         "referrer-policy": "no-referrer",
     }
     return Response(_DEMO_PAGE, media_type="text/html; charset=utf-8", headers=headers)
+
+
+# The browser build of @llmguard/sdk (js/, committed by `npm run build`), for pages that
+# `import { chat } from "https://your-proxy/sdk.js"`. Module scripts load with CORS, hence `*`.
+_SDK = resources.files("llmguard").joinpath("static/sdk.js").read_bytes()
+_SDK_ETAG = '"' + hashlib.sha256(_SDK).hexdigest()[:20] + '"'
+_SDK_HEADERS = {
+    "cache-control": "public, max-age=300",
+    "etag": _SDK_ETAG,
+    "access-control-allow-origin": "*",
+    "cross-origin-resource-policy": "cross-origin",
+    "x-content-type-options": "nosniff",
+}
+
+
+async def _sdk_js(request: Request) -> Response:
+    if _SDK_ETAG in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=_SDK_HEADERS)
+    return Response(_SDK, media_type="text/javascript; charset=utf-8", headers=_SDK_HEADERS)

@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import { chromium, type Browser } from "playwright-core";
 
 const repository = fileURLToPath(new URL("../..", import.meta.url));
-const python = process.env.LLMGUARD_PYTHON ?? `${repository}.venv/bin/python`;
+const python = process.env["LLMGUARD_PYTHON"] ?? `${repository}.venv/bin/python`;
 
 export interface RunningServer {
   url: string;
@@ -33,7 +33,7 @@ export async function startLLMGuard(
   const child: ChildProcess = spawn(
     python,
     ["-m", "llmguard", "serve", "--port", String(port), ...(options.args ?? ["--demo"])],
-    { cwd: repository, env: { PATH: process.env.PATH ?? "", ...options.env }, stdio: ["ignore", "pipe", "pipe"] },
+    { cwd: repository, env: { PATH: process.env["PATH"] ?? "", ...options.env }, stdio: ["ignore", "pipe", "pipe"] },
   );
   let output = "";
   child.stdout?.on("data", (data: Buffer) => (output += data.toString()));
@@ -65,7 +65,7 @@ export async function startLLMGuard(
 /** Debian's Chromium, headless, with nothing that reaches for the network. */
 export async function launchChromium(): Promise<Browser> {
   return await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH ?? "/usr/bin/chromium",
+    executablePath: process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium",
     args: [
       "--no-sandbox",
       "--disable-gpu",

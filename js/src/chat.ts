@@ -1,0 +1,161 @@
+import { type Client, getClient } from "./client.ts";
+import { LLMGuardError, toLLMGuardError } from "./errors.ts";
+import { readUIMessageStream, type Usage } from "./ui-stream.ts";
+
+/** One turn of a conversation. The system prompt is not a message: see `system`. */
+export interface ChatMessage {
+  role: "user" | "assistant";
+  content: string;
+}
+
+/** A prompt, or the conversation so far. */
+export type ChatInput = string | readonly ChatMessage[];
+
+export interface ChatOptions {
+  /** Instructions for this conversation, if the server allows clients to set them. */
+  system?: string;
+  /** Cancels the request, and so the provider call behind it. */
+  signal?: AbortSignal;
+  /** Ask for fewer output tokens than the server's cap. */
+  maxTokens?: number;
+  /** Another client than the one `configure()` set up. */
+  client?: Client;
+}
+
+/** A finished reply. */
+export interface ChatResult {
+  text: string;
+  /** `stop`, `length` (cut at the output cap), `content-filter`, ... */
+  finishReason: string | undefined;
+  usage: Usage | undefined;
+  messageId: string | undefined;
+}
+
+/**
+ * Deltas of a streamed reply as they arrive, and its final result.
+ *
+ * The request starts at once; iterate to read the deltas, await `result` for
+ * the whole reply. Leaving the loop early (or `abort()`) cancels the request.
+ */
+export interface ChatStream extends AsyncIterable<string> {
+  /** The whole reply with its finish reason and usage; rejects with an `LLMGuardError`. */
+  readonly result: Promise<ChatResult>;
+  /** Cancel the request (the proxy then cancels the provider call). */
+  abort(): void;
+}
+
+/**
+ * Send a prompt (or a conversation) and get the assistant's reply.
+ *
+ * @example
+ * ```ts
+ * const answer = await chat("What is the capital of France?")
+ * ```
+ */
+export async function chat(input: ChatInput, options: ChatOptions = {}): Promise<string> {
+  const client = options.client ?? getClient();
+  const response = await client.post("/api/chat", requestBody(input, options, false), options.signal);
+  let reply: unknown;
+  try {
+    reply = await response.json();
+  } catch (error) {
+    throw toLLMGuardError(error, options.signal);
+  }
+  const content = typeof reply === "object" && reply !== null ? (reply as { content?: unknown }).content : undefined;
+  if (typeof content !== "string") throw new LLMGuardError("InvalidResponse", "The server's reply has no content.");
+  return content;
+}
+
+/**
+ * Stream the assistant's reply, delta by delta.
+ *
+ * @example
+ * ```ts
+ * const stream = streamChat("Tell me a story")
+ * for await (const delta of stream) output.textContent += delta
+ * const { usage } = await stream.result
+ * ```
+ */
+export function streamChat(input: ChatInput, options: ChatOptions = {}): ChatStream {
+  const client = options.client ?? getClient();
+  const controller = new AbortController();
+  const signal = linkSignals(controller, options.signal);
+  const deltas: string[] = [];
+  const waiting = new Set<() => void>();
+  let finished = false;
+  const wakeUp = () => {
+    for (const wake of waiting) wake();
+    waiting.clear();
+  };
+
+  const result = (async (): Promise<ChatResult> => {
+    try {
+      const response = await client.post("/api/chat", requestBody(input, options, true), signal);
+      if (!response.body) throw new LLMGuardError("InvalidResponse", "The server's reply has no body.");
+      let text = "";
+      let messageId: string | undefined;
+      for await (const chunk of readUIMessageStream(response.body)) {
+        if (chunk.type === "text-delta" && typeof chunk["delta"] === "string") {
+          text += chunk["delta"];
+          deltas.push(chunk["delta"]);
+          wakeUp();
+        } else if (chunk.type === "start" && typeof chunk["messageId"] === "string") {
+          messageId = chunk["messageId"];
+        } else if (chunk.type === "error") {
+          const code = typeof chunk["code"] === "string" ? chunk["code"] : "UpstreamError";
+          const message = typeof chunk["errorText"] === "string" ? chunk["errorText"] : "The reply failed.";
+          throw new LLMGuardError(code, message, { status: response.status });
+        } else if (chunk.type === "finish") {
+          const finish = chunk as { finishReason?: string; messageMetadata?: { usage?: Usage } };
+          return { text, finishReason: finish.finishReason, usage: finish.messageMetadata?.usage, messageId };
+        }
+      }
+      throw new LLMGuardError("InvalidResponse", "The stream ended before the reply was complete.");
+    } catch (error) {
+      throw toLLMGuardError(error, signal);
+    } finally {
+      finished = true;
+      wakeUp();
+    }
+  })();
+  // Whoever only iterates gets the error from the loop; no unhandled rejection besides.
+  result.catch(() => undefined);
+
+  async function* iterate(): AsyncGenerator<string> {
+    let index = 0;
+    try {
+      for (;;) {
+        if (index < deltas.length) {
+          yield deltas[index++] as string;
+        } else if (finished) {
+          await result;
+          return;
+        } else {
+          await new Promise<void>((resolve) => waiting.add(resolve));
+        }
+      }
+    } finally {
+      if (!finished) controller.abort();
+    }
+  }
+
+  return { [Symbol.asyncIterator]: iterate, result, abort: () => controller.abort() };
+}
+
+function requestBody(input: ChatInput, options: ChatOptions, stream: boolean): Record<string, unknown> {
+  const messages = typeof input === "string" ? [{ role: "user", content: input }] : input.map(({ role, content }) => ({ role, content }));
+  return {
+    messages,
+    stream,
+    ...(options.system !== undefined && { system: options.system }),
+    ...(options.maxTokens !== undefined && { max_tokens: options.maxTokens }),
+  };
+}
+
+function linkSignals(controller: AbortController, outer: AbortSignal | undefined): AbortSignal {
+  if (outer) {
+    if (outer.aborted) controller.abort(outer.reason);
+    else outer.addEventListener("abort", () => controller.abort(outer.reason), { once: true });
+  }
+  return controller.signal;
+}

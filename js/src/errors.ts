@@ -1,0 +1,120 @@
+/**
+ * Error codes the llmguard server answers with, and the ones the SDK adds for
+ * what happens before or around a response.
+ */
+export type LLMGuardErrorCode =
+  // From the server (`{"error": "<code>", "message": "..."}`).
+  | "Forbidden"
+  | "Unauthorized"
+  | "InvalidRequest"
+  | "PayloadTooLarge"
+  | "RateLimitExceeded"
+  | "TokenBudgetExceeded"
+  | "SpendCapReached"
+  | "UpstreamError"
+  | "StorageUnavailable"
+  | "NotFound"
+  | "MethodNotAllowed"
+  | "InternalError"
+  // From the SDK.
+  | "NetworkError"
+  | "Aborted"
+  | "InvalidResponse";
+
+export interface LLMGuardErrorOptions {
+  status?: number | undefined;
+  retryAfter?: number | undefined;
+  requestId?: string | undefined;
+  cause?: unknown;
+}
+
+/**
+ * The one error the SDK throws. `code` says what happened, in the server's
+ * stable words (`RateLimitExceeded`, `Unauthorized`, ...) or the SDK's own
+ * (`NetworkError`, `Aborted`, `InvalidResponse`).
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await chat("Hello")
+ * } catch (error) {
+ *   if (isLLMGuardError(error) && error.retryAfter) showCountdown(error.retryAfter)
+ * }
+ * ```
+ */
+export class LLMGuardError extends Error {
+  override readonly name = "LLMGuardError";
+  /** The stable error code. */
+  readonly code: LLMGuardErrorCode | (string & {});
+  /** The HTTP status, when the error came with a response. */
+  readonly status: number | undefined;
+  /** Seconds to wait before trying again (from `Retry-After`), when the server said. */
+  readonly retryAfter: number | undefined;
+  /** The server's request id, for its logs. */
+  readonly requestId: string | undefined;
+
+  constructor(code: LLMGuardErrorCode | (string & {}), message: string, options: LLMGuardErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.status = options.status;
+    this.retryAfter = options.retryAfter;
+    this.requestId = options.requestId;
+  }
+}
+
+/** Whether `error` is an {@link LLMGuardError}, optionally with one of `codes`. */
+export function isLLMGuardError(error: unknown, ...codes: LLMGuardErrorCode[]): error is LLMGuardError {
+  return error instanceof LLMGuardError && (codes.length === 0 || codes.includes(error.code as LLMGuardErrorCode));
+}
+
+/** Whether waiting `error.retryAfter` seconds may help: a rate limit or a used-up token budget. */
+export function isRateLimitError(error: unknown): error is LLMGuardError & { retryAfter: number | undefined } {
+  return isLLMGuardError(error, "RateLimitExceeded", "TokenBudgetExceeded");
+}
+
+/** Whether the request was cancelled (by `stop()` or an `AbortSignal`). */
+export function isAbortError(error: unknown): error is LLMGuardError {
+  return isLLMGuardError(error, "Aborted");
+}
+
+/** `Retry-After` as seconds: a number of seconds or an HTTP date. */
+export function parseRetryAfter(value: string | null | undefined, now = Date.now()): number | undefined {
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds));
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - now) / 1000));
+}
+
+/** The SDK error for a non-2xx response: the server's JSON error if there is one. */
+export async function errorFromResponse(response: Response): Promise<LLMGuardError> {
+  let body: unknown;
+  try {
+    body = await response.json();
+  } catch {
+    body = undefined;
+  }
+  const fields = typeof body === "object" && body !== null ? (body as Record<string, unknown>) : {};
+  // llmguard's shape is {"error": "Code", "message"}; OpenAI's is {"error": {"code", "message"}}.
+  const nested = typeof fields["error"] === "object" && fields["error"] !== null ? (fields["error"] as Record<string, unknown>) : {};
+  const code = stringOr(fields["error"], stringOr(nested["code"], `HTTP${response.status}`));
+  const message = stringOr(fields["message"], stringOr(nested["message"], `The server answered ${response.status}.`));
+  const retryAfter =
+    parseRetryAfter(response.headers.get("retry-after")) ??
+    (typeof fields["retry_after"] === "number" ? fields["retry_after"] : undefined);
+  const requestId = response.headers.get("x-request-id") ?? stringOr(fields["request_id"], undefined);
+  return new LLMGuardError(code, message, { status: response.status, retryAfter, requestId });
+}
+
+/** An SDK error for anything thrown while talking to the server. */
+export function toLLMGuardError(error: unknown, signal?: AbortSignal): LLMGuardError {
+  if (error instanceof LLMGuardError) return error;
+  if (signal?.aborted || (error instanceof Error && error.name === "AbortError")) {
+    return new LLMGuardError("Aborted", "The request was cancelled.", { cause: error });
+  }
+  return new LLMGuardError("NetworkError", "Could not reach the server.", { cause: error });
+}
+
+function stringOr<T extends string | undefined>(value: unknown, fallback: T): string | T {
+  return typeof value === "string" && value ? value : fallback;
+}

@@ -1,0 +1,19 @@
+export { Client, type ClientOptions, configure, getClient, getToken } from "./client.ts";
+export { chat, type ChatInput, type ChatMessage, type ChatOptions, type ChatResult, type ChatStream, streamChat } from "./chat.ts";
+export {
+  isAbortError,
+  isLLMGuardError,
+  isRateLimitError,
+  LLMGuardError,
+  type LLMGuardErrorCode,
+  type LLMGuardErrorOptions,
+} from "./errors.ts";
+export {
+  type ChatSession,
+  type ChatSessionOptions,
+  type ChatSessionState,
+  type ChatStatus,
+  createChatSession,
+  type SessionMessage,
+} from "./session.ts";
+export type { UIMessageChunk, Usage } from "./ui-stream.ts";
