@@ -59,6 +59,11 @@ export async function chat(input: ChatInput, options: ChatOptions = {}): Promise
   try {
     reply = await response.json();
   } catch (error) {
+    if (error instanceof SyntaxError) {
+      throw new LLMGuardError("InvalidResponse", "The server's reply is not JSON: is baseUrl an llmguard server?", {
+        cause: error,
+      });
+    }
     throw toLLMGuardError(error, options.signal);
   }
   const content = typeof reply === "object" && reply !== null ? (reply as { content?: unknown }).content : undefined;
@@ -79,7 +84,8 @@ export async function chat(input: ChatInput, options: ChatOptions = {}): Promise
 export function streamChat(input: ChatInput, options: ChatOptions = {}): ChatStream {
   const client = options.client ?? getClient();
   const controller = new AbortController();
-  const signal = linkSignals(controller, options.signal);
+  const unlink = linkSignals(controller, options.signal);
+  const signal = controller.signal;
   const deltas: string[] = [];
   const waiting = new Set<() => void>();
   let finished = false;
@@ -104,7 +110,7 @@ export function streamChat(input: ChatInput, options: ChatOptions = {}): ChatStr
         } else if (chunk.type === "error") {
           const code = typeof chunk["code"] === "string" ? chunk["code"] : "UpstreamError";
           const message = typeof chunk["errorText"] === "string" ? chunk["errorText"] : "The reply failed.";
-          throw new LLMGuardError(code, message, { status: response.status });
+          throw new LLMGuardError(code, message); // no status: the response itself was a 200
         } else if (chunk.type === "finish") {
           const finish = chunk as { finishReason?: string; messageMetadata?: { usage?: Usage } };
           return { text, finishReason: finish.finishReason, usage: finish.messageMetadata?.usage, messageId };
@@ -115,6 +121,7 @@ export function streamChat(input: ChatInput, options: ChatOptions = {}): ChatStr
       throw toLLMGuardError(error, signal);
     } finally {
       finished = true;
+      unlink();
       wakeUp();
     }
   })();
@@ -152,10 +159,14 @@ function requestBody(input: ChatInput, options: ChatOptions, stream: boolean): R
   };
 }
 
-function linkSignals(controller: AbortController, outer: AbortSignal | undefined): AbortSignal {
-  if (outer) {
-    if (outer.aborted) controller.abort(outer.reason);
-    else outer.addEventListener("abort", () => controller.abort(outer.reason), { once: true });
+/** Abort `controller` with `outer`; returns the function that stops listening (a long-lived signal must not pile up listeners). */
+function linkSignals(controller: AbortController, outer: AbortSignal | undefined): () => void {
+  if (!outer) return () => undefined;
+  if (outer.aborted) {
+    controller.abort(outer.reason);
+    return () => undefined;
   }
-  return controller.signal;
+  const onAbort = () => controller.abort(outer.reason);
+  outer.addEventListener("abort", onAbort, { once: true });
+  return () => outer.removeEventListener("abort", onAbort);
 }

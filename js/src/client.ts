@@ -1,4 +1,4 @@
-import { errorFromResponse, toLLMGuardError } from "./errors.ts";
+import { errorFromResponse, LLMGuardError, toLLMGuardError } from "./errors.ts";
 import { TokenCache } from "./token.ts";
 
 /** Where and how the SDK reaches your llmguard server. */
@@ -46,6 +46,7 @@ export class Client {
       const token = await this.tokens.acquire(signal);
       const headers = { ...(await this.headers()), "content-type": "application/json", authorization: `Bearer ${token}` };
       let response: Response;
+
       try {
         response = await this.fetch(path, { method: "POST", headers, body: JSON.stringify(body), ...(signal && { signal }) });
       } catch (error) {
@@ -69,7 +70,12 @@ export class Client {
 
   private async headers(): Promise<Record<string, string>> {
     const extra = this.options.headers;
-    return typeof extra === "function" ? await extra() : { ...extra };
+    if (typeof extra !== "function") return { ...extra };
+    try {
+      return await extra();
+    } catch (error) {
+      throw new LLMGuardError("ConfigurationError", "The headers option threw.", { cause: error });
+    }
   }
 }
 

@@ -19,7 +19,8 @@ export type LLMGuardErrorCode =
   // From the SDK.
   | "NetworkError"
   | "Aborted"
-  | "InvalidResponse";
+  | "InvalidResponse"
+  | "ConfigurationError";
 
 export interface LLMGuardErrorOptions {
   status?: number | undefined;
@@ -31,7 +32,7 @@ export interface LLMGuardErrorOptions {
 /**
  * The one error the SDK throws. `code` says what happened, in the server's
  * stable words (`RateLimitExceeded`, `Unauthorized`, ...) or the SDK's own
- * (`NetworkError`, `Aborted`, `InvalidResponse`).
+ * (`NetworkError`, `Aborted`, `InvalidResponse`, `ConfigurationError`).
  *
  * @example
  * ```ts
@@ -79,7 +80,7 @@ export function isAbortError(error: unknown): error is LLMGuardError {
 
 /** `Retry-After` as seconds: a number of seconds or an HTTP date. */
 export function parseRetryAfter(value: string | null | undefined, now = Date.now()): number | undefined {
-  if (!value) return undefined;
+  if (!value?.trim()) return undefined;
   const seconds = Number(value);
   if (Number.isFinite(seconds)) return Math.max(0, Math.ceil(seconds));
   const date = Date.parse(value);
@@ -97,7 +98,7 @@ export async function errorFromResponse(response: Response): Promise<LLMGuardErr
   const fields = typeof body === "object" && body !== null ? (body as Record<string, unknown>) : {};
   // llmguard's shape is {"error": "Code", "message"}; OpenAI's is {"error": {"code", "message"}}.
   const nested = typeof fields["error"] === "object" && fields["error"] !== null ? (fields["error"] as Record<string, unknown>) : {};
-  const code = stringOr(fields["error"], stringOr(nested["code"], `HTTP${response.status}`));
+  const code = stringOr(fields["error"], stringOr(nested["code"], stringOr(nested["type"], `HTTP${response.status}`)));
   const message = stringOr(fields["message"], stringOr(nested["message"], `The server answered ${response.status}.`));
   const retryAfter =
     parseRetryAfter(response.headers.get("retry-after")) ??

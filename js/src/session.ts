@@ -38,7 +38,7 @@ export interface ChatSession extends ChatSessionState {
   subscribe(listener: () => void): () => void;
   /** Add a user message and stream the reply. Ignored while a reply is in progress or when `text` is blank. */
   send(text: string): Promise<void>;
-  /** Stop the reply in progress, keeping what has arrived. */
+  /** Stop the reply in progress (status is `ready` at once), keeping what has arrived. */
   stop(): void;
   /** Ask again for the last reply (after an error, a stop, or to regenerate). */
   retry(): Promise<void>;
@@ -83,11 +83,14 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
   };
   const busy = () => state.status === "submitted" || state.status === "streaming";
 
-  async function reply(): Promise<void> {
+  /** Stream a reply to `messages` (which end with the user's turn). */
+  async function reply(messages: readonly SessionMessage[]): Promise<void> {
     const current = new AbortController();
     controller = current;
-    update({ status: "submitted", error: undefined });
-    const history = state.messages.filter((message) => message.content !== "");
+    // A reply that was stopped or cleared must not touch the state any more.
+    const isCurrent = () => controller === current;
+    update({ messages, status: "submitted", error: undefined });
+    const history = messages.filter((message) => message.content !== "");
     const stream = streamChat(history, {
       signal: current.signal,
       ...(options.system !== undefined && { system: options.system }),
@@ -96,6 +99,7 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     let answer: SessionMessage | undefined;
     try {
       for await (const delta of stream) {
+        if (!isCurrent()) return;
         if (answer === undefined) {
           answer = { id: newId(), role: "assistant", content: delta };
           update({ status: "streaming", messages: [...state.messages, answer] });
@@ -105,20 +109,18 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
         }
       }
       const result = await stream.result;
+      if (!isCurrent()) return;
       answer ??= { id: newId(), role: "assistant", content: result.text };
-      if (state.messages.at(-1)?.id !== answer.id) update({ messages: [...state.messages, answer] });
-      update({ status: "ready" });
+      const complete = state.messages.at(-1)?.id === answer.id ? state.messages : [...state.messages, answer];
+      controller = undefined;
+      update({ messages: complete, status: "ready" });
       options.onFinish?.(answer, result);
     } catch (thrown) {
+      if (!isCurrent()) return; // stopped or cleared: the partial reply stays as it was
+      controller = undefined;
       const error = toLLMGuardError(thrown, current.signal);
-      if (current.signal.aborted) {
-        update({ status: "ready" }); // stopped: the partial reply stays
-      } else {
-        update({ status: "error", error });
-        options.onError?.(error);
-      }
-    } finally {
-      if (controller === current) controller = undefined;
+      update({ status: "error", error });
+      options.onError?.(error);
     }
   }
 
@@ -139,22 +141,24 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     },
     async send(text) {
       if (busy() || !text.trim()) return;
-      update({ messages: [...state.messages, { id: newId(), role: "user", content: text }] });
-      await reply();
+      await reply([...state.messages, { id: newId(), role: "user", content: text }]);
     },
     stop() {
-      controller?.abort();
+      if (!controller) return;
+      controller.abort();
+      controller = undefined;
+      update({ status: "ready" });
     },
     async retry() {
       if (busy()) return;
       let lastUser = state.messages.length - 1;
       while (lastUser >= 0 && state.messages[lastUser]?.role !== "user") lastUser -= 1;
       if (lastUser < 0) return;
-      update({ messages: state.messages.slice(0, lastUser + 1) });
-      await reply();
+      await reply(state.messages.slice(0, lastUser + 1));
     },
     clear() {
       controller?.abort();
+      controller = undefined;
       update({ messages: [], status: "ready", error: undefined });
     },
     setMessages(messages) {

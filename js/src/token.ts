@@ -31,6 +31,7 @@ export class TokenCache {
 
   /** A token for one request (it counts as one use). */
   async acquire(signal?: AbortSignal): Promise<string> {
+    if (signal?.aborted) throw toLLMGuardError(signal.reason, signal);
     for (;;) {
       const cached = this.current;
       if (cached && Date.now() < cached.refreshAt && (cached.usesLeft === null || cached.usesLeft > 0)) {
