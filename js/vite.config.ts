@@ -1,29 +1,34 @@
-import { defineConfig } from "vite";
+import { defineConfig, type UserConfig } from "vite";
 
-// Two builds of src/index.ts:
-// - the npm package (`vite build`): library mode, ESM, dependencies left to the app's bundler;
-// - the browser build (`vite build --mode browser`): one minified ESM file with its dependencies
-//   inside, which the Python package serves at /sdk.js. (Library mode never minifies ESM
-//   whitespace, so this one is built as an app with a single script entry.)
-export default defineConfig(({ mode }) => {
-  const browser = mode === "browser";
+// Three builds:
+// - the npm package (`vite build`): library mode, ESM entries for `.`, `./react` and `./widget`,
+//   dependencies left to the app's bundler;
+// - `vite build --mode browser`: dist/browser/sdk.js, the core SDK as one minified ES module
+//   (served by the Python package at /sdk.js);
+// - `vite build --mode browser-widget`: dist/browser/widget.js, the SDK plus <llmguard-chat>
+//   (served at /widget.js).
+// The browser files are built as apps with one script entry: library mode never minifies ESM
+// whitespace.
+export default defineConfig(({ mode }): UserConfig => {
+  const browser = mode === "browser" || mode === "browser-widget";
   const define = {
     // Served from the proxy, the SDK talks to the proxy it came from unless configured.
     __LLMGUARD_BROWSER_BUILD__: JSON.stringify(browser),
   };
   if (browser) {
+    const widget = mode === "browser-widget";
     return {
       define,
       build: {
         target: "es2022",
         outDir: "dist/browser",
-        emptyOutDir: true,
+        emptyOutDir: false,
         minify: true,
         modulePreload: false,
         rollupOptions: {
-          input: "src/index.ts",
+          input: widget ? "src/widget/register.ts" : "src/index.ts",
           preserveEntrySignatures: "strict",
-          output: { format: "es", entryFileNames: "sdk.js" },
+          output: { format: "es", entryFileNames: widget ? "widget.js" : "sdk.js" },
         },
       },
     };
@@ -34,8 +39,12 @@ export default defineConfig(({ mode }) => {
       target: "es2022",
       outDir: "dist",
       minify: false,
-      lib: { entry: "src/index.ts", formats: ["es"], fileName: () => "index.js" },
-      rollupOptions: { external: ["eventsource-parser"] },
+      lib: {
+        entry: { index: "src/index.ts", react: "src/react/index.ts", widget: "src/widget/index.ts" },
+        formats: ["es"],
+        fileName: (_format, name) => `${name}.js`,
+      },
+      rollupOptions: { external: ["eventsource-parser", "marked", "react", "react/jsx-runtime"] },
     },
   };
 });

@@ -122,7 +122,8 @@ def create_app(
         Route("/healthz", healthz, methods=["GET"]),
         Mount("/api", app=OriginFilter(api, allow_origins=settings.allowed_origins)),
     ]
-    routes.append(Route("/sdk.js", _sdk_js, methods=["GET"]))
+    routes.append(Route("/sdk.js", _SDK_JS.__call__, methods=["GET"]))
+    routes.append(Route("/widget.js", _WIDGET_JS.__call__, methods=["GET"]))
     if settings.serves_demo_page:
         routes.append(Route("/", _demo_page, methods=["GET"]))
 
@@ -196,20 +197,26 @@ async def _demo_page(request: Request) -> Response:
     return Response(_DEMO_PAGE, media_type="text/html; charset=utf-8", headers=headers)
 
 
-# The browser build of @llmguard/sdk (js/, committed by `npm run build`), for pages that
-# `import { chat } from "https://your-proxy/sdk.js"`. Module scripts load with CORS, hence `*`.
-_SDK = resources.files("llmguard").joinpath("static/sdk.js").read_bytes()
-_SDK_ETAG = '"' + hashlib.sha256(_SDK).hexdigest()[:20] + '"'
-_SDK_HEADERS = {
-    "cache-control": "public, max-age=300",
-    "etag": _SDK_ETAG,
-    "access-control-allow-origin": "*",
-    "cross-origin-resource-policy": "cross-origin",
-    "x-content-type-options": "nosniff",
-}
+# The browser builds of @llmguard/sdk (js/, committed by `npm run sync:browser-build`): /sdk.js
+# for pages that `import { chat } from "https://your-proxy/sdk.js"`, /widget.js for
+# <llmguard-chat>. Module scripts load with CORS, hence `*`.
+class _Script:
+    def __init__(self, name: str) -> None:
+        self.body = resources.files("llmguard").joinpath(f"static/{name}").read_bytes()
+        etag = '"' + hashlib.sha256(self.body).hexdigest()[:20] + '"'
+        self.headers = {
+            "cache-control": "public, max-age=300",
+            "etag": etag,
+            "access-control-allow-origin": "*",
+            "cross-origin-resource-policy": "cross-origin",
+            "x-content-type-options": "nosniff",
+        }
+
+    async def __call__(self, request: Request) -> Response:
+        if self.headers["etag"] in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=self.headers)
+        return Response(self.body, media_type="text/javascript; charset=utf-8", headers=self.headers)
 
 
-async def _sdk_js(request: Request) -> Response:
-    if _SDK_ETAG in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=_SDK_HEADERS)
-    return Response(_SDK, media_type="text/javascript; charset=utf-8", headers=_SDK_HEADERS)
+_SDK_JS = _Script("sdk.js")
+_WIDGET_JS = _Script("widget.js")

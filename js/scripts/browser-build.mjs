@@ -4,27 +4,33 @@
 //   node scripts/browser-build.mjs check  fail unless the committed file equals a fresh build
 import { readFileSync, writeFileSync } from "node:fs";
 
-const built = new URL("../dist/browser/sdk.js", import.meta.url);
-const committed = new URL("../../llmguard/static/sdk.js", import.meta.url);
+const FILES = ["sdk.js", "widget.js"];
 const mode = process.argv[2];
+if (mode !== "sync" && mode !== "check") {
+  console.error("usage: browser-build.mjs sync|check");
+  process.exit(2);
+}
 
-const fresh = readFileSync(built, "utf8");
-if (mode === "sync") {
-  writeFileSync(committed, fresh);
-  console.log(`llmguard/static/sdk.js updated (${fresh.length} bytes)`);
-} else if (mode === "check") {
+let stale = false;
+for (const file of FILES) {
+  const fresh = readFileSync(new URL(`../dist/browser/${file}`, import.meta.url), "utf8");
+  const committed = new URL(`../../llmguard/static/${file}`, import.meta.url);
+  if (mode === "sync") {
+    writeFileSync(committed, fresh);
+    console.log(`llmguard/static/${file} updated (${Buffer.byteLength(fresh)} bytes)`);
+    continue;
+  }
   let current = "";
   try {
     current = readFileSync(committed, "utf8");
   } catch {
     // missing: reported below
   }
-  if (current !== fresh) {
-    console.error("llmguard/static/sdk.js differs from a fresh build of js/: run `npm run build` in js/ and commit it.");
-    process.exit(1);
+  if (current === fresh) {
+    console.log(`llmguard/static/${file} matches a fresh build`);
+  } else {
+    console.error(`llmguard/static/${file} differs from a fresh build of js/: run \`npm run sync:browser-build\` in js/ and commit it.`);
+    stale = true;
   }
-  console.log("llmguard/static/sdk.js matches a fresh build");
-} else {
-  console.error("usage: browser-build.mjs sync|check");
-  process.exit(2);
 }
+process.exit(stale ? 1 : 0);

@@ -1,0 +1,438 @@
+import { Client } from "../client.ts";
+import { isRateLimitError, type LLMGuardError } from "../errors.ts";
+import type { ChatMessage, ChatResult } from "../chat.ts";
+import { type ChatSession, type ChatSessionState, createChatSession, type SessionMessage } from "../session.ts";
+import { renderMarkdown } from "./markdown.ts";
+import { STYLES } from "./styles.ts";
+
+/** The tag of the widget. */
+export const TAG = "llmguard-chat";
+
+/** What the element adds to HTMLElement. */
+export interface LLMGuardChatElement extends HTMLElement {
+  /** The conversation to start from (set before the element is connected). */
+  initialMessages: readonly ChatMessage[] | undefined;
+  /** Another client than the default one (or use the `base-url` attribute). */
+  client: Client | undefined;
+  /** The session behind the widget (after it is connected). */
+  readonly session: ChatSession | undefined;
+}
+
+/** Fired with `detail: LLMGuardError` when a reply fails. */
+export type ChatErrorEvent = CustomEvent<LLMGuardError>;
+/** Fired with `detail: { message, result }` when a reply is complete. */
+export type ChatFinishEvent = CustomEvent<{ message: SessionMessage; result: ChatResult }>;
+
+// `heading`, not `title`: a `title` attribute would show as a tooltip over the whole widget.
+const ATTRIBUTES = ["heading", "placeholder", "theme", "system", "persist", "base-url"] as const;
+const NEAR_BOTTOM_PX = 48;
+
+// Not HTMLElement itself at module scope: importing this file on a server must not fail.
+const Base = (globalThis.HTMLElement ?? class {}) as typeof HTMLElement;
+
+/**
+ * `<llmguard-chat>`: a complete chat panel on the core session.
+ *
+ * Attributes: `heading`, `placeholder`, `theme` (`light`, `dark`, `auto`),
+ * `system`, `persist` (keep the conversation in localStorage; its value names
+ * the conversation), `base-url`. Events: `llmguard-error`, `llmguard-finish`.
+ */
+export class ChatElement extends Base implements LLMGuardChatElement {
+  static readonly observedAttributes = ATTRIBUTES;
+
+  initialMessages: readonly ChatMessage[] | undefined;
+  client: Client | undefined;
+  #session: ChatSession | undefined;
+  #unsubscribe: (() => void) | undefined;
+  #view: View | undefined;
+
+  get session(): ChatSession | undefined {
+    return this.#session;
+  }
+
+  connectedCallback(): void {
+    // Properties set before the element was upgraded are own properties: move them onto the class.
+    for (const name of ["initialMessages", "client"] as const) {
+      if (Object.prototype.hasOwnProperty.call(this, name)) {
+        const value = (this as Record<string, unknown>)[name];
+        delete (this as Record<string, unknown>)[name];
+        (this as Record<string, unknown>)[name] = value;
+      }
+    }
+    if (!this.#view) this.#view = new View(this, this.attachShadow({ mode: "open" }));
+    this.#start();
+  }
+
+  disconnectedCallback(): void {
+    this.#stopSession();
+    this.#view?.dispose();
+  }
+
+  attributeChangedCallback(name: string, previous: string | null, value: string | null): void {
+    if (previous === value || !this.#view) return;
+    if (name === "system" || name === "base-url" || name === "persist") {
+      // The session is configured with these: start a new one that keeps the conversation.
+      const messages = this.#session?.messages ?? [];
+      this.#stopSession();
+      this.#start(messages);
+    } else {
+      this.#view.applyAttributes();
+    }
+  }
+
+  #start(messages?: readonly SessionMessage[]): void {
+    const view = this.#view;
+    if (!view || this.#session) return;
+    const baseUrl = this.getAttribute("base-url");
+    const client = this.client ?? (baseUrl ? new Client({ baseUrl }) : undefined);
+    const system = this.getAttribute("system");
+    const session = createChatSession({
+      initialMessages: messages ?? view.restore() ?? this.initialMessages ?? [],
+      ...(client && { client }),
+      ...(system !== null && { system }),
+      onError: (error) => this.dispatchEvent(new CustomEvent("llmguard-error", { detail: error })),
+      onFinish: (message, result) => this.dispatchEvent(new CustomEvent("llmguard-finish", { detail: { message, result } })),
+    });
+    this.#session = session;
+    view.attach(session);
+    this.#unsubscribe = session.subscribe(() => view.render(session.getSnapshot()));
+    view.render(session.getSnapshot());
+  }
+
+  #stopSession(): void {
+    this.#unsubscribe?.();
+    this.#unsubscribe = undefined;
+    this.#session?.stop();
+    this.#session = undefined;
+  }
+}
+
+/** The DOM of one widget and how it follows the session's state. */
+class View {
+  readonly #host: HTMLElement;
+  readonly #log: HTMLElement;
+  readonly #title: HTMLElement;
+  readonly #input: HTMLTextAreaElement;
+  readonly #send: HTMLButtonElement;
+  readonly #stop: HTMLButtonElement;
+  readonly #clear: HTMLButtonElement;
+  readonly #jump: HTMLButtonElement;
+  readonly #error: HTMLElement;
+  readonly #errorText: HTMLElement;
+  readonly #retry: HTMLButtonElement;
+  readonly #announcer: HTMLElement;
+  readonly #bubbles = new Map<string, { node: HTMLElement; content: string }>();
+  #session: ChatSession | undefined;
+  #last: ChatSessionState | undefined;
+  #pinned = true;
+  #frame: number | undefined;
+  #countdown: ReturnType<typeof setInterval> | undefined;
+  #waitUntil = 0;
+
+  constructor(host: HTMLElement, root: ShadowRoot) {
+    this.#host = host;
+    const document = host.ownerDocument;
+    const style = document.createElement("style");
+    style.textContent = STYLES;
+    const panel = make(document, "section", "panel", { part: "panel" });
+    const header = make(document, "header", "", { part: "header" });
+    this.#title = make(document, "h2", "", { part: "title", id: "title" });
+    this.#clear = button(document, "New chat", "secondary");
+    this.#clear.setAttribute("part", "clear");
+    header.append(this.#title, this.#clear);
+    this.#log = make(document, "div", "log", {
+      part: "log",
+      role: "log",
+      // The log is not read aloud token by token: the announcer says when a reply starts and ends.
+      "aria-live": "off",
+      "aria-labelledby": "title",
+      tabindex: "0",
+    });
+    this.#jump = button(document, "Jump to latest ↓", "jump");
+    this.#jump.hidden = true;
+    this.#announcer = make(document, "div", "visually-hidden", { role: "status", "aria-live": "polite" });
+    this.#error = make(document, "div", "error", { part: "error", role: "alert" });
+    this.#error.hidden = true;
+    this.#errorText = make(document, "span", "error-text");
+    this.#retry = button(document, "Retry", "secondary");
+    this.#error.append(this.#errorText, this.#retry);
+    const form = make(document, "form", "");
+    const label = make(document, "label", "visually-hidden", { for: "input" });
+    label.textContent = "Message";
+    this.#input = make(document, "textarea", "", { id: "input", rows: "1", part: "input" });
+    this.#send = button(document, "Send", "");
+    this.#send.type = "submit";
+    this.#send.setAttribute("part", "send");
+    this.#stop = button(document, "Stop", "secondary");
+    this.#stop.setAttribute("part", "stop");
+    this.#stop.hidden = true;
+    form.append(label, this.#input, this.#send, this.#stop);
+    panel.append(header, this.#log, this.#jump, this.#announcer, this.#error, form);
+    root.append(style, panel);
+
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.#submit();
+    });
+    this.#input.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        this.#submit();
+      } else if (event.key === "Escape") {
+        this.#session?.stop();
+      }
+    });
+    this.#input.addEventListener("input", () => this.#grow());
+    this.#stop.addEventListener("click", () => {
+      this.#session?.stop();
+      this.#input.focus();
+    });
+    this.#retry.addEventListener("click", () => void this.#session?.retry());
+    this.#clear.addEventListener("click", () => {
+      this.#session?.clear();
+      this.#input.focus();
+    });
+    this.#jump.addEventListener("click", () => this.#scrollToEnd(true));
+    this.#log.addEventListener("scroll", () => {
+      this.#pinned = this.#log.scrollHeight - this.#log.scrollTop - this.#log.clientHeight <= NEAR_BOTTOM_PX;
+      if (this.#pinned) this.#jump.hidden = true;
+    });
+    this.#log.addEventListener("click", (event) => this.#copy(event));
+    this.applyAttributes();
+  }
+
+  attach(session: ChatSession): void {
+    this.#session = session;
+    this.#last = undefined;
+  }
+
+  dispose(): void {
+    if (this.#frame !== undefined) cancelAnimationFrame(this.#frame);
+    this.#frame = undefined;
+    clearInterval(this.#countdown);
+    this.#countdown = undefined;
+  }
+
+  applyAttributes(): void {
+    this.#title.textContent = this.#host.getAttribute("heading") ?? "Assistant";
+    this.#input.placeholder = this.#host.getAttribute("placeholder") ?? "Ask anything…";
+    if (!this.#host.hasAttribute("theme")) this.#host.setAttribute("theme", "light");
+  }
+
+  /** The saved conversation, when `persist` is set. */
+  restore(): SessionMessage[] | undefined {
+    const key = this.#storageKey();
+    if (!key) return undefined;
+    try {
+      const saved: unknown = JSON.parse(localStorage.getItem(key) ?? "null");
+      return Array.isArray(saved) ? (saved as SessionMessage[]) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  render(state: ChatSessionState): void {
+    const previous = this.#last;
+    this.#last = state;
+    const busy = state.status === "submitted" || state.status === "streaming";
+    this.#renderMessages(state, busy);
+    this.#send.hidden = busy;
+    this.#stop.hidden = !busy;
+    this.#log.setAttribute("aria-busy", String(busy));
+    this.#clear.disabled = state.messages.length === 0 && !busy;
+
+    if (previous && previous.status !== state.status) this.#announce(previous, state);
+    if (state.error !== previous?.error) this.#showError(state.error);
+    this.#updateSendable();
+    if (!busy && previous && previous.status !== state.status) this.#save(state.messages);
+  }
+
+  #renderMessages(state: ChatSessionState, busy: boolean): void {
+    const seen = new Set<string>();
+    const last = state.messages.at(-1);
+    for (const message of state.messages) {
+      seen.add(message.id);
+      let bubble = this.#bubbles.get(message.id);
+      if (!bubble) {
+        const node = make(this.#host.ownerDocument, "div", `message ${message.role}`, {
+          part: `message ${message.role}`,
+          "data-id": message.id,
+        });
+        bubble = { node, content: "" };
+        this.#bubbles.set(message.id, bubble);
+        this.#log.appendChild(node);
+      }
+      if (bubble.content !== message.content) {
+        bubble.content = message.content;
+        if (message.role === "user") bubble.node.textContent = message.content;
+        else bubble.node.replaceChildren(renderMarkdown(message.content, this.#host.ownerDocument));
+      }
+      bubble.node.classList.toggle("typing", busy && message === last && message.role === "assistant");
+    }
+    for (const [id, bubble] of this.#bubbles) {
+      if (!seen.has(id)) {
+        bubble.node.remove();
+        this.#bubbles.delete(id);
+      }
+    }
+    let empty = this.#log.querySelector(".empty");
+    if (state.messages.length === 0 && !empty) {
+      empty = make(this.#host.ownerDocument, "p", "empty");
+      empty.textContent = "Ask anything to start.";
+      this.#log.appendChild(empty);
+    } else if (state.messages.length > 0) {
+      empty?.remove();
+    }
+    this.#scrollToEnd(false);
+  }
+
+  #announce(previous: ChatSessionState, state: ChatSessionState): void {
+    // One announcement as a reply starts and one as it ends: never one per token.
+    if (state.status === "submitted") this.#announcer.textContent = "Assistant is replying…";
+    else if (state.status === "ready" && (previous.status === "streaming" || previous.status === "submitted")) {
+      const reply = state.messages.at(-1);
+      this.#announcer.textContent =
+        reply?.role === "assistant" ? `Assistant replied: ${reply.content}` : "The reply was stopped.";
+    }
+  }
+
+  #showError(error: LLMGuardError | undefined): void {
+    clearInterval(this.#countdown);
+    this.#countdown = undefined;
+    this.#waitUntil = 0;
+    this.#error.hidden = !error;
+    if (!error) return;
+    if (isRateLimitError(error) && error.retryAfter) {
+      this.#waitUntil = Date.now() + error.retryAfter * 1000;
+      // The server's message says when to retry as of when it was sent: a live countdown replaces that.
+      const reason = error.message.replace(/\s*Try again in [^.]*\.?$/, "");
+      const tick = () => {
+        const left = Math.ceil((this.#waitUntil - Date.now()) / 1000);
+        if (left <= 0) {
+          clearInterval(this.#countdown);
+          this.#countdown = undefined;
+          this.#waitUntil = 0;
+          this.#errorText.textContent = `${reason} You can send again now.`;
+        } else {
+          this.#errorText.textContent = `${reason} Try again in ${formatWait(left)}.`;
+        }
+        this.#updateSendable();
+      };
+      tick();
+      this.#countdown = setInterval(tick, 1000);
+    } else {
+      this.#errorText.textContent = error.message;
+    }
+  }
+
+  #updateSendable(): void {
+    const waiting = this.#waitUntil > Date.now();
+    this.#send.disabled = waiting;
+    this.#retry.disabled = waiting;
+    this.#send.title = waiting ? "Too many requests: wait for the countdown" : "";
+  }
+
+  #submit(): void {
+    const session = this.#session;
+    const text = this.#input.value;
+    if (!session || !text.trim() || this.#send.disabled || session.status === "submitted" || session.status === "streaming") {
+      return;
+    }
+    this.#input.value = "";
+    this.#grow();
+    this.#pinned = true;
+    void session.send(text);
+  }
+
+  #scrollToEnd(force: boolean): void {
+    if (force) this.#pinned = true;
+    if (!this.#pinned) {
+      // A reader who scrolled up is not yanked back down: offer a way instead.
+      this.#jump.hidden = false;
+      return;
+    }
+    this.#frame ??= requestAnimationFrame(() => {
+      this.#frame = undefined;
+      this.#log.scrollTop = this.#log.scrollHeight;
+      this.#jump.hidden = true;
+    });
+  }
+
+  #grow(): void {
+    this.#input.style.height = "auto";
+    this.#input.style.height = `${Math.min(this.#input.scrollHeight, 144)}px`;
+  }
+
+  #copy(event: Event): void {
+    const target = event.target;
+    if (!(target instanceof HTMLButtonElement) || !target.classList.contains("copy")) return;
+    const code = target.dataset["code"] ?? "";
+    void navigator.clipboard?.writeText(code).then(
+      () => {
+        target.textContent = "Copied";
+        setTimeout(() => (target.textContent = "Copy"), 1500);
+      },
+      () => undefined,
+    );
+  }
+
+  #storageKey(): string | undefined {
+    const persist = this.#host.getAttribute("persist");
+    if (persist === null || persist === "false") return undefined;
+    return `llmguard-chat:${persist || "default"}`;
+  }
+
+  #save(messages: readonly SessionMessage[]): void {
+    const key = this.#storageKey();
+    if (!key) return;
+    try {
+      localStorage.setItem(key, JSON.stringify(messages));
+    } catch {
+      // Full or forbidden (private mode): the conversation just is not kept.
+    }
+  }
+}
+
+function formatWait(seconds: number): string {
+  if (seconds < 90) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  return minutes < 90 ? `${minutes} min ${seconds % 60} s` : `${Math.ceil(minutes / 60)} h`;
+}
+
+function make<K extends keyof HTMLElementTagNameMap>(
+  document: Document,
+  tag: K,
+  className: string,
+  attributes: Record<string, string> = {},
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
+function button(document: Document, text: string, className: string): HTMLButtonElement {
+  const node = make(document, "button", className);
+  node.type = "button";
+  node.textContent = text;
+  return node;
+}
+
+/**
+ * Register `<llmguard-chat>` (once; later calls do nothing). Call it in the
+ * browser before or after the element is in the page.
+ */
+export function defineChatWidget(): void {
+  if (typeof customElements === "undefined" || customElements.get(TAG)) return;
+  customElements.define(TAG, ChatElement);
+}
+
+declare global {
+  interface HTMLElementTagNameMap {
+    "llmguard-chat": LLMGuardChatElement;
+  }
+  interface HTMLElementEventMap {
+    "llmguard-error": ChatErrorEvent;
+    "llmguard-finish": ChatFinishEvent;
+  }
+}
