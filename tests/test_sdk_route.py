@@ -6,19 +6,28 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
+import pytest
+
 from conftest import Harness
 
 
-async def test_sdk_js_is_the_committed_browser_build(harness: Harness) -> None:
-    response = await harness.client.get("/sdk.js", headers={"origin": "https://any-site.example"})
+@pytest.mark.parametrize("name", ["sdk.js", "widget.js"])
+async def test_scripts_are_the_committed_browser_builds(harness: Harness, name: str) -> None:
+    response = await harness.client.get(f"/{name}", headers={"origin": "https://any-site.example"})
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/javascript; charset=utf-8"
-    assert response.content == resources.files("llmguard").joinpath("static/sdk.js").read_bytes()
+    assert response.content == resources.files("llmguard").joinpath(f"static/{name}").read_bytes()
     assert b"export{" in response.content  # an ES module
     # Any page may import it as a module script (those are fetched with CORS).
     assert response.headers["access-control-allow-origin"] == "*"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "max-age" in response.headers["cache-control"]
+
+
+async def test_the_widget_build_registers_the_element(harness: Harness) -> None:
+    widget = (await harness.client.get("/widget.js")).text
+    assert "llmguard-chat" in widget
+    assert "customElements" in widget
 
 
 async def test_sdk_js_revalidates_with_its_etag(harness: Harness) -> None:
@@ -30,10 +39,12 @@ async def test_sdk_js_revalidates_with_its_etag(harness: Harness) -> None:
     assert stale.status_code == 200
 
 
-async def test_the_demo_page_uses_the_sdk_from_its_own_server(harness_factory: Callable[..., Any]) -> None:
+async def test_the_demo_page_is_the_widget_from_its_own_server(harness_factory: Callable[..., Any]) -> None:
     harness: Harness = await harness_factory(demo_page=True)
     page = await harness.client.get("/")
-    assert 'from "./sdk.js"' in page.text
+    assert '<script type="module" src="./widget.js"></script>' in page.text
+    assert "<llmguard-chat" in page.text
     policy = page.headers["content-security-policy"]
-    assert "script-src 'self' 'sha256-" in policy
+    assert "script-src 'self'" in policy
     assert "connect-src 'self'" in policy
+    assert "'unsafe-inline'" not in policy.split("script-src", 1)[1].split(";", 1)[0]
