@@ -7,7 +7,6 @@ from importlib import resources
 from typing import Any
 
 import pytest
-
 from conftest import Harness
 
 
