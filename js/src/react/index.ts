@@ -15,10 +15,11 @@ import type { LLMGuardError } from "../errors.ts";
 import { type ChatSession, type ChatStatus, createChatSession, type SessionMessage } from "../session.ts";
 import { defineChatWidget, type LLMGuardChatElement } from "../widget/chat-element.ts";
 
+/** Options of {@link useChat}. `system`, `initialMessages` and `client` are read once, on mount. */
 export interface UseChatOptions {
   /** Instructions for the conversation, if the server allows clients to set them. */
   system?: string;
-  /** Start from an earlier conversation (read once, on mount). */
+  /** Start from an earlier conversation. */
   initialMessages?: readonly ChatMessage[];
   /** Another client than the one `configure()` set up. */
   client?: Client;
@@ -74,11 +75,11 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
 
   const send = useCallback(
     async (text?: string) => {
-      if (text === undefined) {
-        text = inputRef.current;
-        setInput("");
-      }
-      await session.send(text);
+      const value = text ?? inputRef.current;
+      // Nothing is sent while a reply is in progress: then the typed text must stay in the box.
+      if (!value.trim() || session.status === "submitted" || session.status === "streaming") return;
+      if (text === undefined) setInput("");
+      await session.send(value);
     },
     [session],
   );

@@ -40,11 +40,37 @@ const Base = (globalThis.HTMLElement ?? class {}) as typeof HTMLElement;
 export class ChatElement extends Base implements LLMGuardChatElement {
   static readonly observedAttributes = ATTRIBUTES;
 
-  initialMessages: readonly ChatMessage[] | undefined;
-  client: Client | undefined;
+  // Accessors over private fields, not public class fields: a field would overwrite on upgrade
+  // what a framework set on the element before it was defined.
+  #initialMessages: readonly ChatMessage[] | undefined;
+  #client: Client | undefined;
   #session: ChatSession | undefined;
   #unsubscribe: (() => void) | undefined;
   #view: View | undefined;
+  /** The conversation while the element is out of the page (moved, or re-rendered elsewhere). */
+  #kept: readonly SessionMessage[] | undefined;
+
+  get initialMessages(): readonly ChatMessage[] | undefined {
+    return this.#initialMessages;
+  }
+
+  set initialMessages(messages: readonly ChatMessage[] | undefined) {
+    this.#initialMessages = messages;
+    // Set after the widget started (React effects run after insertion): still used while untouched.
+    const session = this.#session;
+    if (messages && session && session.messages.length === 0 && session.status === "ready") {
+      session.setMessages(messages);
+    }
+  }
+
+  get client(): Client | undefined {
+    return this.#client;
+  }
+
+  set client(client: Client | undefined) {
+    this.#client = client;
+    if (this.#session) this.#restart();
+  }
 
   get session(): ChatSession | undefined {
     return this.#session;
@@ -60,10 +86,12 @@ export class ChatElement extends Base implements LLMGuardChatElement {
       }
     }
     if (!this.#view) this.#view = new View(this, this.attachShadow({ mode: "open" }));
-    this.#start();
+    this.#start(this.#kept);
+    this.#kept = undefined;
   }
 
   disconnectedCallback(): void {
+    this.#kept = this.#session?.messages;
     this.#stopSession();
     this.#view?.dispose();
   }
@@ -71,10 +99,7 @@ export class ChatElement extends Base implements LLMGuardChatElement {
   attributeChangedCallback(name: string, previous: string | null, value: string | null): void {
     if (previous === value || !this.#view) return;
     if (name === "system" || name === "base-url" || name === "persist") {
-      // The session is configured with these: start a new one that keeps the conversation.
-      const messages = this.#session?.messages ?? [];
-      this.#stopSession();
-      this.#start(messages);
+      this.#restart();
     } else {
       this.#view.applyAttributes();
     }
@@ -99,6 +124,14 @@ export class ChatElement extends Base implements LLMGuardChatElement {
     view.render(session.getSnapshot());
   }
 
+  /** The session is configured with system, base-url, persist and client: a new one keeps the conversation. */
+  #restart(): void {
+    if (!this.#session) return;
+    const messages = this.#session.messages;
+    this.#stopSession();
+    this.#start(messages);
+  }
+
   #stopSession(): void {
     this.#unsubscribe?.();
     this.#unsubscribe = undefined;
@@ -119,6 +152,7 @@ class View {
   readonly #jump: HTMLButtonElement;
   readonly #error: HTMLElement;
   readonly #errorText: HTMLElement;
+  readonly #countdownText: HTMLElement;
   readonly #retry: HTMLButtonElement;
   readonly #announcer: HTMLElement;
   readonly #bubbles = new Map<string, { node: HTMLElement; content: string }>();
@@ -128,6 +162,8 @@ class View {
   #frame: number | undefined;
   #countdown: ReturnType<typeof setInterval> | undefined;
   #waitUntil = 0;
+  /** Set when the user stops a reply, so its end is announced as stopped, not as replied. */
+  #stopping = false;
 
   constructor(host: HTMLElement, root: ShadowRoot) {
     this.#host = host;
@@ -149,13 +185,16 @@ class View {
       tabindex: "0",
     });
     this.#jump = button(document, "Jump to latest ↓", "jump");
+    this.#jump.setAttribute("aria-label", "Jump to latest message");
     this.#jump.hidden = true;
     this.#announcer = make(document, "div", "visually-hidden", { role: "status", "aria-live": "polite" });
-    this.#error = make(document, "div", "error", { part: "error", role: "alert" });
+    this.#error = make(document, "div", "error", { part: "error" });
     this.#error.hidden = true;
-    this.#errorText = make(document, "span", "error-text");
+    // The reason is an alert, said once; the countdown beside it ticks silently.
+    this.#errorText = make(document, "span", "error-text", { role: "alert" });
+    this.#countdownText = make(document, "span", "countdown");
     this.#retry = button(document, "Retry", "secondary");
-    this.#error.append(this.#errorText, this.#retry);
+    this.#error.append(this.#errorText, this.#countdownText, this.#retry);
     const form = make(document, "form", "");
     const label = make(document, "label", "visually-hidden", { for: "input" });
     label.textContent = "Message";
@@ -179,12 +218,12 @@ class View {
         event.preventDefault();
         this.#submit();
       } else if (event.key === "Escape") {
-        this.#session?.stop();
+        this.#stopReply();
       }
     });
     this.#input.addEventListener("input", () => this.#grow());
     this.#stop.addEventListener("click", () => {
-      this.#session?.stop();
+      this.#stopReply();
       this.#input.focus();
     });
     this.#retry.addEventListener("click", () => void this.#session?.retry());
@@ -225,7 +264,16 @@ class View {
     if (!key) return undefined;
     try {
       const saved: unknown = JSON.parse(localStorage.getItem(key) ?? "null");
-      return Array.isArray(saved) ? (saved as SessionMessage[]) : undefined;
+      if (!Array.isArray(saved)) return undefined;
+      // Whatever else is stored under the key (an older version, another script) is left out.
+      return saved.filter(
+        (item): item is SessionMessage =>
+          typeof item === "object" &&
+          item !== null &&
+          (item.role === "user" || item.role === "assistant") &&
+          typeof item.content === "string" &&
+          (item.id === undefined || typeof item.id === "string"),
+      );
     } catch {
       return undefined;
     }
@@ -244,7 +292,9 @@ class View {
     if (previous && previous.status !== state.status) this.#announce(previous, state);
     if (state.error !== previous?.error) this.#showError(state.error);
     this.#updateSendable();
-    if (!busy && previous && previous.status !== state.status) this.#save(state.messages);
+    if (!busy && previous && (previous.messages !== state.messages || previous.status !== state.status)) {
+      this.#save(state.messages);
+    }
   }
 
   #renderMessages(state: ChatSessionState, busy: boolean): void {
@@ -286,35 +336,54 @@ class View {
     this.#scrollToEnd(false);
   }
 
+  #stopReply(): void {
+    const status = this.#session?.status;
+    if (status !== "submitted" && status !== "streaming") return;
+    this.#stopping = true;
+    this.#session?.stop();
+  }
+
   #announce(previous: ChatSessionState, state: ChatSessionState): void {
     // One announcement as a reply starts and one as it ends: never one per token.
-    if (state.status === "submitted") this.#announcer.textContent = "Assistant is replying…";
-    else if (state.status === "ready" && (previous.status === "streaming" || previous.status === "submitted")) {
+    if (state.status === "submitted") {
+      this.#stopping = false;
+      this.#announcer.textContent = "Assistant is replying…";
+    } else if (state.status === "ready" && (previous.status === "streaming" || previous.status === "submitted")) {
       const reply = state.messages.at(-1);
-      this.#announcer.textContent =
-        reply?.role === "assistant" ? `Assistant replied: ${reply.content}` : "The reply was stopped.";
+      if (this.#stopping || reply?.role !== "assistant") {
+        this.#announcer.textContent = "The reply was stopped.";
+      } else {
+        // The reply as read on screen (no markdown marks), kept short: the log holds all of it.
+        const text = (this.#bubbles.get(reply.id)?.node.textContent ?? reply.content).replace(/\s+/g, " ").trim();
+        this.#announcer.textContent = `Assistant replied: ${text.length > 300 ? `${text.slice(0, 300)}…` : text}`;
+      }
+      this.#stopping = false;
     }
   }
 
   #showError(error: LLMGuardError | undefined): void {
+    // A new chat does not skip a rate limit's wait: the countdown stays until it ends.
+    if (!error && this.#waitUntil > Date.now()) return;
     clearInterval(this.#countdown);
     this.#countdown = undefined;
     this.#waitUntil = 0;
+    this.#countdownText.textContent = "";
     this.#error.hidden = !error;
     if (!error) return;
     if (isRateLimitError(error) && error.retryAfter) {
       this.#waitUntil = Date.now() + error.retryAfter * 1000;
       // The server's message says when to retry as of when it was sent: a live countdown replaces that.
-      const reason = error.message.replace(/\s*Try again in [^.]*\.?$/, "");
+      this.#errorText.textContent = error.message.replace(/\s*Try again in [^.]*\.?$/, "");
       const tick = () => {
         const left = Math.ceil((this.#waitUntil - Date.now()) / 1000);
         if (left <= 0) {
           clearInterval(this.#countdown);
           this.#countdown = undefined;
           this.#waitUntil = 0;
-          this.#errorText.textContent = `${reason} You can send again now.`;
+          this.#countdownText.textContent = "You can send again now.";
+          this.#announcer.textContent = "You can send again now.";
         } else {
-          this.#errorText.textContent = `${reason} Try again in ${formatWait(left)}.`;
+          this.#countdownText.textContent = `Try again in ${formatWait(left)}.`;
         }
         this.#updateSendable();
       };
@@ -369,8 +438,14 @@ class View {
     const code = target.dataset["code"] ?? "";
     void navigator.clipboard?.writeText(code).then(
       () => {
+        const label = target.getAttribute("aria-label") ?? "Copy code";
         target.textContent = "Copied";
-        setTimeout(() => (target.textContent = "Copy"), 1500);
+        target.setAttribute("aria-label", "Copied");
+        this.#announcer.textContent = "Code copied.";
+        setTimeout(() => {
+          target.textContent = "Copy";
+          target.setAttribute("aria-label", label);
+        }, 1500);
       },
       () => undefined,
     );

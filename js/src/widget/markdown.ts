@@ -69,7 +69,12 @@ function renderBlock(token: Tokens.Generic, document: Document): Node | undefine
       if (list.ordered && typeof list.start === "number" && list.start !== 1) node.setAttribute("start", String(list.start));
       for (const item of list.items) {
         const entry = element(document, "li");
-        appendBlocks(entry, item.tokens, document);
+        appendBlocks(entry, item.tokens.filter((child) => child.type !== "checkbox"), document);
+        if (item.task) {
+          // The box goes in front of the item's first line, tight list or loose.
+          const first = entry.firstElementChild?.tagName === "P" ? entry.firstElementChild : entry;
+          first.insertBefore(document.createTextNode(item.checked ? "☑ " : "☐ "), first.firstChild);
+        }
         node.appendChild(entry);
       }
       return node;
@@ -104,7 +109,7 @@ function appendInline(parent: Node, tokens: readonly Token[], document: Document
       }
       case "codespan": {
         const code = element(document, "code");
-        code.textContent = decode(String(token["text"] ?? ""));
+        code.textContent = String(token["text"] ?? "");
         parent.appendChild(code);
         break;
       }
@@ -128,10 +133,8 @@ function appendInline(parent: Node, tokens: readonly Token[], document: Document
         parent.appendChild(link);
         break;
       }
-      case "checkbox": {
-        parent.appendChild(document.createTextNode(token["checked"] ? "☑ " : "☐ "));
-        break;
-      }
+      case "checkbox":
+        break; // a task item's box: drawn by its list item
       case "text":
         if (token.tokens?.length) appendInline(parent, token.tokens, document);
         else parent.appendChild(document.createTextNode(textOf(token)));
@@ -189,11 +192,25 @@ function tableCell(tag: "th" | "td", cell: Tokens.TableCell, document: Document)
 
 function textOf(token: Tokens.Generic): string {
   const text = String(token["text"] ?? token.raw ?? "");
-  return token["escaped"] ? decode(text) : text;
+  // marked leaves entities as written (`a &amp; b`), except text it escaped itself (inside raw HTML).
+  return token["escaped"] ? text : decodeEntities(text);
 }
 
-const ENTITIES: Record<string, string> = { "&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'" };
+const NAMED: Record<string, string> = {
+  amp: "&", lt: "<", gt: ">", quot: '"', apos: "'", nbsp: "\u00a0", copy: "©", reg: "®", trade: "™",
+  hellip: "…", mdash: "—", ndash: "–", laquo: "«", raquo: "»", ldquo: "“", rdquo: "”", lsquo: "‘",
+  rsquo: "’", bull: "•", middot: "·", deg: "°", times: "×", divide: "÷", euro: "€", pound: "£",
+  yen: "¥", cent: "¢", sect: "§", para: "¶", plusmn: "±", larr: "←", rarr: "→", uarr: "↑", darr: "↓",
+};
 
-function decode(text: string): string {
-  return text.replace(/&(?:amp|lt|gt|quot|#39);/g, (entity) => ENTITIES[entity] ?? entity);
+/** HTML entities as characters: numeric ones and the common named ones (no HTML parser involved). */
+export function decodeEntities(text: string): string {
+  if (!text.includes("&")) return text;
+  return text.replace(/&(#x[0-9a-f]{1,6}|#[0-9]{1,7}|[a-z]{2,8});/gi, (entity, body: string) => {
+    if (body[0] === "#") {
+      const code = body[1] === "x" || body[1] === "X" ? Number.parseInt(body.slice(2), 16) : Number(body.slice(1));
+      return code > 0 && code <= 0x10ffff && !(code >= 0xd800 && code <= 0xdfff) ? String.fromCodePoint(code) : entity;
+    }
+    return NAMED[body] ?? entity;
+  });
 }

@@ -100,7 +100,8 @@ th, td { border: 1px solid var(--_border); padding: 0.25rem 0.5rem; }
 }
 .error { display: flex; flex-wrap: wrap; align-items: center; gap: 0.5rem; margin: 0 0.9rem 0.6rem; padding: 0.5rem 0.7rem; border: 1px solid var(--_error); color: var(--_error); border-radius: 0.5rem; font-size: 0.92em; }
 .error[hidden] { display: none; }
-.error-text { flex: 1; min-width: 10rem; }
+.error-text { flex: 1 1 10rem; min-width: 0; }
+.countdown { font-variant-numeric: tabular-nums; }
 form { display: flex; gap: 0.5rem; align-items: flex-end; padding: 0.6rem 0.9rem 0.9rem; border-top: 1px solid var(--_border); }
 textarea {
   flex: 1; min-width: 0; resize: none; font: inherit; color: inherit; background: transparent;

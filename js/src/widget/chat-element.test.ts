@@ -1,0 +1,754 @@
+// @vitest-environment happy-dom
+import { fireEvent, within } from "@testing-library/dom";
+import { afterEach, describe, expect, test, vi } from "vitest";
+
+import type { ChatMessage } from "../chat.ts";
+import { isLLMGuardError } from "../errors.ts";
+import {
+  type ControlledStream,
+  controlledStream,
+  deltaItem,
+  errorResponse,
+  FakeServer,
+  REPLY_END,
+  REPLY_START,
+  replyItems,
+  settle,
+  sseResponse,
+  USAGE,
+} from "../fake-server.test-util.ts";
+import { type ChatErrorEvent, type ChatFinishEvent, defineChatWidget, type LLMGuardChatElement, TAG } from "./chat-element.ts";
+
+type Reply = () => Response;
+
+const streamed =
+  (...deltas: string[]): Reply =>
+  () =>
+    sseResponse(replyItems(deltas));
+
+/** A reply whose chunks the test pushes. */
+function controlled(): { reply: Reply; source: ControlledStream } {
+  const source = controlledStream();
+  return { reply: () => sseResponse(source.stream), source };
+}
+
+interface MountOptions {
+  /** Answers to /api/chat, one per request, in order. */
+  replies?: Reply[];
+  attributes?: Record<string, string>;
+  initialMessages?: readonly ChatMessage[];
+}
+
+/** A widget in the page, talking to a fake server, and the controls a user sees in it. */
+function mount(options: MountOptions = {}) {
+  defineChatWidget();
+  const replies = options.replies ?? [];
+  const server = new FakeServer({
+    "/api/chat": (_request, index) => replies[index]?.() ?? errorResponse(500, "InternalError", { message: "No reply planned." }),
+  });
+  const element = document.createElement(TAG);
+  element.client = server.client();
+  if (options.initialMessages) element.initialMessages = options.initialMessages;
+  for (const [name, value] of Object.entries(options.attributes ?? {})) element.setAttribute(name, value);
+  document.body.append(element);
+  return { element, server, ...controls(element) };
+}
+
+function controls(element: HTMLElement) {
+  const root = element.shadowRoot;
+  if (!root) throw new Error("the widget has no open shadow root");
+  const screen = within(root as unknown as HTMLElement);
+  const log = screen.getByRole("log");
+  const textbox = screen.getByLabelText("Message") as HTMLTextAreaElement;
+  return {
+    root,
+    screen,
+    log,
+    textbox,
+    announcer: screen.getByRole("status"),
+    /** The visible button named `name`, or null when it is hidden. */
+    button: (name: string | RegExp) => screen.queryByRole("button", { name }) as HTMLButtonElement | null,
+    /** The error panel, or null when it is hidden. */
+    alert: () => screen.queryByRole("alert"),
+    /** The whole error area: the reason (an alert, said once) and the silent countdown. */
+    errorPanel: () => root.querySelector<HTMLElement>(".error:not([hidden])"),
+    /** What the bubbles say, in order. */
+    bubbles: () =>
+      [...log.querySelectorAll<HTMLElement>(".message")].map((bubble) => ({
+        role: bubble.classList.contains("user") ? "user" : "assistant",
+        text: bubble.textContent,
+      })),
+    lastAssistant: () => [...log.querySelectorAll<HTMLElement>(".message.assistant")].at(-1),
+  };
+}
+
+/** Type `text` into the textbox, as a user would. */
+function type(textbox: HTMLTextAreaElement, text: string): void {
+  textbox.focus();
+  fireEvent.input(textbox, { target: { value: text } });
+}
+
+/** Type `text` and press Enter. */
+function sendMessage(textbox: HTMLTextAreaElement, text: string): void {
+  type(textbox, text);
+  fireEvent.keyDown(textbox, { key: "Enter" });
+}
+
+async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let round = 0; round < 100; round++) {
+    if (condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+const chatBodies = (server: FakeServer) => server.requestsTo("/api/chat").map((request) => request.body as { messages: ChatMessage[] });
+
+afterEach(() => {
+  document.body.replaceChildren();
+  localStorage.clear();
+  vi.useRealTimers();
+  vi.restoreAllMocks();
+});
+
+// First in the file on purpose: the element must not be defined yet.
+describe("properties set before defineChatWidget() (the upgrade path)", () => {
+  test("initialMessages and client set on a not-yet-defined element are used once it upgrades", async () => {
+    expect(customElements.get(TAG), "this test must run before the element is defined").toBeUndefined();
+    const server = new FakeServer({ "/api/chat": () => sseResponse(replyItems(["Sure."])) });
+    const element = document.createElement(TAG) as LLMGuardChatElement;
+    element.initialMessages = [
+      { role: "user", content: "Earlier question" },
+      { role: "assistant", content: "Earlier **answer**" },
+    ];
+    element.client = server.client();
+    document.body.append(element);
+
+    defineChatWidget();
+
+    const { bubbles, textbox, log } = controls(element);
+    expect(bubbles()).toEqual([
+      { role: "user", text: "Earlier question" },
+      { role: "assistant", text: "Earlier answer" },
+    ]);
+    expect(log.querySelector(".assistant strong")?.textContent).toBe("answer");
+    sendMessage(textbox, "And now?");
+    await until(() => bubbles().length === 4, "the reply");
+    expect(server.requestsTo("/api/chat")).toHaveLength(1);
+  });
+});
+
+describe("registration", () => {
+  test("defineChatWidget() is idempotent", () => {
+    defineChatWidget();
+    const defined = customElements.get(TAG);
+    expect(defined).toBeDefined();
+    expect(() => defineChatWidget()).not.toThrow();
+    expect(customElements.get(TAG)).toBe(defined);
+  });
+
+  test("the widget renders in an open shadow root: heading, empty log, labelled textbox, Send and New chat", () => {
+    const { screen, element, textbox, button } = mount();
+    expect(element.shadowRoot?.mode).toBe("open");
+    expect(screen.getByRole("heading", { level: 2 }).textContent).toBe("Assistant");
+    expect(screen.getByText("Ask anything to start.")).toBeTruthy();
+    expect(textbox.tagName).toBe("TEXTAREA");
+    expect(textbox.placeholder).toBe("Ask anything…");
+    expect(button("Send")?.disabled).toBe(false);
+    expect(button("New chat")?.disabled).toBe(true);
+    expect(button("Stop")).toBeNull();
+    expect(button("Retry")).toBeNull();
+    expect(button(/Jump to latest/)).toBeNull();
+  });
+
+  test("the log has role=log, aria-live=off, and is labelled by the heading", () => {
+    const { log, screen } = mount({ attributes: { heading: "Support" } });
+    expect(log.getAttribute("aria-live")).toBe("off");
+    expect(log.getAttribute("aria-busy")).toBe("false");
+    expect(screen.getByRole("log", { name: "Support" })).toBe(log);
+  });
+});
+
+describe("sending", () => {
+  test("Enter sends: the user bubble appears, the textbox empties, the reply streams in and grows as markdown", async () => {
+    const { reply, source } = controlled();
+    const { server, textbox, bubbles, lastAssistant, log } = mount({ replies: [reply] });
+
+    sendMessage(textbox, "Hi there");
+
+    expect(textbox.value).toBe("");
+    expect(bubbles()).toEqual([{ role: "user", text: "Hi there" }]);
+    await until(() => server.requestsTo("/api/chat").length === 1, "the request");
+    expect(chatBodies(server)[0]).toMatchObject({ messages: [{ role: "user", content: "Hi there" }], stream: true });
+
+    source.pushItems(...REPLY_START, deltaItem("Hel"));
+    await until(() => lastAssistant()?.textContent === "Hel", "the first delta");
+    expect(log.getAttribute("aria-busy")).toBe("true");
+
+    source.pushItems(deltaItem("lo **world**"));
+    await until(() => lastAssistant()?.textContent === "Hello world", "the second delta");
+    expect(lastAssistant()?.querySelector("strong")?.textContent).toBe("world");
+    expect(log.getAttribute("aria-busy")).toBe("true");
+
+    source.pushItems(...REPLY_END);
+    await until(() => log.getAttribute("aria-busy") === "false", "the end of the reply");
+    expect(bubbles()).toEqual([
+      { role: "user", text: "Hi there" },
+      { role: "assistant", text: "Hello world" },
+    ]);
+  });
+
+  test("the Send button sends too", async () => {
+    const { server, textbox, button, bubbles } = mount({ replies: [streamed("Yes.")] });
+    type(textbox, "Clicked");
+    fireEvent.click(button("Send") as HTMLButtonElement);
+    await until(() => bubbles().length === 2, "the reply");
+    expect(chatBodies(server)[0]?.messages).toEqual([{ role: "user", content: "Clicked" }]);
+  });
+
+  test("Shift+Enter does not send and lets the browser add a new line", async () => {
+    const { server, textbox, bubbles } = mount({ replies: [streamed("Yes.")] });
+    type(textbox, "first line");
+    const notPrevented = fireEvent.keyDown(textbox, { key: "Enter", shiftKey: true });
+    await settle();
+    expect(notPrevented).toBe(true);
+    expect(textbox.value).toBe("first line");
+    expect(bubbles()).toEqual([]);
+    expect(server.requestsTo("/api/chat")).toHaveLength(0);
+  });
+
+  test("Enter while an input method is composing does not send", async () => {
+    const { server, textbox } = mount({ replies: [streamed("Yes.")] });
+    type(textbox, "にほん");
+    fireEvent.keyDown(textbox, { key: "Enter", isComposing: true });
+    await settle();
+    expect(textbox.value).toBe("にほん");
+    expect(server.requestsTo("/api/chat")).toHaveLength(0);
+  });
+
+  test("a blank message is not sent", async () => {
+    const { server, textbox, bubbles } = mount({ replies: [streamed("Yes.")] });
+    sendMessage(textbox, "   \n ");
+    await settle();
+    expect(bubbles()).toEqual([]);
+    expect(server.requestsTo("/api/chat")).toHaveLength(0);
+  });
+
+  test("Enter during a reply sends nothing and keeps the typed text", async () => {
+    const { reply, source } = controlled();
+    const { server, textbox, bubbles } = mount({ replies: [reply, streamed("Second.")] });
+    sendMessage(textbox, "First");
+    source.pushItems(...REPLY_START, deltaItem("Work"));
+    await until(() => bubbles().length === 2, "the first delta");
+
+    sendMessage(textbox, "Too soon");
+    await settle();
+    expect(textbox.value).toBe("Too soon");
+    expect(server.requestsTo("/api/chat")).toHaveLength(1);
+    source.pushItems(...REPLY_END);
+  });
+
+  test("the user's text is shown as typed, never as markdown or HTML", async () => {
+    const { textbox, log } = mount({ replies: [streamed("ok")] });
+    const text = "**not bold** <img src=x onerror=alert(1)>";
+    sendMessage(textbox, text);
+    const bubble = log.querySelector(".message.user");
+    expect(bubble?.textContent).toBe(text);
+    expect(bubble?.querySelector("strong, img")).toBeNull();
+  });
+
+  test("the system attribute goes with each request; changing it keeps the conversation", async () => {
+    const { server, element, textbox, bubbles } = mount({
+      replies: [streamed("One."), streamed("Two.")],
+      attributes: { system: "Answer briefly." },
+    });
+    sendMessage(textbox, "First");
+    await until(() => bubbles().length === 2, "the first reply");
+    element.setAttribute("system", "Answer in French.");
+    expect(bubbles()).toHaveLength(2);
+
+    sendMessage(controls(element).textbox, "Second");
+    await until(() => bubbles().length === 4, "the second reply");
+    const bodies = server.requestsTo("/api/chat").map((request) => request.body as { system?: string; messages: ChatMessage[] });
+    expect(bodies.map((body) => body.system)).toEqual(["Answer briefly.", "Answer in French."]);
+    expect(bodies[1]?.messages.map((message) => message.content)).toEqual(["First", "One.", "Second"]);
+  });
+});
+
+describe("stopping", () => {
+  async function streamingWidget() {
+    const { reply, source } = controlled();
+    const widget = mount({ replies: [reply] });
+    sendMessage(widget.textbox, "Tell me a story");
+    source.pushItems(...REPLY_START, deltaItem("Once upon"));
+    await until(() => widget.lastAssistant()?.textContent === "Once upon", "the first delta");
+    return { ...widget, source };
+  }
+
+  test("while a reply streams, Stop is shown and Send hidden; after it, the reverse", async () => {
+    const { button, source, log } = await streamingWidget();
+    expect(button("Stop")).not.toBeNull();
+    expect(button("Send")).toBeNull();
+    source.pushItems(...REPLY_END);
+    await until(() => log.getAttribute("aria-busy") === "false", "the end of the reply");
+    expect(button("Stop")).toBeNull();
+    expect(button("Send")).not.toBeNull();
+  });
+
+  test("a click on Stop aborts the request, keeps the partial reply and gives the focus back to the textbox", async () => {
+    const { button, server, source, bubbles, log, textbox, root } = await streamingWidget();
+    const stop = button("Stop") as HTMLButtonElement;
+    stop.focus();
+    expect(root.activeElement).toBe(stop);
+    fireEvent.click(stop);
+
+    expect(server.requestsTo("/api/chat")[0]?.signal?.aborted).toBe(true);
+    expect(log.getAttribute("aria-busy")).toBe("false");
+    expect(button("Send")).not.toBeNull();
+    expect(root.activeElement).toBe(textbox);
+    source.pushItems(deltaItem(" a time"), ...REPLY_END);
+    await settle();
+    expect(bubbles()).toEqual([
+      { role: "user", text: "Tell me a story" },
+      { role: "assistant", text: "Once upon" },
+    ]);
+  });
+
+  test("Escape in the textbox stops the reply", async () => {
+    const { server, textbox, bubbles, log } = await streamingWidget();
+    fireEvent.keyDown(textbox, { key: "Escape" });
+    expect(server.requestsTo("/api/chat")[0]?.signal?.aborted).toBe(true);
+    expect(log.getAttribute("aria-busy")).toBe("false");
+    expect(bubbles().at(-1)).toEqual({ role: "assistant", text: "Once upon" });
+  });
+
+  test("removing the widget from the page stops its reply", async () => {
+    const { server, element } = await streamingWidget();
+    element.remove();
+    expect(server.requestsTo("/api/chat")[0]?.signal?.aborted).toBe(true);
+  });
+
+  test("moving the widget elsewhere in the page keeps its conversation", async () => {
+    const { element } = mount({ replies: [streamed("Kept.")] });
+    sendMessage(controls(element).textbox, "Remember me");
+    await until(() => controls(element).bubbles().length === 2, "the reply");
+
+    const elsewhere = document.createElement("aside");
+    document.body.append(elsewhere);
+    elsewhere.append(element);
+
+    expect(controls(element).bubbles()).toEqual([
+      { role: "user", text: "Remember me" },
+      { role: "assistant", text: "Kept." },
+    ]);
+  });
+});
+
+describe("errors", () => {
+  test("a failed reply shows the server's message; Retry sends the same conversation again and hides the error", async () => {
+    const { server, textbox, alert, button, bubbles } = mount({
+      replies: [() => errorResponse(502, "UpstreamError", { message: "The model provider failed." }), streamed("Second try.")],
+    });
+    sendMessage(textbox, "Hello?");
+    await until(() => alert() !== null, "the error");
+    expect(alert()?.textContent).toContain("The model provider failed.");
+    expect(button("Send")?.disabled).toBe(false);
+
+    fireEvent.click(button("Retry") as HTMLButtonElement);
+    await until(() => bubbles().length === 2, "the retried reply");
+    expect(alert()).toBeNull();
+    expect(chatBodies(server).map((body) => body.messages)).toEqual([
+      [{ role: "user", content: "Hello?" }],
+      [{ role: "user", content: "Hello?" }],
+    ]);
+    expect(bubbles()).toEqual([
+      { role: "user", text: "Hello?" },
+      { role: "assistant", text: "Second try." },
+    ]);
+  });
+
+  test("a 429 with Retry-After 3 counts down, keeps Send disabled until it ends, then says so and enables Send", async () => {
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval", "Date"] });
+    const { server, textbox, alert, errorPanel, button } = mount({
+      replies: [
+        () =>
+          errorResponse(429, "RateLimitExceeded", {
+            headers: { "retry-after": "3" },
+            message: "You have exceeded the allowed number of requests. Try again in 3 seconds.",
+          }),
+        streamed("Finally."),
+      ],
+    });
+    sendMessage(textbox, "Quick question");
+    await until(() => alert() !== null, "the error");
+
+    const reason = "You have exceeded the allowed number of requests.";
+    // The alert says the reason once; the countdown next to it ticks without being announced.
+    expect(alert()?.textContent).toBe(reason);
+    expect(errorPanel()?.textContent).toContain("Try again in 3 s.");
+    expect(button("Send")?.disabled).toBe(true);
+    expect(button("Retry")?.disabled).toBe(true);
+    sendMessage(textbox, "Again");
+    await settle();
+    expect(server.requestsTo("/api/chat")).toHaveLength(1);
+
+    vi.advanceTimersByTime(1000);
+    expect(errorPanel()?.textContent).toContain("Try again in 2 s.");
+    expect(button("Send")?.disabled).toBe(true);
+    vi.advanceTimersByTime(1000);
+    expect(errorPanel()?.textContent).toContain("Try again in 1 s.");
+    expect(button("Send")?.disabled).toBe(true);
+    expect(alert()?.textContent).toBe(reason);
+    vi.advanceTimersByTime(1000);
+    expect(errorPanel()?.textContent).toContain("You can send again now.");
+    expect(errorPanel()?.textContent).not.toContain("Try again in");
+    expect(button("Send")?.disabled).toBe(false);
+    expect(button("Retry")?.disabled).toBe(false);
+
+    fireEvent.keyDown(textbox, { key: "Enter" });
+    await until(() => server.requestsTo("/api/chat").length === 2, "the second request");
+  });
+
+  test("llmguard-error fires with the typed error", async () => {
+    const { element, textbox } = mount({
+      replies: [() => errorResponse(429, "RateLimitExceeded", { headers: { "retry-after": "3" } })],
+    });
+    const errors: ChatErrorEvent[] = [];
+    element.addEventListener("llmguard-error", (event) => errors.push(event));
+    sendMessage(textbox, "Hi");
+    await until(() => errors.length > 0, "the error event");
+    await settle();
+    expect(errors).toHaveLength(1);
+    const error = errors[0]?.detail;
+    expect(isLLMGuardError(error)).toBe(true);
+    expect(error).toMatchObject({ code: "RateLimitExceeded", status: 429, retryAfter: 3 });
+  });
+
+  test("llmguard-finish fires once with the message and the result", async () => {
+    const { element, textbox } = mount({ replies: [streamed("Hel", "lo")] });
+    const finished: ChatFinishEvent[] = [];
+    element.addEventListener("llmguard-finish", (event) => finished.push(event));
+    sendMessage(textbox, "Hi");
+    await until(() => finished.length > 0, "the finish event");
+    await settle();
+    expect(finished).toHaveLength(1);
+    expect(finished[0]?.detail.message).toMatchObject({ role: "assistant", content: "Hello" });
+    expect(finished[0]?.detail.result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1" });
+  });
+});
+
+describe("New chat", () => {
+  test("clears the conversation and shows the empty state", async () => {
+    const { textbox, button, bubbles, screen } = mount({ replies: [streamed("Hello!")] });
+    sendMessage(textbox, "Hi");
+    await until(() => bubbles().length === 2, "the reply");
+    expect(button("New chat")?.disabled).toBe(false);
+
+    fireEvent.click(button("New chat") as HTMLButtonElement);
+    expect(bubbles()).toEqual([]);
+    expect(screen.getByText("Ask anything to start.")).toBeTruthy();
+    expect(button("New chat")?.disabled).toBe(true);
+  });
+
+  test("during a reply, it stops the request too", async () => {
+    const { reply, source } = controlled();
+    const { server, textbox, button, bubbles, log } = mount({ replies: [reply] });
+    sendMessage(textbox, "Hi");
+    source.pushItems(...REPLY_START, deltaItem("Partial"));
+    await until(() => bubbles().length === 2, "the first delta");
+    fireEvent.click(button("New chat") as HTMLButtonElement);
+    expect(server.requestsTo("/api/chat")[0]?.signal?.aborted).toBe(true);
+    expect(bubbles()).toEqual([]);
+    expect(log.getAttribute("aria-busy")).toBe("false");
+  });
+});
+
+describe("the screen-reader announcer", () => {
+  /** The texts the announcer was given, in order (one per change). */
+  function recordAnnouncements(announcer: HTMLElement): { texts: string[]; stop: () => void } {
+    const texts: string[] = [];
+    const observer = new MutationObserver((records) => {
+      for (const record of records) {
+        if (record.type === "characterData") texts.push(record.target.textContent ?? "");
+        for (const node of record.addedNodes) texts.push(node.textContent ?? "");
+      }
+    });
+    observer.observe(announcer, { childList: true, characterData: true, subtree: true });
+    return { texts, stop: () => observer.disconnect() };
+  }
+
+  test("speaks once when a reply starts and once when it ends, not per delta", async () => {
+    const { reply, source } = controlled();
+    const { announcer, textbox, lastAssistant, log } = mount({ replies: [reply] });
+    expect(announcer.getAttribute("aria-live")).toBe("polite");
+    const announcements = recordAnnouncements(announcer);
+
+    sendMessage(textbox, "Hi");
+    source.pushItems(...REPLY_START, deltaItem("One"));
+    await until(() => lastAssistant()?.textContent === "One", "the first delta");
+    for (const word of [" two", " three", " four"]) {
+      source.pushItems(deltaItem(word));
+      await until(() => lastAssistant()?.textContent?.endsWith(word) === true, `the delta ${word}`);
+    }
+    source.pushItems(...REPLY_END);
+    await until(() => log.getAttribute("aria-busy") === "false", "the end of the reply");
+    await settle();
+    announcements.stop();
+
+    expect(announcements.texts).toEqual(["Assistant is replying…", "Assistant replied: One two three four"]);
+  });
+
+  test("a reply stopped before any text says it was stopped", async () => {
+    const { reply } = controlled();
+    const { announcer, textbox, button } = mount({ replies: [reply] });
+    sendMessage(textbox, "Hi");
+    fireEvent.click(button("Stop") as HTMLButtonElement);
+    expect(announcer.textContent).toBe("The reply was stopped.");
+  });
+});
+
+describe("attributes", () => {
+  test("heading, placeholder and theme apply at once and when they change", () => {
+    const { element, screen, textbox, root } = mount({
+      attributes: { heading: "Support", placeholder: "Type your question", theme: "dark" },
+    });
+    const panel = root.querySelector(".panel") as HTMLElement;
+    expect(screen.getByRole("heading", { level: 2 }).textContent).toBe("Support");
+    expect(textbox.placeholder).toBe("Type your question");
+    expect(getComputedStyle(panel).backgroundColor).toBe("#0f172a");
+
+    element.setAttribute("heading", "Help desk");
+    element.setAttribute("placeholder", "Ask us");
+    element.setAttribute("theme", "light");
+    expect(screen.getByRole("heading", { level: 2 }).textContent).toBe("Help desk");
+    expect(textbox.placeholder).toBe("Ask us");
+    expect(getComputedStyle(panel).backgroundColor).toBe("#ffffff");
+
+    element.removeAttribute("heading");
+    element.removeAttribute("placeholder");
+    expect(screen.getByRole("heading", { level: 2 }).textContent).toBe("Assistant");
+    expect(textbox.placeholder).toBe("Ask anything…");
+  });
+
+  test("without a theme attribute the widget is light", () => {
+    const { element, root } = mount();
+    expect(element.getAttribute("theme")).toBe("light");
+    expect(getComputedStyle(root.querySelector(".panel") as HTMLElement).backgroundColor).toBe("#ffffff");
+  });
+
+  test("the theme's colours can be overridden with the documented CSS variables", () => {
+    const { element, root } = mount();
+    element.style.setProperty("--llmguard-background", "#123456");
+    expect(getComputedStyle(root.querySelector(".panel") as HTMLElement).backgroundColor).toBe("#123456");
+  });
+});
+
+describe("initialMessages and persist", () => {
+  test("initialMessages set before the element is connected are shown, the assistant's as markdown", () => {
+    const { bubbles, log } = mount({
+      initialMessages: [
+        { role: "user", content: "What is *this*?" },
+        { role: "assistant", content: "It is `code`." },
+      ],
+    });
+    expect(bubbles()).toEqual([
+      { role: "user", text: "What is *this*?" },
+      { role: "assistant", text: "It is code." },
+    ]);
+    expect(log.querySelector(".assistant code")?.textContent).toBe("code");
+  });
+
+  test("persist saves the conversation after a reply; a new widget with the same persist value restores it", async () => {
+    const first = mount({ replies: [streamed("Saved answer")], attributes: { persist: "support" } });
+    sendMessage(first.textbox, "Saved question");
+    await until(() => first.log.getAttribute("aria-busy") === "false" && first.bubbles().length === 2, "the reply");
+    const saved = JSON.parse(localStorage.getItem("llmguard-chat:support") ?? "null") as ChatMessage[] | null;
+    expect(saved?.map(({ role, content }) => ({ role, content }))).toEqual([
+      { role: "user", content: "Saved question" },
+      { role: "assistant", content: "Saved answer" },
+    ]);
+    first.element.remove();
+
+    const second = mount({ attributes: { persist: "support" } });
+    expect(second.bubbles()).toEqual([
+      { role: "user", text: "Saved question" },
+      { role: "assistant", text: "Saved answer" },
+    ]);
+    const other = mount({ attributes: { persist: "sales" } });
+    expect(other.bubbles()).toEqual([]);
+  });
+
+  test("an empty persist attribute uses the default conversation", async () => {
+    const first = mount({ replies: [streamed("Default answer")], attributes: { persist: "" } });
+    sendMessage(first.textbox, "Default question");
+    await until(() => first.log.getAttribute("aria-busy") === "false" && first.bubbles().length === 2, "the reply");
+    expect(localStorage.getItem("llmguard-chat:default")).toContain("Default answer");
+    first.element.remove();
+    expect(mount({ attributes: { persist: "" } }).bubbles()).toHaveLength(2);
+  });
+
+  test("without persist nothing is stored", async () => {
+    const { textbox, bubbles } = mount({ replies: [streamed("Not kept")] });
+    sendMessage(textbox, "Hi");
+    await until(() => bubbles().length === 2, "the reply");
+    await settle();
+    expect(localStorage.length).toBe(0);
+  });
+
+  test.each([
+    ["not a list", '{"messages": "gone"}'],
+    ["a list of other things", '[3, null, "text"]'],
+    ["messages of another shape", '[{"from": "user", "text": "old format"}]'],
+  ])("a damaged saved conversation (%s) is ignored: the widget starts empty and works", async (_what, saved) => {
+    localStorage.setItem("llmguard-chat:support", saved);
+    const { textbox, bubbles, log } = mount({ replies: [streamed("Fresh answer")], attributes: { persist: "support" } });
+    expect(bubbles()).toEqual([]);
+    sendMessage(textbox, "Fresh question");
+    await until(() => log.getAttribute("aria-busy") === "false" && bubbles().length === 2, "the reply");
+    expect(bubbles()).toEqual([
+      { role: "user", text: "Fresh question" },
+      { role: "assistant", text: "Fresh answer" },
+    ]);
+  });
+
+  test("New chat with persist forgets the saved conversation too", async () => {
+    const first = mount({ replies: [streamed("Old answer")], attributes: { persist: "support" } });
+    sendMessage(first.textbox, "Old question");
+    await until(() => first.log.getAttribute("aria-busy") === "false" && first.bubbles().length === 2, "the reply");
+    fireEvent.click(first.button("New chat") as HTMLButtonElement);
+    first.element.remove();
+
+    const reloaded = mount({ attributes: { persist: "support" } });
+    expect(reloaded.bubbles()).toEqual([]);
+  });
+});
+
+describe("auto-scroll", () => {
+  /** Gives the log a scrollable size (happy-dom has no layout) that the test changes as content grows. */
+  function scrollable(log: HTMLElement) {
+    const size = { scrollHeight: 1000, clientHeight: 300 };
+    let scrollTop = 700;
+    Object.defineProperty(log, "scrollHeight", { configurable: true, get: () => size.scrollHeight });
+    Object.defineProperty(log, "clientHeight", { configurable: true, get: () => size.clientHeight });
+    Object.defineProperty(log, "scrollTop", {
+      configurable: true,
+      get: () => scrollTop,
+      set: (value: number) => {
+        scrollTop = Math.max(0, Math.min(value, size.scrollHeight - size.clientHeight));
+      },
+    });
+    return {
+      size,
+      get scrollTop() {
+        return scrollTop;
+      },
+      /** The reader scrolls to `top`. */
+      scrollTo(top: number) {
+        scrollTop = top;
+        fireEvent.scroll(log);
+      },
+      atBottom: () => scrollTop === size.scrollHeight - size.clientHeight,
+    };
+  }
+
+  test("a reader at the bottom stays at the bottom as the reply grows", async () => {
+    const { reply, source } = controlled();
+    const { log, textbox, lastAssistant, button } = mount({ replies: [reply] });
+    const scroll = scrollable(log);
+
+    sendMessage(textbox, "Hi");
+    source.pushItems(...REPLY_START, deltaItem("Line one"));
+    scroll.size.scrollHeight = 1400;
+    await until(() => lastAssistant()?.textContent === "Line one", "the first delta");
+    await until(() => scroll.atBottom(), "the scroll to the bottom");
+    expect(scroll.scrollTop).toBe(1100);
+
+    scroll.size.scrollHeight = 1800;
+    source.pushItems(deltaItem(" and two"));
+    await until(() => scroll.scrollTop === 1500, "the scroll after the second delta");
+    expect(button(/Jump to latest/)).toBeNull();
+    source.pushItems(...REPLY_END);
+  });
+
+  test("a reader who scrolled up is not moved; Jump to latest appears and a click on it scrolls down", async () => {
+    const { reply, source } = controlled();
+    const { log, textbox, lastAssistant, button } = mount({ replies: [reply] });
+    const scroll = scrollable(log);
+    sendMessage(textbox, "Hi");
+    source.pushItems(...REPLY_START, deltaItem("Start"));
+    await until(() => lastAssistant()?.textContent === "Start", "the first delta");
+    await settle();
+
+    scroll.scrollTo(100);
+    expect(button(/Jump to latest/)).toBeNull();
+    scroll.size.scrollHeight = 1600;
+    source.pushItems(deltaItem(" and more"));
+    await until(() => lastAssistant()?.textContent === "Start and more", "the second delta");
+    await settle();
+    expect(scroll.scrollTop).toBe(100);
+    const jump = button(/Jump to latest/);
+    expect(jump).not.toBeNull();
+
+    fireEvent.click(jump as HTMLButtonElement);
+    await until(() => scroll.atBottom(), "the jump");
+    expect(scroll.scrollTop).toBe(1300);
+    expect(button(/Jump to latest/)).toBeNull();
+
+    scroll.size.scrollHeight = 2000;
+    source.pushItems(deltaItem(" still"));
+    await until(() => scroll.scrollTop === 1700, "following again after the jump");
+    source.pushItems(...REPLY_END);
+  });
+
+  test("sending a message scrolls to the bottom even when the reader had scrolled up", async () => {
+    const { log, textbox, bubbles, button } = mount({ replies: [streamed("First answer"), streamed("Second answer")] });
+    const scroll = scrollable(log);
+    sendMessage(textbox, "First");
+    await until(() => bubbles().length === 2, "the first reply");
+    await settle();
+    scroll.scrollTo(0);
+    scroll.size.scrollHeight = 1500;
+
+    sendMessage(textbox, "Second");
+    await until(() => bubbles().length === 4, "the second reply");
+    await until(() => scroll.atBottom(), "the scroll to the bottom");
+    expect(scroll.scrollTop).toBe(1200);
+    expect(button(/Jump to latest/)).toBeNull();
+  });
+
+  test("scrolling back down by hand hides Jump to latest and follows the reply again", async () => {
+    const { reply, source } = controlled();
+    const { log, textbox, lastAssistant, button } = mount({ replies: [reply] });
+    const scroll = scrollable(log);
+    sendMessage(textbox, "Hi");
+    source.pushItems(...REPLY_START, deltaItem("Start"));
+    await until(() => lastAssistant()?.textContent === "Start", "the first delta");
+    await settle();
+    scroll.scrollTo(0);
+    source.pushItems(deltaItem(" more"));
+    await until(() => button(/Jump to latest/) !== null, "Jump to latest");
+
+    scroll.scrollTo(690);
+    expect(button(/Jump to latest/)).toBeNull();
+    scroll.size.scrollHeight = 1500;
+    source.pushItems(deltaItem(" again"));
+    await until(() => scroll.scrollTop === 1200, "following again");
+    source.pushItems(...REPLY_END);
+  });
+});
+
+describe("code blocks in replies", () => {
+  test("Copy puts the code on the clipboard and says Copied", async () => {
+    const writeText = vi.fn((_text: string) => Promise.resolve());
+    Object.defineProperty(navigator, "clipboard", { configurable: true, value: { writeText } });
+    const code = "npm install @llmguard/sdk\nnpx llmguard serve";
+    const { textbox, screen } = mount({ replies: [streamed(`Run:\n\n\`\`\`sh\n${code}\n\`\`\`\n`)] });
+    sendMessage(textbox, "How do I install it?");
+    await until(() => screen.queryByRole("button", { name: "Copy sh code" }) !== null, "the code block");
+
+    const copy = screen.getByRole("button", { name: "Copy sh code" });
+    fireEvent.click(copy);
+    expect(writeText).toHaveBeenCalledWith(code);
+    await until(() => copy.textContent === "Copied", "the confirmation");
+  });
+});
