@@ -32,7 +32,7 @@ const reply = (page: Page) => page.locator(".message.assistant").last();
 
 test("the demo page chats offline with a streamed reply", async () => {
   const { page, problems } = await openDemo();
-  await page.getByLabel("Message").fill("Hello from Chromium");
+  await page.getByRole("textbox", { name: "Message" }).fill("Hello from Chromium");
   await page.keyboard.press("Enter");
 
   // Part of the reply is on screen while the rest is still streaming.
@@ -52,7 +52,7 @@ test("the demo page chats offline with a streamed reply", async () => {
 
 test("stop ends the reply mid-stream and keeps what arrived", async () => {
   const { page, problems } = await openDemo();
-  await page.getByLabel("Message").fill("Please stop me");
+  await page.getByRole("textbox", { name: "Message" }).fill("Please stop me");
   await page.getByRole("button", { name: "Send" }).click();
   await expect.poll(async () => (await reply(page).textContent())?.length ?? 0).toBeGreaterThan(0);
   await page.getByRole("button", { name: "Stop" }).click();

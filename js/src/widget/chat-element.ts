@@ -217,9 +217,11 @@ class View {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         this.#submit();
-      } else if (event.key === "Escape") {
-        this.#stopReply();
       }
+    });
+    // Escape stops a reply from anywhere in the panel, not only from the text box.
+    panel.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") this.#stopReply();
     });
     this.#input.addEventListener("input", () => this.#grow());
     this.#stop.addEventListener("click", () => {
@@ -284,6 +286,10 @@ class View {
     this.#last = state;
     const busy = state.status === "submitted" || state.status === "streaming";
     this.#renderMessages(state, busy);
+    // Hiding the focused button would drop focus to <body>: hand it to the text box first.
+    const root = this.#input.getRootNode();
+    const focused = root instanceof ShadowRoot ? root.activeElement : null;
+    if ((focused === this.#send && busy) || (focused === this.#stop && !busy)) this.#input.focus();
     this.#send.hidden = busy;
     this.#stop.hidden = !busy;
     this.#log.setAttribute("aria-busy", String(busy));
