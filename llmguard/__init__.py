@@ -18,6 +18,7 @@ from llmguard._errors import (
     UpstreamError,
 )
 from llmguard._jwt_auth import JWTAuth
+from llmguard._openai_route import OpenAICompatible, OpenAIErrors
 from llmguard._origin import OriginFilter
 from llmguard._prices import Price
 from llmguard._rate_limit import IPRateLimit
@@ -35,6 +36,8 @@ __all__ = [
     "LLMGuardError",
     "MethodNotAllowed",
     "NotFound",
+    "OpenAICompatible",
+    "OpenAIErrors",
     "OriginFilter",
     "PayloadTooLarge",
     "Price",

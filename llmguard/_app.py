@@ -18,6 +18,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.types import ASGIApp
 
 from llmguard._access_log import AccessLog
 from llmguard._budget import TokenBudget
@@ -25,6 +26,7 @@ from llmguard._chat_endpoint import ChatEndpoint
 from llmguard._client_ip import ClientIP
 from llmguard._errors import LLMGuardError, MethodNotAllowed, NotFound, error_response
 from llmguard._jwt_auth import JWTAuth
+from llmguard._openai_route import OpenAICompatible, OpenAIErrors
 from llmguard._origin import OriginFilter
 from llmguard._rate_limit import IPRateLimit
 from llmguard._settings import Settings
@@ -49,6 +51,7 @@ def create_app(
 
     ``/api/token``: OriginFilter ▶ IPRateLimit ▶ TokenEndpoint.
     ``/api/chat``: OriginFilter ▶ IPRateLimit ▶ JWTAuth ▶ TokenBudget ▶ ChatEndpoint.
+    ``/v1/chat/completions`` and ``/v1/models``: the same, in OpenAI's shapes.
     All counting goes to one storage (``settings.storage_url``).
 
     ``settings`` defaults to ``Settings.from_env()``. ``authenticate`` is
@@ -76,6 +79,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         request_timeout=settings.request_timeout,
         retries=settings.upstream_retries,
+        models=settings.allowed_models,
         transport=transport,
     )
     storage = Storage(settings.storage_url, failure=settings.storage_failure, timeout=settings.storage_timeout)
@@ -89,25 +93,25 @@ def create_app(
         authenticate=authenticate,
         max_uses=settings.jwt_max_uses,
     )
-    budget = TokenBudget(
-        chat,
-        storage=storage,
-        client_ip=client_ip,
-        max_prompt_tokens=settings.max_prompt_tokens,
-        tokens_per_client=settings.tokens_per_ip,
-        monthly_token_cap=settings.monthly_token_cap,
-        monthly_spend_cap_usd=settings.monthly_spend_cap_usd,
-        prices=settings.prices,
-    )
-    chat_stack = IPRateLimit(
-        JWTAuth(
+
+    def guarded(endpoint: ASGIApp) -> ASGIApp:
+        """IPRateLimit ▶ JWTAuth ▶ TokenBudget, as for /api/chat: one limit and one budget for both routes."""
+        budget = TokenBudget(
+            endpoint,
+            storage=storage,
+            client_ip=client_ip,
+            max_prompt_tokens=settings.max_prompt_tokens,
+            tokens_per_client=settings.tokens_per_ip,
+            monthly_token_cap=settings.monthly_token_cap,
+            monthly_spend_cap_usd=settings.monthly_spend_cap_usd,
+            prices=settings.prices,
+        )
+        auth = JWTAuth(
             budget, secret=secret, issuer=issuer, audience=audience, max_uses=settings.jwt_max_uses, storage=storage
-        ),
-        limit=settings.rate_limit,
-        name="chat",
-        storage=storage,
-        client_ip=client_ip,
-    )
+        )
+        return IPRateLimit(auth, limit=settings.rate_limit, name="chat", storage=storage, client_ip=client_ip)
+
+    chat_stack = guarded(chat)
     token_stack = IPRateLimit(
         token, limit=settings.token_rate_limit, name="token", storage=storage, client_ip=client_ip
     )
@@ -118,9 +122,15 @@ def create_app(
         body = {"status": "ok" if storage_ok else "degraded", "version": __version__, "storage": storage_ok}
         return JSONResponse(body, headers={"cache-control": "no-store"})
 
+    origins = settings.allowed_origins
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
-        Mount("/api", app=OriginFilter(api, allow_origins=settings.allowed_origins)),
+        Mount("/api", app=OriginFilter(api, allow_origins=origins)),
+        # The official OpenAI SDKs, with the JWT as their key; refusals in OpenAI's shape.
+        Mount(
+            "/v1",
+            app=OpenAIErrors(OriginFilter(guarded(OpenAICompatible(chat)), allow_origins=settings.allowed_origins)),
+        ),
     ]
     routes.append(Route("/sdk.js", _SDK_JS.__call__, methods=["GET"]))
     routes.append(Route("/widget.js", _WIDGET_JS.__call__, methods=["GET"]))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import anyio
 import httpx
-from starlette.responses import JSONResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from llmguard import _ui_stream as ui
@@ -26,8 +26,9 @@ logger = logging.getLogger("llmguard.chat")
 class ChatEndpoint:
     """``POST`` a chat, get the assistant's reply as JSON or as an AI SDK UI message stream.
 
-    The server decides what the provider sees: its model, its output cap, its
-    system prompt when the client sends none, ``n = 1``. The caller's headers
+    The server decides what the provider sees: its model (or one of
+    ``models`` the client names), its output cap, its system prompt when the
+    client sends none, ``n = 1``. The caller's headers
     (``Authorization`` included) are never forwarded. The usage the provider
     reports (or an estimate when it reports none, or the client went away) is
     left in ``scope["llmguard"].usage`` for the layers around this endpoint.
@@ -46,6 +47,7 @@ class ChatEndpoint:
         max_body_bytes: int = 1_048_576,
         request_timeout: float = 120,
         retries: int = 2,
+        models: Sequence[str] = (),
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not api_key:
@@ -61,6 +63,7 @@ class ChatEndpoint:
                 "expected 'auto', 'max_tokens' or 'max_completion_tokens'"
             )
         self.model = model
+        self._models = tuple(dict.fromkeys((model, *models)))
         self.system_prompt = system_prompt
         self.allow_client_system = allow_client_system
         self.max_tokens = max_tokens
@@ -85,33 +88,32 @@ class ChatEndpoint:
             return
         if scope["type"] != "http":
             return
-        state = request_state(scope)
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"allow": "POST"})
             body = await read_body(scope, receive, max_bytes=self.max_body_bytes)
-            request = parse_chat_request(parse_json(body), server_model=self.model)
+            request = parse_chat_request(parse_json(body), server_model=self.model, models=self.models)
             messages = self.provider_messages(request)
         except LLMGuardError as error:
             await send_error(scope, send, error)
             return
-        state.model = self.model
-        prompt_estimate = estimate_prompt_tokens(message["content"] for message in messages)
-        cap = min(request.max_tokens or self.max_tokens, self.max_tokens)
-        if state.budget is not None:
-            try:
-                cap = await state.budget.reserve(model=self.model, prompt_tokens=prompt_estimate, max_output_tokens=cap)
-            except LLMGuardError as error:
-                await send_error(scope, send, error)
-                return
-        payload = self.payload(request, messages, cap)
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
-            if request.stream:
-                await self.stream_reply(scope, send, payload, state, prompt_estimate)
-            else:
-                await self.json_reply(scope, receive, send, payload, state, prompt_estimate)
-            tasks.cancel_scope.cancel()
+        params = {} if request.temperature is None else {"temperature": request.temperature}
+        await self.complete(
+            scope,
+            receive,
+            send,
+            model=request.model or self.model,
+            messages=messages,
+            max_tokens=request.max_tokens,
+            params=params,
+            stream=request.stream,
+            wire=UIMessageWire(),
+        )
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models clients may ask for: the server's first."""
+        return self._models
 
     def provider_messages(self, request: ChatRequest) -> list[dict[str, str]]:
         if request.system is not None and not self.allow_client_system:
@@ -121,23 +123,45 @@ class ChatEndpoint:
         messages.extend({"role": m.role, "content": m.content} for m in request.messages)
         return messages
 
-    def payload(self, request: ChatRequest, messages: list[dict[str, str]], cap: int) -> bytes:
-        payload: dict[str, Any] = {"model": self.model, "messages": messages, self.max_tokens_param: cap}
-        if request.temperature is not None:
-            payload["temperature"] = request.temperature
-        if request.stream:
-            payload["stream"] = True
-            payload["stream_options"] = {"include_usage": True}
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-    async def json_reply(
+    async def complete(
         self,
         scope: Scope,
         receive: Receive,
         send: Send,
-        payload: bytes,
-        state: RequestState,
-        prompt_estimate: int,
+        *,
+        model: str,
+        messages: list[dict[str, str]],
+        max_tokens: int | None,
+        params: dict[str, Any],
+        stream: bool,
+        wire: Wire,
+    ) -> None:
+        """Reserve the budget, call the provider and answer in ``wire``'s format (every route does this)."""
+        state = request_state(scope)
+        state.model = model
+        prompt_estimate = estimate_prompt_tokens(message["content"] for message in messages)
+        cap = min(max_tokens or self.max_tokens, self.max_tokens)
+        if state.budget is not None:
+            try:
+                cap = await state.budget.reserve(model=model, prompt_tokens=prompt_estimate, max_output_tokens=cap)
+            except LLMGuardError as error:
+                await send_error(scope, send, error)
+                return
+        payload: dict[str, Any] = {**params, "model": model, "messages": messages, self.max_tokens_param: cap}
+        if stream:
+            payload["stream"] = True
+            payload["stream_options"] = {"include_usage": True}
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
+            if stream:
+                await self._stream_reply(scope, send, body, state, prompt_estimate, wire)
+            else:
+                await self._json_reply(scope, send, body, state, prompt_estimate, wire)
+            tasks.cancel_scope.cancel()
+
+    async def _json_reply(
+        self, scope: Scope, send: Send, payload: bytes, state: RequestState, prompt_estimate: int, wire: Wire
     ) -> None:
         try:
             with anyio.fail_after(self.request_timeout):
@@ -145,39 +169,37 @@ class ChatEndpoint:
                     # The provider accepted the prompt: it is charged even if the client leaves now.
                     state.usage = Usage(prompt_estimate, 0, estimated=True)
                     body = await response.aread()
-            content, finish_reason, usage = _parse_completion(body)
+            completion = parse_completion(body)
         except (TimeoutError, httpx.HTTPError, LLMGuardError) as exc:
-            error = _failure(exc)
-        else:
-            state.usage = usage or Usage(prompt_estimate, estimate_text_tokens(content), estimated=True)
-            reply = {
-                "role": "assistant",
-                "content": content,
-                "finish_reason": finish_reason,
-                "usage": state.usage.as_dict(),
-            }
-            await JSONResponse(reply, headers={"cache-control": "no-store"})(scope, receive, send)
+            await send_error(scope, send, _failure(exc))
             return
-        await send_error(scope, send, error)
+        usage = completion.usage or Usage(prompt_estimate, estimate_text_tokens(completion.content), estimated=True)
+        state.usage = usage
+        reply = wire.reply(body, completion, usage)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(reply)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": reply})
 
-    async def stream_reply(
-        self, scope: Scope, send: Send, payload: bytes, state: RequestState, prompt_estimate: int
+    async def _stream_reply(
+        self, scope: Scope, send: Send, payload: bytes, state: RequestState, prompt_estimate: int, wire: Wire
     ) -> None:
         started = False
-        streamed_chars: list[str] = []
-        usage: Usage | None = None
+        progress = _Progress()
         try:
             with anyio.fail_after(self.request_timeout):
                 async with self.upstream.chat(payload) as response:
                     if not response.headers.get("content-type", "").startswith("text/event-stream"):
                         raise UpstreamError("The AI provider did not answer with a stream.")
-                    await send({"type": "http.response.start", "status": 200, "headers": ui.HEADERS})
+                    await send({"type": "http.response.start", "status": 200, "headers": wire.stream_headers})
                     started = True
-                    await _send_chunk(send, ui.start())
-                    finish_reason, usage = await self._relay(response, send, streamed_chars)
-            text_end = ui.TEXT_END if streamed_chars else b""
-            usage = usage or _estimate(prompt_estimate, streamed_chars)
-            await _send_chunk(send, text_end + ui.FINISH_STEP + ui.finish(finish_reason, usage.as_dict()))
+                    await _send_chunk(send, wire.start())
+                    await self._relay(response, send, wire, progress)
+            usage = progress.usage or _estimate(prompt_estimate, progress.streamed)
+            await _send_chunk(send, wire.finish(progress.finish_reason, usage))
             await send({"type": "http.response.body", "body": b""})
             return
         except (TimeoutError, httpx.HTTPError, LLMGuardError) as exc:
@@ -185,24 +207,20 @@ class ChatEndpoint:
         finally:
             # Runs on client disconnect too: what was streamed is what gets charged.
             if started:
-                state.usage = usage or _estimate(prompt_estimate, streamed_chars)
+                state.usage = progress.usage or _estimate(prompt_estimate, progress.streamed)
         if not started:
             await send_error(scope, send, error)
             return
         state.error_code = error.code
         logger.warning("stream ended with %s: %s", error.code, error.message)
-        await _send_chunk(send, ui.error(error.code, error.message))
+        await _send_chunk(send, wire.error(error))
         await send({"type": "http.response.body", "body": b""})
 
-    async def _relay(
-        self, response: httpx.Response, send: Send, streamed: list[str]
-    ) -> tuple[str | None, Usage | None]:
-        """Forward each provider delta as one ``text-delta`` the moment it arrives."""
-        finish_reason: str | None = None
-        usage: Usage | None = None
+    async def _relay(self, response: httpx.Response, send: Send, wire: Wire, progress: _Progress) -> None:
+        """Forward each provider event in the route's format the moment it arrives."""
         async for data in _sse_data(response):
             if data == "[DONE]":
-                return finish_reason, usage
+                return
             try:
                 chunk = json.loads(data)
             except (ValueError, RecursionError):
@@ -211,21 +229,23 @@ class ChatEndpoint:
                 raise UpstreamError("The AI provider sent a malformed stream.")
             if "error" in chunk:
                 raise UpstreamError("The AI provider failed mid-reply.")
+            content = ""
             choices = chunk.get("choices")
             if isinstance(choices, list) and choices and isinstance(choices[0], dict):
                 choice = choices[0]
                 delta = choice.get("delta")
-                content = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(content, str) and content:
-                    prefix = b"" if streamed else ui.TEXT_START
-                    streamed.append(content)
-                    await _send_chunk(send, prefix + ui.text_delta(content))
+                text = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(text, str) and text:
+                    content = text
+                    progress.streamed.append(text)
                 if isinstance(choice.get("finish_reason"), str):
-                    finish_reason = choice["finish_reason"]
-            usage = _usage(chunk.get("usage")) or usage
-        if finish_reason is None:
+                    progress.finish_reason = choice["finish_reason"]
+            progress.usage = usage_from(chunk.get("usage")) or progress.usage
+            out = wire.event(data, chunk, content)
+            if out:
+                await _send_chunk(send, out)
+        if progress.finish_reason is None:
             raise UpstreamError("The AI provider's stream ended before the reply was complete.")
-        return finish_reason, usage
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Served on its own (uvicorn llmguard...:endpoint), the endpoint owns its lifespan.
@@ -266,7 +286,16 @@ async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
         yield "\n".join(lines)
 
 
-def _parse_completion(body: bytes) -> tuple[str, str | None, Usage | None]:
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What a non-streamed provider reply says."""
+
+    content: str
+    finish_reason: str | None
+    usage: Usage | None
+
+
+def parse_completion(body: bytes) -> Completion:
     try:
         data = json.loads(body)
         choice = data["choices"][0]
@@ -276,16 +305,87 @@ def _parse_completion(body: bytes) -> tuple[str, str | None, Usage | None]:
         raise UpstreamError("The AI provider sent a malformed reply.") from None
     if not isinstance(content, str):
         raise UpstreamError("The AI provider sent a malformed reply.")
-    return content, finish_reason if isinstance(finish_reason, str) else None, _usage(data.get("usage"))
+    finish = finish_reason if isinstance(finish_reason, str) else None
+    return Completion(content, finish, usage_from(data.get("usage")))
 
 
-def _usage(value: object) -> Usage | None:
+def usage_from(value: object) -> Usage | None:
     if not isinstance(value, dict):
         return None
     prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
         return None
     return Usage(prompt, completion)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class _Progress:
+    """A stream so far: what was relayed, how it ended, what it cost."""
+
+    streamed: list[str] = field(default_factory=list)
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class Wire(Protocol):
+    """How one route writes replies for its clients (one instance per request)."""
+
+    stream_headers: list[tuple[bytes, bytes]]
+
+    def reply(self, body: bytes, completion: Completion, usage: Usage) -> bytes:
+        """The JSON body of a non-streamed reply (``body`` is the provider's)."""
+        ...
+
+    def start(self) -> bytes:
+        """What opens a stream."""
+        ...
+
+    def event(self, data: str, chunk: dict[str, Any], content: str) -> bytes:
+        """What one provider event becomes (``content``: its text delta, maybe empty)."""
+        ...
+
+    def finish(self, finish_reason: str | None, usage: Usage) -> bytes:
+        """What closes a complete stream."""
+        ...
+
+    def error(self, error: LLMGuardError) -> bytes:
+        """What ends a stream that failed after it started."""
+        ...
+
+
+class UIMessageWire:
+    """``/api/chat``: the AI SDK UI message stream, and llmguard's own JSON reply."""
+
+    stream_headers = ui.HEADERS
+
+    def __init__(self) -> None:
+        self.text_started = False
+
+    def reply(self, body: bytes, completion: Completion, usage: Usage) -> bytes:
+        reply = {
+            "role": "assistant",
+            "content": completion.content,
+            "finish_reason": completion.finish_reason,
+            "usage": usage.as_dict(),
+        }
+        return json.dumps(reply, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def start(self) -> bytes:
+        return ui.start()
+
+    def event(self, data: str, chunk: dict[str, Any], content: str) -> bytes:
+        if not content:
+            return b""
+        prefix = b"" if self.text_started else ui.TEXT_START
+        self.text_started = True
+        return prefix + ui.text_delta(content)
+
+    def finish(self, finish_reason: str | None, usage: Usage) -> bytes:
+        text_end = ui.TEXT_END if self.text_started else b""
+        return text_end + ui.FINISH_STEP + ui.finish(finish_reason, usage.as_dict())
+
+    def error(self, error: LLMGuardError) -> bytes:
+        return ui.error(error.code, error.message)
 
 
 def _estimate(prompt_estimate: int, streamed: list[str]) -> Usage:

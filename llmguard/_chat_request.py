@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,8 @@ class ChatRequest:
     stream: bool = False
     max_tokens: int | None = None
     temperature: float | None = None
+    #: The model the client named, when it is one the server offers (else the server's).
+    model: str | None = None
 
 
 async def read_body(scope: Scope, receive: Receive, *, max_bytes: int) -> bytes:
@@ -73,8 +76,11 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_chat_request(data: Any, *, server_model: str) -> ChatRequest:
-    """Validate the ``/api/chat`` body; plain ``content`` and AI SDK ``parts`` both work."""
+def parse_chat_request(data: Any, *, server_model: str, models: Collection[str] = ()) -> ChatRequest:
+    """Validate the ``/api/chat`` body; plain ``content`` and AI SDK ``parts`` both work.
+
+    ``model`` may be left out, or name the server's model or one of ``models``.
+    """
     if not isinstance(data, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     raw_messages = data.get("messages")
@@ -86,14 +92,14 @@ def parse_chat_request(data: Any, *, server_model: str) -> ChatRequest:
     if system is not None and not isinstance(system, str):
         raise InvalidRequest("'system' must be a string.", param="system")
     if system is not None:
-        _check_text(system, "system")
+        check_text(system, "system")
 
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false.", param="stream")
 
     model = data.get("model")
-    if model is not None and model != server_model:
+    if model is not None and model != server_model and model not in models:
         raise InvalidRequest("The model is chosen by the server; leave 'model' out.", param="model")
     n = data.get("n")
     if n is not None and n != 1:
@@ -105,6 +111,7 @@ def parse_chat_request(data: Any, *, server_model: str) -> ChatRequest:
         stream=stream,
         max_tokens=_optional_int(data.get("max_tokens"), "max_tokens"),
         temperature=_temperature(data.get("temperature")),
+        model=model if model != server_model else None,
     )
 
 
@@ -127,7 +134,7 @@ def _message(item: Any, where: str) -> ChatMessage:
         content = _parts_text(item["parts"], f"{where}.parts")
     else:
         raise InvalidRequest(f"{where} needs 'content' (a string) or 'parts'.", param=where)
-    _check_text(content, f"{where}.content")
+    check_text(content, f"{where}.content")
     return ChatMessage(role=role, content=content)
 
 
@@ -150,7 +157,7 @@ def _parts_text(parts: Any, where: str) -> str:
     return "".join(texts)
 
 
-def _check_text(text: str, where: str) -> None:
+def check_text(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

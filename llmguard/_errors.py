@@ -182,6 +182,8 @@ def error_headers(error: LLMGuardError, body_length: int) -> list[tuple[bytes, b
     }
     if error.retry_after is not None:
         headers["retry-after"] = str(error.retry_after)
+        # The official OpenAI SDKs read this one first.
+        headers["retry-after-ms"] = str(error.retry_after * 1000)
     if error.status_code == 401:
         headers["www-authenticate"] = 'Bearer error="invalid_token"'
     headers.update({name.lower(): value for name, value in error.headers.items()})

@@ -12,7 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmguard._chat_request import _check_text
+from llmguard._chat_request import check_text
 from llmguard._errors import InvalidRequest
 
 # Forwarded as the client sent them, once checked.
@@ -100,7 +100,7 @@ def _message(item: Any, where: str) -> dict[str, str]:
     elif not isinstance(content, str):
         raise _bad(f"{where}.content must be a string or an array of text parts.", f"{where}.content")
     try:
-        _check_text(content, f"{where}.content")
+        check_text(content, f"{where}.content")
     except InvalidRequest as error:
         raise _bad(error.message, error.param) from None
     # The provider gets "system" whichever the client used: llmguard decides if it may.

@@ -126,6 +126,7 @@ class Settings:
     token_rate_limit: str = field(default="10/minute", metadata=_env("TOKEN_RATE_LIMIT"))
     openai_base_url: str = field(default=DEFAULT_BASE_URL, metadata=_env("OPENAI_BASE_URL"))
     openai_model: str = field(default=DEFAULT_MODEL, metadata=_env("OPENAI_MODEL"))
+    allowed_models: tuple[str, ...] = field(default=(), metadata=_env("ALLOWED_MODELS", _parse_list))
     max_tokens_param: Literal["auto", "max_tokens", "max_completion_tokens"] = field(
         default="auto", metadata=_env("MAX_TOKENS_PARAM")
     )
@@ -164,12 +165,15 @@ class Settings:
                 raise SettingsError(name, value, str(exc), secret=secret) from None
             if normalized is not value:
                 object.__setattr__(self, name, normalized)
-        if self.monthly_spend_cap_usd is not None and price_of(self.openai_model, self.prices) is None:
+        unpriced = [
+            model for model in (self.openai_model, *self.allowed_models) if price_of(model, self.prices) is None
+        ]
+        if self.monthly_spend_cap_usd is not None and unpriced:
             raise SettingsError(
                 "model_prices",
                 dict(self.model_prices),
-                f"MONTHLY_SPEND_CAP_USD needs the price of {self.openai_model!r}: add it, as "
-                f"'{self.openai_model}=<input>/<output>' in US dollars per million tokens",
+                f"MONTHLY_SPEND_CAP_USD needs the price of {unpriced[0]!r}: add it, as "
+                f"'{unpriced[0]}=<input>/<output>' in US dollars per million tokens",
             )
         if not self.demo and not self.openai_api_key:
             raise SettingsError(
@@ -366,6 +370,13 @@ def _proxies(value: object) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _models(value: object) -> tuple[str, ...]:
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in items):
+        raise TypeError("expected a list of model names")
+    return tuple(dict.fromkeys(item.strip() for item in items))
+
+
 def _header_name(value: object) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", value.strip()):
         raise ValueError("expected a header name such as Fly-Client-IP or CF-Connecting-IP")
@@ -417,6 +428,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "token_rate_limit": _rate,
     "openai_base_url": _base_url,
     "openai_model": _non_empty,
+    "allowed_models": _models,
     "max_tokens_param": _choice("auto", "max_tokens", "max_completion_tokens"),
     "jwt_ttl": _whole_seconds(10, 86400),
     "jwt_issuer": _non_empty,

@@ -43,7 +43,8 @@ def text_delta(delta: str) -> bytes:
 
 
 def finish(finish_reason: str | None, usage: dict[str, int]) -> bytes:
-    reason = FINISH_REASONS.get(finish_reason or "", "other" if finish_reason else "unknown")
+    # The AI SDK validates this against its enum, which has no "unknown": an unnamed end is "other".
+    reason = FINISH_REASONS.get(finish_reason or "", "other")
     return event({"type": "finish", "finishReason": reason, "messageMetadata": {"usage": usage}}) + DONE
 
 

@@ -11,6 +11,8 @@ def test_all_is_pinned_and_sorted() -> None:
         "LLMGuardError",
         "MethodNotAllowed",
         "NotFound",
+        "OpenAICompatible",
+        "OpenAIErrors",
         "OriginFilter",
         "PayloadTooLarge",
         "Price",

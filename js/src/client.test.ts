@@ -1,7 +1,7 @@
 import { describe, expect, test, vi } from "vitest";
 
 import { chat, streamChat } from "./chat.ts";
-import { Client, configure, getClient } from "./client.ts";
+import { Client, configure, getAuthHeaders, getClient, getToken } from "./client.ts";
 import { isLLMGuardError, type LLMGuardError } from "./errors.ts";
 import {
   BASE_URL,
@@ -247,5 +247,21 @@ describe("fetch and the default client", () => {
     const after = getClient();
     expect(after).not.toBe(before);
     expect(after.baseUrl).toBe("https://elsewhere.test");
+  });
+});
+
+describe("tokens for other libraries", () => {
+  test("getToken() suits the openai SDK's apiKey: a cached token, the same one until it must change", async () => {
+    const server = new FakeServer({});
+    const client = server.client();
+    const first = await getToken({ client });
+    expect(first).toBe("token-1");
+    expect(await getToken({ client })).toBe(first);
+    expect(server.requestsTo("/api/token")).toHaveLength(1);
+  });
+
+  test("getAuthHeaders() is the AI SDK transport's headers: a bearer authorization with the token", async () => {
+    const server = new FakeServer({});
+    expect(await getAuthHeaders({ client: server.client() })).toEqual({ authorization: "Bearer token-1" });
   });
 });

@@ -100,10 +100,29 @@ export function getClient(): Client {
 }
 
 /**
- * A token for your own calls to llmguard (for example the `apiKey` of the
- * official `openai` SDK pointed at llmguard's `/v1`). Minted, cached and
- * refreshed like the SDK's own.
+ * A token for your own calls to llmguard, minted, cached and refreshed like
+ * the SDK's own (each call counts as one use when the server sets `max_uses`).
+ *
+ * @example The official `openai` SDK, pointed at llmguard's OpenAI-compatible routes:
+ * ```ts
+ * const openai = new OpenAI({ baseURL: "https://proxy.example.com/v1", apiKey: getToken, dangerouslyAllowBrowser: true })
+ * ```
  */
 export function getToken(options: { signal?: AbortSignal; client?: Client } = {}): Promise<string> {
   return (options.client ?? getClient()).tokens.acquire(options.signal);
+}
+
+/**
+ * `{ Authorization: "Bearer <token>" }` for libraries that call llmguard
+ * themselves, such as the Vercel AI SDK's `useChat`.
+ *
+ * @example
+ * ```ts
+ * const { messages, sendMessage } = useChat({
+ *   transport: new DefaultChatTransport({ api: "https://proxy.example.com/api/chat", headers: getAuthHeaders }),
+ * })
+ * ```
+ */
+export async function getAuthHeaders(options: { signal?: AbortSignal; client?: Client } = {}): Promise<Record<string, string>> {
+  return { authorization: `Bearer ${await getToken(options)}` };
 }

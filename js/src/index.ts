@@ -1,4 +1,4 @@
-export { Client, type ClientOptions, configure, getClient, getToken } from "./client.ts";
+export { Client, type ClientOptions, configure, getAuthHeaders, getClient, getToken } from "./client.ts";
 export { chat, type ChatInput, type ChatMessage, type ChatOptions, type ChatResult, type ChatStream, streamChat } from "./chat.ts";
 export {
   isAbortError,

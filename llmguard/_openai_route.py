@@ -1,0 +1,146 @@
+"""The OpenAI-compatible routes: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+The official SDKs (``openai`` for Python and JavaScript) work against these with
+the JWT from ``/api/token`` as their API key. Every guard still applies: the
+same origin, rate and budget checks, the server's models and output cap, its
+system-prompt policy, ``n = 1``. Replies are the provider's own
+``chat.completion`` objects and ``chat.completion.chunk`` events, passed
+through; errors are in OpenAI's shape so the SDKs raise their own typed errors.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.routing import Route, Router
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from llmguard._chat_endpoint import ChatEndpoint, Completion
+from llmguard._chat_request import parse_json, read_body
+from llmguard._errors import InvalidRequest, LLMGuardError, MethodNotAllowed, send_error
+from llmguard._openai_request import parse_openai_request
+from llmguard._state import Usage, request_state
+
+_STREAM_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class OpenAIErrors:
+    """Wrap the ``/v1`` stack in this, so that every layer's refusal is in OpenAI's error shape."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request_state(scope).error_style = "openai"
+        await self.app(scope, receive, send)
+
+
+class OpenAICompatible(Router):
+    """``/chat/completions`` and ``/models`` on ``chat``'s provider, model list and caps.
+
+    Mount it at ``/v1``, behind the same guards as ``/api/chat`` and inside
+    :class:`OpenAIErrors`.
+    """
+
+    def __init__(self, chat: ChatEndpoint) -> None:
+        super().__init__(
+            routes=[
+                Route("/chat/completions", ChatCompletions(chat)),
+                Route("/models", ModelList(chat.models)),
+            ]
+        )
+
+
+class ChatCompletions:
+    """``POST /chat/completions`` in OpenAI's shapes, through ``ChatEndpoint``'s provider call."""
+
+    def __init__(self, chat: ChatEndpoint) -> None:
+        self.chat = chat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        request_state(scope).error_style = "openai"
+        chat = self.chat
+        try:
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(headers={"allow": "POST"})
+            body = await read_body(scope, receive, max_bytes=chat.max_body_bytes)
+            request = parse_openai_request(parse_json(body), server_model=chat.model, models=chat.models)
+            if request.has_system and not chat.allow_client_system:
+                raise InvalidRequest(
+                    "This server sets the system prompt; send no system or developer message.",
+                    status_code=400,
+                    param="messages",
+                )
+        except LLMGuardError as error:
+            await send_error(scope, send, error)
+            return
+        messages = request.messages
+        if not request.has_system and chat.system_prompt:
+            messages = [{"role": "system", "content": chat.system_prompt}, *messages]
+        await chat.complete(
+            scope,
+            receive,
+            send,
+            model=request.model,
+            messages=messages,
+            max_tokens=request.max_tokens,
+            params=request.params,
+            stream=request.stream,
+            wire=OpenAIWire(include_usage=request.include_usage),
+        )
+
+
+class ModelList:
+    """``GET /models``: the models a client may name."""
+
+    def __init__(self, models: tuple[str, ...]) -> None:
+        data = [{"id": model, "object": "model", "created": 0, "owned_by": "llmguard"} for model in models]
+        self.body = json.dumps({"object": "list", "data": data}).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        request_state(scope).error_style = "openai"
+        if scope["method"] not in ("GET", "HEAD"):
+            await send_error(scope, send, MethodNotAllowed(headers={"allow": "GET"}))
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body if scope["method"] == "GET" else b""})
+
+
+class OpenAIWire:
+    """The provider's own objects and events, passed through (llmguard's usage chunk only when asked for)."""
+
+    stream_headers = _STREAM_HEADERS
+
+    def __init__(self, *, include_usage: bool) -> None:
+        # The provider is always asked for usage (budgets settle on it); the client sees it if it asked.
+        self.include_usage = include_usage
+
+    def reply(self, body: bytes, completion: Completion, usage: Usage) -> bytes:
+        return body
+
+    def start(self) -> bytes:
+        return b""
+
+    def event(self, data: str, chunk: dict[str, Any], content: str) -> bytes:
+        if not self.include_usage and not chunk.get("choices") and chunk.get("usage"):
+            return b""
+        return b"data: " + data.encode() + b"\n\n"
+
+    def finish(self, finish_reason: str | None, usage: Usage) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def error(self, error: LLMGuardError) -> bytes:
+        # What OpenAI sends when a stream fails: the SDKs raise it as an APIError.
+        body = {"error": {"message": error.message, "type": error.openai_type, "code": error.code}}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
