@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import jwt
+import openai
 import pytest
 from conftest import KEY, ORIGIN, SECRET
 from servers import LLMGuardProcess
@@ -512,3 +513,45 @@ def test_healthz(client: httpx.Client) -> None:
     response = client.get("/healthz", headers={"origin": ""})
     assert response.status_code == 200
     assert response.json()["status"] == "ok"
+
+
+# -- the official openai package over real HTTP ------------------------------------------
+
+
+def openai_client(server: LLMGuardProcess, client: httpx.Client, token: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=f"{server.url}/v1",
+        api_key=token or mint(client),
+        default_headers={"origin": ORIGIN},
+        max_retries=0,
+    )
+
+
+def test_the_openai_sdk_gets_json_and_streamed_completions(
+    server: LLMGuardProcess, client: httpx.Client, provider: FakeProvider
+) -> None:
+    sdk = openai_client(server, client)
+    provider.enqueue(FakeReply(text="Hi from the SDK"), FakeReply(chunks=["one ", "two ", "three"], delay=0.05))
+    completion = sdk.chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "Hi"}])
+    assert completion.choices[0].message.content == "Hi from the SDK"
+    assert provider.last_request.headers["authorization"] == f"Bearer {KEY}"
+
+    stream = sdk.chat.completions.create(
+        model="gpt-4.1-mini", messages=[{"role": "user", "content": "Count"}], stream=True
+    )
+    deltas = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+    assert deltas == ["one ", "two ", "three"]
+
+
+def test_the_openai_sdk_raises_its_own_typed_errors(server: LLMGuardProcess, client: httpx.Client) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        openai_client(server, client, token="not-a-jwt").chat.completions.create(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": "Hi"}]
+        )
+    with pytest.raises(openai.BadRequestError) as caught:
+        openai_client(server, client).chat.completions.create(
+            model="gpt-4.1-mini",
+            messages=[{"role": "system", "content": 7}],  # type: ignore[list-item,misc]
+        )
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["param"] == "messages[0].content"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import redis
 from conftest import KEY, ORIGIN, SECRET
@@ -117,6 +118,27 @@ def test_the_request_limit_is_shared(pair: tuple[LLMGuardProcess, LLMGuardProces
         assert refused.headers["ratelimit-policy"] == f'"chat";q={RATE_LIMIT};w=60'
     # Another client is not affected.
     assert chat(b, "198.51.100.3", token).status_code == 200
+
+
+def test_the_openai_sdk_gets_a_rate_limit_error_from_either_process(
+    pair: tuple[LLMGuardProcess, LLMGuardProcess],
+) -> None:
+    a, b = pair
+    ip = "198.51.100.5"
+
+    def sdk(server: LLMGuardProcess) -> openai.OpenAI:
+        headers = {"origin": ORIGIN, "x-forwarded-for": ip}
+        return openai.OpenAI(base_url=f"{server.url}/v1", api_key=mint(a, ip), default_headers=headers, max_retries=0)
+
+    for index in range(RATE_LIMIT):
+        sdk((a, b)[index % 2]).chat.completions.create(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(openai.RateLimitError) as caught:
+        sdk(b).chat.completions.create(model="gpt-4.1-mini", messages=[{"role": "user", "content": "hi"}])
+    assert int(caught.value.response.headers["retry-after"]) >= 1
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["code"] == "RateLimitExceeded"
 
 
 def test_the_token_window_is_shared(

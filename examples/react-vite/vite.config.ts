@@ -1,6 +1,7 @@
 import { defineConfig } from "vite";
 
-// Two pages: index.html (the one-line <ChatWidget />) and custom.html (useChat with its own markup).
+// Four pages: index.html (the one-line <ChatWidget />), custom.html (useChat with its own markup),
+// openai.html (the official openai SDK on /v1) and ai-sdk.html (the Vercel AI SDK's useChat on /api/chat).
 export default defineConfig({
   // Vite's own transform compiles the TSX: no React plugin is needed to build.
   oxc: { jsx: { runtime: "automatic" } },
@@ -11,7 +12,13 @@ export default defineConfig({
   },
   build: {
     rollupOptions: {
-      input: { widget: "index.html", custom: "custom.html" },
+      input: { widget: "index.html", custom: "custom.html", openai: "openai.html", aiSdk: "ai-sdk.html" },
+      onwarn(warning, warn) {
+        // swr (under @ai-sdk/react) marks its modules "use client", which means nothing in an app that
+        // only runs in the browser.
+        if (warning.code === "MODULE_LEVEL_DIRECTIVE") return;
+        warn(warning);
+      },
     },
   },
 });
