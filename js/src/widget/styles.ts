@@ -15,6 +15,18 @@
  *
  * and `::part(panel | header | title | log | message | user | assistant | error | input | send | stop)`.
  */
+const DARK = `
+  color-scheme: dark;
+  --_accent: var(--llmguard-accent, #60a5fa);
+  --_accent-text: var(--llmguard-accent-text, #0b1220);
+  --_background: var(--llmguard-background, #0f172a);
+  --_text: var(--llmguard-text, #e5e7eb);
+  --_muted: var(--llmguard-muted, #94a3b8);
+  --_assistant: var(--llmguard-assistant-background, #1e293b);
+  --_border: var(--llmguard-border, #334155);
+  --_error: var(--llmguard-error, #f87171);
+`;
+
 export const STYLES = `
 :host {
   display: block;
@@ -30,29 +42,9 @@ export const STYLES = `
   --_radius: var(--llmguard-radius, 0.75rem);
   font: var(--llmguard-font, 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif);
 }
-:host([theme="dark"]) {
-  color-scheme: dark;
-  --_accent: var(--llmguard-accent, #60a5fa);
-  --_accent-text: var(--llmguard-accent-text, #0b1220);
-  --_background: var(--llmguard-background, #0f172a);
-  --_text: var(--llmguard-text, #e5e7eb);
-  --_muted: var(--llmguard-muted, #94a3b8);
-  --_assistant: var(--llmguard-assistant-background, #1e293b);
-  --_border: var(--llmguard-border, #334155);
-  --_error: var(--llmguard-error, #f87171);
-}
+:host([theme="dark"]) {${DARK}}
 @media (prefers-color-scheme: dark) {
-  :host([theme="auto"]) {
-    color-scheme: dark;
-    --_accent: var(--llmguard-accent, #60a5fa);
-    --_accent-text: var(--llmguard-accent-text, #0b1220);
-    --_background: var(--llmguard-background, #0f172a);
-    --_text: var(--llmguard-text, #e5e7eb);
-    --_muted: var(--llmguard-muted, #94a3b8);
-    --_assistant: var(--llmguard-assistant-background, #1e293b);
-    --_border: var(--llmguard-border, #334155);
-    --_error: var(--llmguard-error, #f87171);
-  }
+  :host([theme="auto"]) {${DARK}}
 }
 * { box-sizing: border-box; }
 .panel {
