@@ -94,7 +94,9 @@ def parse_chat_request(data: Any, *, server_model: str, models: Collection[str] 
     if system is not None:
         check_text(system, "system")
 
-    stream = data.get("stream", False)
+    # The AI SDK's useChat (DefaultChatTransport) sends {id, messages, trigger} and expects its
+    # stream without asking for it: a body of that shape streams unless it says otherwise.
+    stream = data.get("stream", "trigger" in data)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false.", param="stream")
 

@@ -403,7 +403,11 @@ async def test_ai_sdk_use_chat_body_is_accepted(harness: Harness) -> None:
     }
     response = await harness.chat(body)
     assert response.status_code == 200, response.text
-    assert response.json()["role"] == "assistant"
+    # useChat never asks for a stream, and reads the reply as one: the AI SDK's shape streams.
+    assert response.headers["content-type"] == "text/event-stream"
+    assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert '"type":"text-delta"' in response.text
+    assert harness.provider.last_request.json["stream"] is True
     sent = harness.provider.last_request.json["messages"]
     assert [m for m in sent if m["role"] != "system"] == [
         {"role": "user", "content": "Hi"},
