@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 from limits.aio.storage import Storage as LimitsStorage
@@ -40,6 +40,7 @@ class Storage:
         *,
         failure: Literal["closed", "open"] = "closed",
         timeout: float = 2.0,
+        max_connections: int = 512,
     ) -> None:
         if failure not in ("closed", "open"):
             raise ValueError(f"failure has value {failure!r}: expected 'closed' or 'open'")
@@ -48,7 +49,9 @@ class Storage:
         self.url = url
         self.fail_open = failure == "open"
         self.timeout = timeout
-        self.backend = _backend(url, timeout)
+        if max_connections < 1:
+            raise ValueError(f"max_connections has value {max_connections!r}: must be at least 1")
+        self.backend = _backend(url, timeout, max_connections)
         # In-process counters cannot hang; a timer per operation would only cost time.
         self.in_process = url.split("://", 1)[0].lower() == "memory"
         self.limiter = SlidingWindowCounterRateLimiter(self.backend)
@@ -72,13 +75,16 @@ class Storage:
                 return await operation
             with anyio.fail_after(self.timeout):
                 return await operation
+        except StorageUnavailable:
+            raise
         except TimeoutError:
             raise self._failed("timed out") from None
         except Exception as exc:
-            raise self._failed(type(exc).__name__) from None
+            cause = getattr(exc, "storage_error", None) or exc
+            raise self._failed(f"{type(exc).__name__}: {type(cause).__name__}: {cause}"[:300]) from None
 
     async def many(self, operations: Sequence[Callable[[], Awaitable[T]]]) -> list[T | StorageUnavailable]:
-        """Run storage operations, concurrently over the network, and return each result or its error.
+        """Run guarded storage operations (``incr``, ``get``), concurrently over the network; each result or error.
 
         Over a network the round trips overlap (one request's counters cost one
         round trip, not one each); in-process they simply run in order.
@@ -87,7 +93,7 @@ class Storage:
         if self.in_process or len(operations) < 2:
             for operation in operations:
                 try:
-                    results.append(await self.guarded(operation()))
+                    results.append(await operation())
                 except StorageUnavailable as error:
                     results.append(error)
             return results
@@ -95,7 +101,7 @@ class Storage:
 
         async def run(index: int) -> None:
             try:
-                slots[index] = await self.guarded(operations[index]())
+                slots[index] = await operations[index]()
             except StorageUnavailable as error:
                 slots[index] = error
 
@@ -115,10 +121,13 @@ class Storage:
     async def aclose(self) -> None:
         """Close the connections to a networked storage (the bundled app's lifespan does this)."""
         client = getattr(getattr(self.backend, "bridge", None), "storage", None)
-        close = getattr(client, "aclose", None)
-        if close is not None:
-            with contextlib.suppress(Exception):  # shutting down: nothing left to protect
-                await close()
+        with contextlib.suppress(Exception):  # shutting down: nothing left to protect
+            if client is not None:
+                await client.aclose()
+            # A pool handed to the client is not the client's to close.
+            pool = getattr(client, "connection_pool", None)
+            if pool is not None:
+                await pool.disconnect()
 
     def unavailable(self, error: StorageUnavailable) -> None:
         """Handle a storage failure by policy: raise when closed, go on without limits when open."""
@@ -139,7 +148,7 @@ class Storage:
         return StorageUnavailable(retry_after=5)
 
 
-def _backend(url: str, timeout: float) -> LimitsStorage:
+def _backend(url: str, timeout: float, max_connections: int) -> LimitsStorage:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         try:
@@ -149,18 +158,21 @@ def _backend(url: str, timeout: float) -> LimitsStorage:
     if not scheme.startswith("redis"):
         raise ValueError(f"storage url has scheme {scheme!r}: expected memory:// or redis://")
     try:
-        import redis  # noqa: F401 - only to give a clear message when it is missing
+        import redis.asyncio
     except ImportError:
         raise ValueError("a redis:// storage needs the redis package: pip install 'llmguard[redis]'") from None
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     try:
-        storage = storage_from_string(
-            "async+" + url,
-            implementation="redispy",
-            wrap_exceptions=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-    except ConfigurationError as exc:
+        if scheme in ("redis", "rediss"):
+            # redis-py's own pool refuses past 100 connections ("Too many connections"): a burst of
+            # requests, each with its counters in flight at once, gets there. This one waits instead.
+            options = {
+                "connection_pool": redis.asyncio.BlockingConnectionPool.from_url(
+                    url, max_connections=max_connections, timeout=timeout, **options
+                )
+            }
+        storage = storage_from_string("async+" + url, implementation="redispy", wrap_exceptions=True, **options)
+    except (ConfigurationError, ValueError) as exc:
         raise ValueError(f"storage url is not usable: {exc}") from None
     return _as_async(storage)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -249,3 +250,21 @@ async def test_shutting_the_app_down_closes_its_redis_connections(redis_server: 
         assert redis_server.connected_clients() == before
     finally:
         await storage.aclose()  # so that the leak does not become warnings in later tests
+
+
+async def test_a_burst_of_concurrent_operations_waits_for_connections_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py's default pool refuses past 100 connections ("Too many connections"); a burst of
+    # requests, each with its counters in flight at once, got 503s before the pool could wait.
+    storage = Storage(redis_server.url, timeout=2, max_connections=20)
+    operations = [partial(storage.incr, f"burst:{index % 7}", expiry=60) for index in range(600)]
+    results = await storage.many(operations)
+    await storage.aclose()
+    assert [result for result in results if isinstance(result, StorageUnavailable)] == []
+    # Each of the 7 keys was incremented once per operation on it: its highest count says so.
+    highest: dict[int, int] = {}
+    for index, result in enumerate(results):
+        assert isinstance(result, int)
+        highest[index % 7] = max(highest.get(index % 7, 0), result)
+    assert sum(highest.values()) == 600
