@@ -26,7 +26,9 @@ COMPLETION = json.dumps(
         "object": "chat.completion",
         "created": 0,
         "model": "gpt-4.1-mini",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the bench."}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "Hello from the bench."}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
     }
 ).encode()
@@ -62,7 +64,8 @@ def make_app(chunks: int, delay: float):  # type: ignore[no-untyped-def]
         count = int(request.get("max_completion_tokens") or request.get("max_tokens") or chunks)
         pause = float(request["seed"]) / 1000 if "seed" in request else delay
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        await send({"type": "http.response.body", "body": chunk('[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]'), "more_body": True})
+        opening = chunk('[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]')
+        await send({"type": "http.response.body", "body": opening, "more_body": True})
         for index in range(count):
             if pause:
                 await asyncio.sleep(pause)

@@ -3,7 +3,8 @@
     python bench/passthrough.py --port 9001 --upstream http://127.0.0.1:9000/v1
 
 Forwards ``POST /v1/chat/completions`` as is and streams the answer back, the
-least any Python proxy in front of a provider does.
+least any Python proxy in front of a provider does; ``--transport aiohttp`` puts
+aiohttp's connection pool under httpx (httpx-aiohttp), as llmguard[speed] does.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 
-def make_app(upstream: str) -> Starlette:
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(120, connect=10),
-        limits=httpx.Limits(max_connections=4096, max_keepalive_connections=100),
-    )
+def make_app(upstream: str, transport: str = "httpx") -> Starlette:
+    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=100)
+    pool = None
+    if transport == "aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        pool = AiohttpTransport(limits=limits, trust_env=False)
+    client = httpx.AsyncClient(timeout=httpx.Timeout(120, connect=10), limits=limits, transport=pool)
 
     async def forward(request: Request) -> StreamingResponse:
         body = await request.body()
@@ -52,8 +56,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
+    parser.add_argument("--transport", choices=["httpx", "aiohttp"], default="httpx")
     args = parser.parse_args()
-    uvicorn.run(make_app(args.upstream), host="127.0.0.1", port=args.port, log_level="warning", access_log=False, backlog=4096)
+    app = make_app(args.upstream, args.transport)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, backlog=4096)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ def create_app(
         request_timeout=settings.request_timeout,
         retries=settings.upstream_retries,
         models=settings.allowed_models,
-        transport=transport,
+        transport=transport or settings.upstream_transport,
     )
     storage = Storage(settings.storage_url, failure=settings.storage_failure, timeout=settings.storage_timeout)
     client_ip = ClientIP(trusted_proxies=settings.trusted_proxies, header=settings.client_ip_header)

@@ -27,7 +27,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from functools import partial
 from typing import Literal
 
 import anyio
@@ -170,30 +169,19 @@ class BudgetTicket:
         storage = self.owner.storage
         budgets, previous_key = self._budgets(now)
         wanted = [self._amount(budget, prompt_tokens, max_output_tokens) for budget in budgets]
-        operations = [
-            partial(storage.incr, budget.key, expiry=budget.expiry, amount=amount)
-            for budget, amount in zip(budgets, wanted, strict=True)
-        ]
+        changes = [(budget.key, amount, budget.expiry) for budget, amount in zip(budgets, wanted, strict=True)]
         if previous_key is not None:
-            operations.append(partial(storage.get, previous_key))
+            changes.append((previous_key, 0, 0))  # read the window's last period
         # Shielded, like every change to the counters: a reservation is either recorded or given back.
         with anyio.CancelScope(shield=True):
-            results = await storage.many(operations)
-            failure = next((r for r in results if isinstance(r, StorageUnavailable)), None)
-            if failure is not None:
-                landed = results[: len(budgets)]
-                await self._give_back(
-                    [(b, a) for b, a, r in zip(budgets, wanted, landed, strict=True) if isinstance(r, int)]
-                )
-                raise failure
-        counts = [result for result in results if not isinstance(result, StorageUnavailable)]
-        totals = counts[: len(budgets)]
+            results = await storage.add(changes)
+        totals = results[: len(budgets)]
         added = list(zip(budgets, wanted, strict=True))
         if previous_key is not None:
             window = self.owner.window
             assert window is not None
             weight = 1 - (now % window.get_expiry()) / window.get_expiry()
-            budgets[0] = replace(budgets[0], carried=counts[-1] * weight)  # the client window is first
+            budgets[0] = replace(budgets[0], carried=results[-1] * weight)  # the client window is first
 
         grant = max_output_tokens
         binding: tuple[_Budget, int] | None = None
@@ -205,24 +193,14 @@ class BudgetTicket:
         floor_tokens = min(self.owner.min_output_tokens, max_output_tokens)
         with anyio.CancelScope(shield=True):
             if grant < floor_tokens and binding is not None:
-                await self._give_back(added)
+                await self._correct([(budget, -amount) for budget, amount in added], "release")
                 raise self._refusal(*binding, now=now, needed=prompt_tokens + floor_tokens)
-            # Shrink each reservation to the granted output cap; keep count of what really landed.
-            changes = [
-                (budget, before, self._amount(budget, prompt_tokens, grant) - before) for budget, before in added
-            ]
-            changes = [change for change in changes if change[2] != 0]
-            results = await storage.many(
-                [partial(storage.incr, budget.key, expiry=budget.expiry, amount=delta) for budget, _, delta in changes]
-            )
-            lowered = {
-                budget.key: before + delta
-                for (budget, before, delta), result in zip(changes, results, strict=True)
-                if not isinstance(result, StorageUnavailable)
-            }
-            if len(lowered) < len(changes):
-                logger.error("could not lower a budget reservation: the storage is unavailable")
-        self.reserved = [(budget, lowered.get(budget.key, amount)) for budget, amount in added]
+            # Shrink each reservation to the granted output cap.
+            final = [(budget, self._amount(budget, prompt_tokens, grant)) for budget, _ in added]
+            deltas = [(budget, after - before) for (budget, before), (_, after) in zip(added, final, strict=True)]
+            if not await self._correct(deltas, "lower"):
+                final = added
+        self.reserved = final
         return grant
 
     async def settle(self) -> None:
@@ -235,13 +213,19 @@ class BudgetTicket:
             self.price = self.owner.price(self.state.model or "")
         if usage is not None and self.price is not None:
             self.state.cost_usd = self.price.micro_usd(usage.prompt_tokens, usage.completion_tokens) / 1e6
-        corrections = [
-            partial(self.owner.storage.incr, budget.key, expiry=budget.expiry, amount=used - reserved)
-            for budget, reserved in self.reserved
-            if (used := self._used(budget, usage)) != reserved
-        ]
-        if any(isinstance(result, BaseException) for result in await self.owner.storage.many(corrections)):
-            logger.error("could not settle a budget reservation: the storage is unavailable")
+        await self._correct(
+            [(budget, self._used(budget, usage) - reserved) for budget, reserved in self.reserved], "settle"
+        )
+
+    async def _correct(self, deltas: list[tuple[_Budget, int]], what: str) -> bool:
+        """Apply corrections to reservations in one storage call; False (and a log line) if it failed."""
+        changes = [(budget.key, delta, budget.expiry) for budget, delta in deltas if delta]
+        try:
+            await self.owner.storage.add(changes)
+        except StorageUnavailable:
+            logger.error("could not %s a budget reservation: the storage is unavailable", what)
+            return False
+        return True
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -317,11 +301,6 @@ class BudgetTicket:
             return max(1, math.ceil(excess / budget.carried * left_in_period))
         # Then this period's own use fades out over the next one.
         return max(1, math.ceil(left_in_period + (excess - budget.carried) / max(1, current) * length))
-
-    async def _give_back(self, added: list[tuple[_Budget, int]]) -> None:
-        operations = [partial(self.owner.storage.incr, b.key, expiry=b.expiry, amount=-a) for b, a in added]
-        if any(isinstance(result, BaseException) for result in await self.owner.storage.many(operations)):
-            logger.error("could not release a budget reservation: the storage is unavailable")
 
 
 def _next_month(moment: datetime) -> datetime:

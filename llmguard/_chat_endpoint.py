@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import anyio
 import httpx
@@ -25,6 +25,11 @@ logger = logging.getLogger("llmguard.chat")
 
 class ChatEndpoint:
     """``POST`` a chat, get the assistant's reply as JSON or as an AI SDK UI message stream.
+
+    ``transport`` carries the provider calls: ``"auto"`` uses aiohttp's
+    connection pool through httpx-aiohttp when it is installed (``pip install
+    'llmguard[speed]'``: much faster under concurrency), else httpx's own; an
+    httpx transport object replaces both (tests use ``FakeProvider.transport()``).
 
     The server decides what the provider sees: its model (or one of
     ``models`` the client names), its output cap, its system prompt when the
@@ -48,7 +53,7 @@ class ChatEndpoint:
         request_timeout: float = 120,
         retries: int = 2,
         models: Sequence[str] = (),
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport | Literal["auto", "httpx", "aiohttp"] = "auto",
     ) -> None:
         if not api_key:
             raise ValueError("api_key is empty: the provider key is required")

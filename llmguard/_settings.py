@@ -152,6 +152,7 @@ class Settings:
     max_body_bytes: int = field(default=1_048_576, metadata=_env("MAX_BODY_BYTES", _parse_int))
     request_timeout: float = field(default=120, metadata=_env("REQUEST_TIMEOUT", parse_duration))
     upstream_retries: int = field(default=2, metadata=_env("UPSTREAM_RETRIES", _parse_int))
+    upstream_transport: Literal["auto", "httpx", "aiohttp"] = field(default="auto", metadata=_env("UPSTREAM_TRANSPORT"))
     demo: bool = field(default=False, metadata=_env("LLMGUARD_DEMO", _parse_bool))
     demo_page: bool | None = field(default=None, metadata=_env("DEMO_PAGE", _parse_bool))
 
@@ -450,6 +451,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "max_body_bytes": _positive_int,
     "request_timeout": _seconds(1, 3600),
     "upstream_retries": _non_negative_int,
+    "upstream_transport": _choice("auto", "httpx", "aiohttp"),
     "demo": _bool,
     "demo_page": _optional_bool,
 }

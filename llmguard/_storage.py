@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, Literal, TypeVar
 
 import anyio
@@ -52,6 +52,13 @@ class Storage:
         if max_connections < 1:
             raise ValueError(f"max_connections has value {max_connections!r}: must be at least 1")
         self.backend = _backend(url, timeout, max_connections)
+        # On Redis, several counters change in one script; elsewhere, one operation at a time.
+        bridge = getattr(self.backend, "bridge", None)
+        client = getattr(bridge, "storage", None)
+        # A cluster spreads keys over nodes, where one script cannot reach them all: one by one there.
+        scripted = client is not None and "cluster" not in url.split("://", 1)[0]
+        self._script = client.register_script(_ADD_SCRIPT) if scripted and client is not None else None
+        self._prefixed = getattr(bridge, "prefixed_key", str)
         # In-process counters cannot hang; a timer per operation would only cost time.
         self.in_process = url.split("://", 1)[0].lower() == "memory"
         self.limiter = SlidingWindowCounterRateLimiter(self.backend)
@@ -83,32 +90,29 @@ class Storage:
             cause = getattr(exc, "storage_error", None) or exc
             raise self._failed(f"{type(exc).__name__}: {type(cause).__name__}: {cause}"[:300]) from None
 
-    async def many(self, operations: Sequence[Callable[[], Awaitable[T]]]) -> list[T | StorageUnavailable]:
-        """Run guarded storage operations (``incr``, ``get``), concurrently over the network; each result or error.
+    async def add(self, changes: Sequence[tuple[str, int, int]]) -> list[int]:
+        """Apply ``(key, amount, expiry)`` changes at once and return each key's new total.
 
-        Over a network the round trips overlap (one request's counters cost one
-        round trip, not one each); in-process they simply run in order.
+        An amount of 0 only reads. On Redis it is one round trip and one atomic
+        script (a request's counters cost one command, not one each, and can
+        never half-apply); in memory, the same in order.
         """
-        results: list[T | StorageUnavailable] = []
-        if self.in_process or len(operations) < 2:
-            for operation in operations:
-                try:
-                    results.append(await operation())
-                except StorageUnavailable as error:
-                    results.append(error)
-            return results
-        slots: list[T | StorageUnavailable | None] = [None] * len(operations)
+        if not changes:
+            return []
+        if self._script is None:
+            return await self.guarded(self._add_in_order(changes))
+        # Named as the limits storage names its own keys (its prefix), so both see one counter.
+        keys = [self._prefixed(f"{KEY_PREFIX}:{key}") for key, _, _ in changes]
+        arguments = [value for _, amount, expiry in changes for value in (amount, max(1, expiry))]
+        totals = await self.guarded(self._script(keys=keys, args=arguments))
+        return [int(total) for total in totals]
 
-        async def run(index: int) -> None:
-            try:
-                slots[index] = await operations[index]()
-            except StorageUnavailable as error:
-                slots[index] = error
-
-        async with anyio.create_task_group() as tasks:
-            for index in range(len(operations)):
-                tasks.start_soon(run, index)
-        return [slot for slot in slots if slot is not None]
+    async def _add_in_order(self, changes: Sequence[tuple[str, int, int]]) -> list[int]:
+        totals = []
+        for key, amount, expiry in changes:
+            name = f"{KEY_PREFIX}:{key}"
+            totals.append(await (self.backend.incr(name, max(1, expiry), amount) if amount else self.backend.get(name)))
+        return totals
 
     async def check(self) -> bool:
         """Whether the storage answers, within the timeout."""
@@ -146,6 +150,26 @@ class Storage:
         else:
             logger.debug("storage unavailable (%s)", reason)
         return StorageUnavailable(retry_after=5)
+
+
+# KEYS: the counters; ARGV: amount and expiry for each. An amount of 0 reads; a counter created
+# by this call expires after its expiry, as the limits storages' own incr does.
+_ADD_SCRIPT = """
+local totals = {}
+for index, key in ipairs(KEYS) do
+  local amount = tonumber(ARGV[index * 2 - 1])
+  if amount == 0 then
+    totals[index] = tonumber(redis.call('get', key) or '0')
+  else
+    local total = redis.call('incrby', key, amount)
+    if total == amount then
+      redis.call('expire', key, tonumber(ARGV[index * 2]))
+    end
+    totals[index] = total
+  end
+end
+return totals
+"""
 
 
 def _backend(url: str, timeout: float, max_connections: int) -> LimitsStorage:
