@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import logging
 import re
@@ -139,6 +140,9 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Everything loaded by now lives as long as the process: keep it out of the garbage
+        # collector's full passes, which otherwise walk it all, mid-stream (bench/: stream lag).
+        gc.freeze()
         try:
             yield
         finally:

@@ -224,7 +224,7 @@ class ChatEndpoint:
     async def _relay(self, response: httpx.Response, send: Send, wire: Wire, progress: _Progress) -> None:
         """Forward each provider event in the route's format the moment it arrives."""
         async for data in _sse_data(response):
-            if data == "[DONE]":
+            if data == b"[DONE]":
                 return
             try:
                 chunk = json.loads(data)
@@ -276,19 +276,29 @@ async def _send_chunk(send: Send, data: bytes) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each Server-Sent Event (multi-line data joined, comments skipped)."""
-    lines: list[str] = []
-    async for line in response.aiter_lines():
-        if not line:
-            if lines:
-                yield "\n".join(lines)
-                lines = []
-        elif line.startswith("data:"):
-            value = line[5:]
-            lines.append(value[1:] if value.startswith(" ") else value)
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The ``data`` of each Server-Sent Event, as bytes (multi-line data joined, comments skipped).
+
+    Read from the raw bytes, not through text lines: on a busy stream this loop is the
+    proxy's per-event cost, and the OpenAI route forwards the bytes as they came.
+    """
+    pending = b""
+    lines: list[bytes] = []
+    async for block in response.aiter_bytes():
+        pending += block
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:
+                if lines:
+                    yield b"\n".join(lines)
+                    lines = []
+            elif line.startswith(b"data:"):
+                lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
+    if pending.startswith(b"data:"):
+        lines.append(pending[6:] if pending.startswith(b"data: ") else pending[5:])
     if lines:
-        yield "\n".join(lines)
+        yield b"\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +355,7 @@ class Wire(Protocol):
         """What opens a stream."""
         ...
 
-    def event(self, data: str, chunk: dict[str, Any], content: str) -> bytes:
+    def event(self, data: bytes, chunk: dict[str, Any], content: str) -> bytes:
         """What one provider event becomes (``content``: its text delta, maybe empty)."""
         ...
 
@@ -378,7 +388,7 @@ class UIMessageWire:
     def start(self) -> bytes:
         return ui.start()
 
-    def event(self, data: str, chunk: dict[str, Any], content: str) -> bytes:
+    def event(self, data: bytes, chunk: dict[str, Any], content: str) -> bytes:
         if not content:
             return b""
         prefix = b"" if self.text_started else ui.TEXT_START

@@ -132,10 +132,10 @@ class OpenAIWire:
     def start(self) -> bytes:
         return b""
 
-    def event(self, data: str, chunk: dict[str, Any], content: str) -> bytes:
+    def event(self, data: bytes, chunk: dict[str, Any], content: str) -> bytes:
         if not self.include_usage and not chunk.get("choices") and chunk.get("usage"):
             return b""
-        return b"data: " + data.encode() + b"\n\n"
+        return b"data: " + data + b"\n\n"
 
     def finish(self, finish_reason: str | None, usage: Usage) -> bytes:
         return b"data: [DONE]\n\n"
