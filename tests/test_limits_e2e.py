@@ -63,6 +63,8 @@ def pair(
         "MONTHLY_TOKEN_CAP": str(MONTHLY_CAP),
         "MAX_TOKENS": str(MAX_TOKENS),
         "UPSTREAM_RETRIES": "0",
+        # tests/test_e2e.py covers the default (aiohttp's pool, with the dev extras); this is httpx's own.
+        "UPSTREAM_TRANSPORT": "httpx",
     }
     with (
         LLMGuardProcess({**env, "STORAGE_FAILURE": "closed"}, logs / "a.log") as a,

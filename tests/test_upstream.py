@@ -299,3 +299,34 @@ async def test_the_client_is_pooled_and_closed(provider: FakeProvider) -> None:
     assert upstream.client is first
     await upstream.aclose()
     assert first.is_closed
+
+
+# -- which transport carries the calls -------------------------------------------------
+
+
+def test_auto_uses_aiohttps_pool_when_installed_and_httpx_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llmguard._upstream as upstream_module
+
+    assert Upstream(base_url=BASE_URL, api_key=KEY).transport_name == "aiohttp"  # the dev extras have it
+    assert Upstream(base_url=BASE_URL, api_key=KEY, transport="httpx").transport_name == "httpx"
+    monkeypatch.setattr(upstream_module, "_aiohttp_transport", lambda: None)
+    assert Upstream(base_url=BASE_URL, api_key=KEY).transport_name == "httpx"
+    with pytest.raises(ValueError, match="llmguard\\[speed\\]"):
+        _ = Upstream(base_url=BASE_URL, api_key=KEY, transport="aiohttp").client
+
+
+def test_an_unknown_transport_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="transport"):
+        Upstream(base_url=BASE_URL, api_key=KEY, transport="curl")  # type: ignore[arg-type]
+
+
+async def test_the_aiohttp_pool_reaches_a_real_provider(fake_upstream: tuple[FakeProvider, str]) -> None:
+    provider, url = fake_upstream
+    provider.reset()
+    upstream = Upstream(base_url=f"{url}/v1", api_key=KEY, transport="aiohttp")
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+    async with upstream.chat(body) as response:
+        text = (await response.aread()).decode()
+    await upstream.aclose()
+    assert "data: [DONE]" in text
+    assert provider.last_request.headers["authorization"] == f"Bearer {KEY}"
