@@ -5,88 +5,47 @@
 // their own, which the proxy allows through ALLOWED_ORIGIN: every request is cross-origin, so the
 // browser preflights it, x-stainless-* headers and all. The demo's fake provider echoes the last user
 // message in its reply, word by word (about 40 ms a word): a reply long enough to be seen streaming.
-import { execFile } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
-import { extname, join, normalize, sep } from "node:path";
-import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 
 import type { Browser, Locator, Page, Request } from "playwright-core";
 import { afterAll, beforeAll, expect, test } from "vitest";
 
-import { launchChromium, startLLMGuard, type RunningServer } from "./servers.ts";
+import {
+  buildReactExample,
+  launchChromium,
+  type RunningServer,
+  serveStatic,
+  startLLMGuard,
+  type StaticSite,
+  temporaryFolder,
+} from "./servers.ts";
 
-const example = fileURLToPath(new URL("../../examples/react-vite/", import.meta.url));
 // The demo reply's first and last words: a reply that has the last ones is complete.
 const REPLY_START = "Hello from llmguard's offline demo!";
 const REPLY_END = "budget guards in front of it.";
 const JWT = /^Bearer [\w-]+\.[\w-]+\.[\w-]+$/;
-const CONTENT_TYPES: Record<string, string> = {
-  ".html": "text/html; charset=utf-8",
-  ".js": "text/javascript; charset=utf-8",
-  ".css": "text/css; charset=utf-8",
-};
 
-let exampleBuild: string;
-let site: Server;
+let build: { path: string; remove: () => Promise<void> };
+let site: StaticSite;
 let siteOrigin: string;
 let proxy: RunningServer;
 let browser: Browser;
 
-/**
- * Build the example with its own Vite (`npm ci` in examples/react-vite first; js/dist must be built),
- * into a folder of its own so that the example's dist/ is left to whoever else builds it.
- */
-async function buildExample(): Promise<void> {
-  exampleBuild = await mkdtemp(join(tmpdir(), "llmguard-react-vite-"));
-  const vite = join(example, "node_modules", "vite", "bin", "vite.js");
-  try {
-    await promisify(execFile)(
-      process.execPath,
-      [vite, "build", "--outDir", exampleBuild, "--emptyOutDir", "--logLevel", "warn"],
-      { cwd: example },
-    );
-  } catch (error) {
-    throw new Error(`Could not build examples/react-vite (run npm ci there, and npm run build in js/): ${String(error)}`);
-  }
-}
-
-/** A static server for the built example, as any host of a built app would be. */
-async function serveExample(): Promise<void> {
-  site = createServer((request, response) => {
-    const path = decodeURIComponent(new URL(request.url ?? "/", "http://site").pathname);
-    const file = normalize(join(exampleBuild, path));
-    if (!file.startsWith(exampleBuild + sep)) {
-      response.writeHead(404).end();
-      return;
-    }
-    readFile(file).then(
-      (body) =>
-        response.writeHead(200, { "content-type": CONTENT_TYPES[extname(file)] ?? "application/octet-stream" }).end(body),
-      () => response.writeHead(404).end(),
-    );
-  });
-  await new Promise<void>((resolve) => site.listen(0, "127.0.0.1", resolve));
-  siteOrigin = `http://127.0.0.1:${(site.address() as AddressInfo).port}`;
-}
-
 beforeAll(async () => {
-  await serveExample();
+  build = await temporaryFolder("llmguard-react-vite-");
+  site = await serveStatic(build.path);
+  siteOrigin = site.origin;
   [proxy, browser] = await Promise.all([
     startLLMGuard({ env: { ALLOWED_ORIGIN: siteOrigin } }),
     launchChromium(),
-    buildExample(),
+    buildReactExample(build.path),
   ]);
 }, 60_000);
 
 afterAll(async () => {
   await browser?.close();
   await proxy?.stop();
-  await new Promise((resolve) => site?.close(resolve));
-  if (exampleBuild) await rm(exampleBuild, { recursive: true, force: true });
+  await site?.close();
+  await build?.remove();
 });
 
 interface OpenedPage {

@@ -1,6 +1,11 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { createServer } from "node:net";
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { createServer as createHttpServer, type Server } from "node:http";
+import { type AddressInfo, createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { extname, join, normalize, sep } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 
 import { chromium, type Browser } from "playwright-core";
 
@@ -76,4 +81,61 @@ export async function launchChromium(): Promise<Browser> {
       "--disable-sync",
     ],
   });
+}
+
+const CONTENT_TYPES: Record<string, string> = {
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript; charset=utf-8",
+  ".css": "text/css; charset=utf-8",
+  ".svg": "image/svg+xml",
+};
+
+export interface StaticSite {
+  /** Where the site answers: its own origin, which the proxy must allow. */
+  origin: string;
+  close: () => Promise<void>;
+}
+
+/** Serve `folder` (`/` is index.html) from an origin of its own, as any host of a built app would. */
+export async function serveStatic(folder: string): Promise<StaticSite> {
+  const root = normalize(folder);
+  const site: Server = createHttpServer((request, response) => {
+    const path = decodeURIComponent(new URL(request.url ?? "/", "http://site").pathname);
+    const file = normalize(join(root, path === "/" ? "index.html" : path));
+    if (!file.startsWith(root + sep)) {
+      response.writeHead(404).end();
+      return;
+    }
+    readFile(file).then(
+      (body) => response.writeHead(200, { "content-type": CONTENT_TYPES[extname(file)] ?? "application/octet-stream" }).end(body),
+      () => response.writeHead(404).end(),
+    );
+  });
+  await new Promise<void>((resolve) => site.listen(0, "127.0.0.1", resolve));
+  return {
+    origin: `http://127.0.0.1:${(site.address() as AddressInfo).port}`,
+    close: () => new Promise((resolve) => site.close(() => resolve())),
+  };
+}
+
+/**
+ * Build examples/react-vite with its own Vite into `folder` (`npm ci` in the example first, and
+ * `npm run build` in js/: the example links the SDK's dist/).
+ */
+export async function buildReactExample(folder: string): Promise<void> {
+  const example = fileURLToPath(new URL("../../examples/react-vite/", import.meta.url));
+  const vite = join(example, "node_modules", "vite", "bin", "vite.js");
+  try {
+    await promisify(execFile)(process.execPath, [vite, "build", "--outDir", folder, "--emptyOutDir", "--logLevel", "warn"], {
+      cwd: example,
+    });
+  } catch (error) {
+    throw new Error(`Could not build examples/react-vite (run npm ci there, and npm run build in js/): ${String(error)}`);
+  }
+}
+
+/** A fresh temporary folder (for a build). */
+export async function temporaryFolder(prefix: string): Promise<{ path: string; remove: () => Promise<void> }> {
+  const path = await mkdtemp(join(tmpdir(), prefix));
+  return { path, remove: () => rm(path, { recursive: true, force: true }) };
 }

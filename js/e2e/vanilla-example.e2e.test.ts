@@ -1,38 +1,28 @@
 // examples/vanilla/index.html in Chromium, served from its own origin as a user's page would be,
 // importing the SDK from a real `llmguard serve --demo` (cross-origin: CORS is part of the test).
-import { readFile } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 
 import type { Browser } from "playwright-core";
 import { afterAll, beforeAll, expect, test } from "vitest";
 
-import { launchChromium, startLLMGuard, type RunningServer } from "./servers.ts";
+import { launchChromium, type RunningServer, serveStatic, startLLMGuard, type StaticSite } from "./servers.ts";
 
-const page = fileURLToPath(new URL("../../examples/vanilla/index.html", import.meta.url));
-let site: Server;
+const folder = fileURLToPath(new URL("../../examples/vanilla/", import.meta.url));
+let site: StaticSite;
 let siteOrigin: string;
 let proxy: RunningServer;
 let browser: Browser;
 
 beforeAll(async () => {
-  site = createServer((request, response) => {
-    if (request.url?.split("?")[0] !== "/") {
-      response.writeHead(404).end();
-      return;
-    }
-    void readFile(page).then((html) => response.writeHead(200, { "content-type": "text/html" }).end(html));
-  });
-  await new Promise<void>((resolve) => site.listen(0, "127.0.0.1", resolve));
-  siteOrigin = `http://localhost:${(site.address() as AddressInfo).port}`;
+  site = await serveStatic(folder);
+  siteOrigin = site.origin;
   [proxy, browser] = await Promise.all([startLLMGuard({ env: { ALLOWED_ORIGIN: siteOrigin } }), launchChromium()]);
 });
 
 afterAll(async () => {
   await browser?.close();
   await proxy?.stop();
-  await new Promise((resolve) => site?.close(resolve));
+  await site?.close();
 });
 
 test("a plain HTML page streams a reply through the SDK served at /sdk.js", async () => {

@@ -3,69 +3,39 @@
 // example (examples/react-vite, built here with Vite and served from its own origin, which the proxy
 // allows through ALLOWED_ORIGIN). The offline demo's fake provider echoes the last user message into
 // its reply, word by word: that is how these tests get a long streamed reply and a hostile one.
-import { execFile } from "node:child_process";
 import { mkdir, readFile } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
-import type { AddressInfo } from "node:net";
-import { extname, join, normalize, sep } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { promisify } from "node:util";
 
 import type { Browser, BrowserContextOptions, Locator, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, test } from "vitest";
 
-import { launchChromium, startLLMGuard, type RunningServer } from "./servers.ts";
+import {
+  buildReactExample,
+  launchChromium,
+  type RunningServer,
+  serveStatic,
+  startLLMGuard,
+  type StaticSite,
+  temporaryFolder,
+} from "./servers.ts";
 
-const example = fileURLToPath(new URL("../../examples/react-vite/", import.meta.url));
-const exampleBuild = join(example, "dist");
 const screenshots = fileURLToPath(new URL("../../docs/screenshots/", import.meta.url));
 
 // The demo reply's last words: a reply that contains them is complete.
 const REPLY_END = "budget guards in front of it.";
-const CONTENT_TYPES: Record<string, string> = {
-  ".html": "text/html; charset=utf-8",
-  ".js": "text/javascript; charset=utf-8",
-  ".css": "text/css; charset=utf-8",
-  ".svg": "image/svg+xml",
-};
 
-let site: Server;
+let build: { path: string; remove: () => Promise<void> };
+let site: StaticSite;
 let siteOrigin: string;
 let proxy: RunningServer;
 const limitedProxies = new Map<string, RunningServer>();
 let browser: Browser;
 
-/** Build the example with its own Vite (`npm ci` in examples/react-vite first; js/dist must be built). */
-async function buildExample(): Promise<void> {
-  const vite = join(example, "node_modules", "vite", "bin", "vite.js");
-  try {
-    await promisify(execFile)(process.execPath, [vite, "build", "--logLevel", "warn"], { cwd: example });
-  } catch (error) {
-    throw new Error(`Could not build examples/react-vite (run npm ci there, and npm run build in js/): ${String(error)}`);
-  }
-}
-
-/** A static server for the example's dist/, as any host of a built app would be. */
-async function serveExample(): Promise<void> {
-  site = createServer((request, response) => {
-    const path = decodeURIComponent(new URL(request.url ?? "/", "http://site").pathname);
-    const file = normalize(join(exampleBuild, path === "/" ? "index.html" : path));
-    if (!file.startsWith(exampleBuild + sep)) {
-      response.writeHead(404).end();
-      return;
-    }
-    readFile(file).then(
-      (body) =>
-        response.writeHead(200, { "content-type": CONTENT_TYPES[extname(file)] ?? "application/octet-stream" }).end(body),
-      () => response.writeHead(404).end(),
-    );
-  });
-  await new Promise<void>((resolve) => site.listen(0, "127.0.0.1", resolve));
-  siteOrigin = `http://127.0.0.1:${(site.address() as AddressInfo).port}`;
-}
-
 beforeAll(async () => {
-  await serveExample();
+  build = await temporaryFolder("llmguard-react-vite-");
+  site = await serveStatic(build.path);
+  siteOrigin = site.origin;
   const allowSite = { ALLOWED_ORIGIN: siteOrigin };
   // Every test opens a fresh context, which mints a token: more than the default 10 mints a minute.
   const chatProxy = { ...allowSite, TOKEN_RATE_LIMIT: "1000/minute" };
@@ -78,7 +48,7 @@ beforeAll(async () => {
     startLLMGuard({ env: limited }),
     startLLMGuard({ env: limited }),
     launchChromium(),
-    buildExample(),
+    buildReactExample(build.path),
   ]);
   limitedProxies.set("the plain HTML page", limitedForPage);
   limitedProxies.set("the React example", limitedForReact);
@@ -87,7 +57,8 @@ beforeAll(async () => {
 afterAll(async () => {
   await browser?.close();
   await Promise.all([proxy?.stop(), ...[...limitedProxies.values()].map((server) => server.stop())]);
-  await new Promise((resolve) => site?.close(resolve));
+  await site?.close();
+  await build?.remove();
 });
 
 interface OpenedPage {
