@@ -98,7 +98,7 @@ export interface StaticSite {
 
 /** Serve `folder` (`/` is index.html) from an origin of its own, as any host of a built app would. */
 export async function serveStatic(folder: string): Promise<StaticSite> {
-  const root = normalize(folder);
+  const root = normalize(folder).replace(/[\\/]+$/, "");
   const site: Server = createHttpServer((request, response) => {
     const path = decodeURIComponent(new URL(request.url ?? "/", "http://site").pathname);
     const file = normalize(join(root, path === "/" ? "index.html" : path));
