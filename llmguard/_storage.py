@@ -27,7 +27,7 @@ logger = logging.getLogger("llmguard.storage")
 T = TypeVar("T")
 
 KEY_PREFIX = "llmguard"
-# How often the fail-open warning may repeat while the storage stays down.
+# How often a storage failure is logged (above DEBUG) while the storage stays down.
 WARNING_INTERVAL = 60.0
 
 
@@ -46,11 +46,11 @@ class Storage:
             raise ValueError(f"failure has value {failure!r}: expected 'closed' or 'open'")
         if not timeout > 0:
             raise ValueError(f"timeout has value {timeout!r}: must be positive")
+        if max_connections < 1:
+            raise ValueError(f"max_connections has value {max_connections!r}: must be at least 1")
         self.url = url
         self.fail_open = failure == "open"
         self.timeout = timeout
-        if max_connections < 1:
-            raise ValueError(f"max_connections has value {max_connections!r}: must be at least 1")
         self.backend = _backend(url, timeout, max_connections)
         # On Redis, several counters change in one script; elsewhere, one operation at a time.
         bridge = getattr(self.backend, "bridge", None)
