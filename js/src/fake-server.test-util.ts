@@ -333,3 +333,18 @@ function abortableBody(body: ReadableStream<Uint8Array>, signal: AbortSignal): R
     { highWaterMark: 0 },
   );
 }
+
+/** An answer to one /api/chat request. */
+export type Reply = () => Response;
+
+/** A reply streaming `deltas`, then finishing. */
+export const streamed =
+  (...deltas: string[]): Reply =>
+  () =>
+    sseResponse(replyItems(deltas));
+
+/** A reply whose chunks the test pushes. */
+export function controlled(): { reply: Reply; source: ControlledStream } {
+  const source = controlledStream();
+  return { reply: () => sseResponse(source.stream), source };
+}

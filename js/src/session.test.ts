@@ -14,10 +14,11 @@ import {
   settle,
   sseResponse,
   USAGE,
+  controlled,
+  streamed,
+  type Reply,
 } from "./fake-server.test-util.ts";
 import { type ChatSession, type ChatSessionOptions, type ChatSessionState, createChatSession, type SessionMessage } from "./session.ts";
-
-type Reply = () => Response;
 
 /** A session whose server answers /api/chat with `replies`, one per request, in order. */
 function sessionWith(replies: Reply[], options: Omit<ChatSessionOptions, "client"> = {}) {
@@ -28,14 +29,6 @@ function sessionWith(replies: Reply[], options: Omit<ChatSessionOptions, "client
   const snapshots: ChatSessionState[] = [];
   session.subscribe(() => snapshots.push(session.getSnapshot()));
   return { server, session, snapshots };
-}
-
-const streamed = (...deltas: string[]): Reply => () => sseResponse(replyItems(deltas));
-
-/** A reply whose chunks the test pushes. */
-function controlled(): { reply: Reply; source: ControlledStream } {
-  const source = controlledStream();
-  return { reply: () => sseResponse(source.stream), source };
 }
 
 /**

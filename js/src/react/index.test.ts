@@ -19,22 +19,13 @@ import {
   settle,
   sseResponse,
   USAGE,
+  controlled,
+  streamed,
+  type Reply,
 } from "../fake-server.test-util.ts";
 import type { SessionMessage } from "../session.ts";
 import { TAG } from "../widget/chat-element.ts";
 import { ChatWidget, type ChatWidgetProps, useChat, type UseChatOptions, type UseChatResult } from "./index.ts";
-
-type Reply = () => Response;
-
-const streamed =
-  (...deltas: string[]): Reply =>
-  () =>
-    sseResponse(replyItems(deltas));
-
-function controlled(): { reply: Reply; source: ControlledStream } {
-  const source = controlledStream();
-  return { reply: () => sseResponse(source.stream), source };
-}
 
 /** A fake llmguard server answering /api/chat with `replies`, one per request, in order. */
 function serverWith(replies: Reply[]): FakeServer {

@@ -16,21 +16,11 @@ import {
   settle,
   sseResponse,
   USAGE,
+  controlled,
+  streamed,
+  type Reply,
 } from "../fake-server.test-util.ts";
 import { type ChatErrorEvent, type ChatFinishEvent, defineChatWidget, type LLMGuardChatElement, TAG } from "./chat-element.ts";
-
-type Reply = () => Response;
-
-const streamed =
-  (...deltas: string[]): Reply =>
-  () =>
-    sseResponse(replyItems(deltas));
-
-/** A reply whose chunks the test pushes. */
-function controlled(): { reply: Reply; source: ControlledStream } {
-  const source = controlledStream();
-  return { reply: () => sseResponse(source.stream), source };
-}
 
 interface MountOptions {
   /** Answers to /api/chat, one per request, in order. */
