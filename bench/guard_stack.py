@@ -21,15 +21,15 @@ import asyncio
 import json
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from processes import free_port, redis_command, service
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmguard import IPRateLimit, JWTAuth, OriginFilter, TokenBudget, TokenEndpoint
@@ -112,33 +112,6 @@ async def run(app: ASGIApp, template: Scope, requests: int) -> float:
     return elapsed / requests
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str] | None:
-    if shutil.which("redis-server") is None:
-        return None
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.02)
-    process.kill()
-    return None
-
-
 async def measure(rounds: int, requests: int, redis_url: str | None) -> dict[str, list[float]]:
     template = scope_for(token())
     arms: dict[str, ASGIApp] = {"bare endpoint": endpoint, "guards, memory://": guarded(Storage("memory://"))}
@@ -198,16 +171,16 @@ def main() -> int:
     args = parser.parse_args()
     rounds, requests = (2, 200) if args.quick else (args.rounds, args.requests)
 
-    redis = start_redis()
-    try:
-        results = asyncio.run(measure(rounds, requests, redis[1] if redis else None))
-    finally:
-        if redis is not None:
-            redis[0].terminate()
-            redis[0].wait()
+    with ExitStack() as stack:
+        redis_url = None
+        if shutil.which("redis-server"):
+            port = free_port()
+            stack.enter_context(service(redis_command(port), port))
+            redis_url = f"redis://127.0.0.1:{port}/0"
+        results = asyncio.run(measure(rounds, requests, redis_url))
     table, data = report(results, rounds, requests)
     print(table)
-    if redis is None:
+    if redis_url is None:
         print("\n(redis-server not found: the Redis arm was skipped)", file=sys.stderr)
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)

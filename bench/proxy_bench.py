@@ -30,7 +30,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from processes import free_port, redis_command, service
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -69,13 +69,6 @@ class Arm:
     pid: int | None = None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def cores() -> tuple[str, str]:
     """(server core, load core): separate when there are two and taskset can pin."""
     count = len(os.sched_getaffinity(0))
@@ -86,33 +79,6 @@ def cores() -> tuple[str, str]:
 
 def pinned(command: list[str], core: str) -> list[str]:
     return ["taskset", "-c", core, *command] if core else command
-
-
-@contextmanager
-def service(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{command} did not start") from None
-                time.sleep(0.05)
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def rss_kib(pid: int) -> int:
@@ -321,8 +287,7 @@ def environment(quick: bool) -> Iterator[tuple[list[Arm], str]]:
         guards = [("llmguard, memory://", memory_port, "memory://")]
         redis_port = free_port()
         if shutil.which("redis-server"):
-            redis_command = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""]
-            stack.enter_context(service(pinned(redis_command, load_core), redis_port))
+            stack.enter_context(service(pinned(redis_command(redis_port), load_core), redis_port))
             guards.append(("llmguard, redis://", redis_guard_port, f"redis://127.0.0.1:{redis_port}/0"))
         for name, port, storage in guards:
             process = stack.enter_context(
