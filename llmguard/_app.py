@@ -78,6 +78,7 @@ def create_app(
         max_tokens=settings.max_tokens,
         max_tokens_param=settings.max_tokens_param,
         max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout,
         request_timeout=settings.request_timeout,
         retries=settings.upstream_retries,
         models=settings.allowed_models,

@@ -1,14 +1,30 @@
 """TokenBudget: caps what requests may cost in tokens and dollars, per client and per month.
 
 Request counts do not protect money (one request can cost 10k tokens), so this
-layer counts tokens. Before the provider is called, the endpoint asks the
-request's ticket to *reserve* the worst case (the prompt estimate plus the
-output cap) on every budget that applies; the reservation is added atomically
-in the shared storage, so N parallel requests can never together pass a limit
-(a request that finds too little room gets a lower output cap, or a refusal).
-After the reply, however it ended (finished, failed, cut, or the client went
-away), the ticket *settles*: it gives back what was reserved and not used, by
-the provider's reported usage, or an estimate of what was streamed.
+layer counts tokens. Every provider call goes through a :class:`Reservation`:
+
+1. **reserve** — before the provider is called, the worst case (the prompt's
+   upper-bound estimate plus the output cap) is added to every budget that
+   applies, atomically in the shared storage, so N parallel requests can never
+   together pass a limit. A request that finds too little room gets a lower
+   output cap, or a refusal.
+2. **record** — the endpoint says what it learnt: the provider refused
+   (nothing billed), or answered, with or without its usage, completely or cut
+   short.
+3. **settle**, exactly once on every exit path (success, error, client gone,
+   timeout, cancellation) — the reservation is corrected to the charge, and
+   the rest given back. What is charged when (see :func:`charge`):
+
+   - the provider reported its usage: that usage;
+   - the provider refused, or was never reached: nothing;
+   - a reply without usage (a stream the client left, a provider that reports
+     none): the prompt's bound plus a bound of the text that came back, plus
+     the tokens that may have been in flight when the stream was cut; for a
+     reasoning model, whose hidden tokens come before any text, the whole
+     output cap;
+   - anything else (a timeout or a broken connection after the request was
+     sent, a crash): the whole reservation. A reservation nobody recorded
+     anything on is charged in full: the safe side for the bill.
 
 Budgets, each optional:
 - per client (the ``sub`` claim of the token, else the client IP): tokens in a
@@ -16,6 +32,9 @@ Budgets, each optional:
   (an integer, from an ``authenticate`` hook) replaces the amount for that
   user (it needs the window on: it sets an amount, not a period);
 - for the whole service: tokens and US dollars per calendar month (UTC).
+
+The arithmetic (the charge, the output cap that fits, the client's wait) is in
+plain functions at the bottom of this module, with no storage and no clock.
 """
 
 from __future__ import annotations
@@ -34,31 +53,48 @@ import limits
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._client_ip import ClientIP
-from llmguard._errors import LLMGuardError, SpendCapReached, StorageUnavailable, TokenBudgetExceeded
-from llmguard._prices import DEFAULT_PRICES, Price, price_of
+from llmguard._errors import (
+    LLMGuardError,
+    PromptTooLarge,
+    SpendCapReached,
+    StorageUnavailable,
+    TokenBudgetExceeded,
+    TokenCapReached,
+)
+from llmguard._prices import DEFAULT_PRICES, Price, is_reasoning_model, price_of
 from llmguard._state import RequestState, Usage, request_state
 from llmguard._storage import Storage
 
 logger = logging.getLogger("llmguard.budget")
 
+Kind = Literal["client", "month-tokens", "month-spend"]
+
+# Tokens a provider may have produced past the last delta relayed before a stream was cut
+# (its generation continues while the cancellation travels back to it).
+IN_FLIGHT_TOKENS = 32
+
 
 @dataclass(frozen=True, slots=True)
-class _Budget:
-    """One counter in the storage, in its own unit (tokens or micro-dollars)."""
+class Counter:
+    """One budget in the storage, counted in its own unit (tokens, or micro-dollars for spend)."""
 
-    kind: Literal["client", "month-tokens", "month-spend"]
+    kind: Kind
     key: str
     limit: int
     expiry: int
-    # The sliding window's previous period, already weighted by how much of it still counts.
+    #: The client window's length in seconds (0 for the monthly budgets).
+    period: int = 0
+    #: The sliding window's previous period, already weighted by how much of it still counts.
     carried: float = 0.0
 
 
 class TokenBudget:
-    """Reserve each request's worst case on its budgets, settle to the real usage afterwards.
+    """Reserve each request's worst case on its budgets, settle to what it cost afterwards.
 
     Place it after ``JWTAuth`` (so budgets can follow the token's ``sub``) and
     before ``ChatEndpoint``, which reserves through ``scope["llmguard"].budget``.
+    Whatever the endpoint does, every reservation is settled before this layer
+    returns.
     """
 
     def __init__(
@@ -84,7 +120,9 @@ class TokenBudget:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} has value {value!r}: must be at least 1")
-        if monthly_spend_cap_usd is not None and not monthly_spend_cap_usd > 0:
+        if monthly_spend_cap_usd is not None and not (
+            math.isfinite(monthly_spend_cap_usd) and monthly_spend_cap_usd > 0
+        ):
             raise ValueError(f"monthly_spend_cap_usd has value {monthly_spend_cap_usd!r}: must be positive")
         self.window: limits.RateLimitItem | None = None
         if tokens_per_client is not None:
@@ -102,21 +140,22 @@ class TokenBudget:
         self.monthly_spend_micro = None if monthly_spend_cap_usd is None else round(monthly_spend_cap_usd * 1e6)
         self.prices = dict(prices)
         self.min_output_tokens = min_output_tokens
-        self._unpriced_warned: set[str] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         state = request_state(scope)
-        ticket = BudgetTicket(self, self.client_key(scope, state), state)
-        state.budget = ticket
+        budgets = ClientBudgets(self, self.client_key(scope, state), state)
+        state.budget = budgets
         try:
             await self.app(scope, receive, send)
         finally:
-            # Shielded: a client that went away must still be charged for what it used.
+            # The endpoint settles its reservations; this is the net under it (a crash, a
+            # cancellation before its own `finally`). Shielded: a client that went away must
+            # still be charged for what it used.
             with anyio.CancelScope(shield=True):
-                await ticket.settle()
+                await budgets.settle_all()
 
     def client_key(self, scope: Scope, state: RequestState) -> str:
         subject = (state.claims or {}).get("sub")
@@ -127,189 +166,332 @@ class TokenBudget:
         return f"ip:{self.client_ip(scope)}"
 
     def price(self, model: str) -> Price | None:
+        """The model's price; under a spend cap a model with no price is refused, never guessed."""
         price = price_of(model, self.prices)
         if price is None and self.monthly_spend_micro is not None:
-            # Unknown model under a spend cap: count it at the dearest known price, and say so once.
-            price = max(self.prices.values(), key=lambda p: p.input + p.output, default=Price(10.0, 40.0))
-            if model not in self._unpriced_warned:
-                self._unpriced_warned.add(model)
-                logger.warning("no price for model %r: counting it at the highest known price; set MODEL_PRICES", model)
+            # Settings refuses to start this way; a hand-built stack finds out here, on every request.
+            logger.error("no price for model %r under a spend cap: add it to the prices (MODEL_PRICES)", model[:80])
+            raise LLMGuardError(
+                "This server cannot price its model, so it cannot keep its spending cap.", status_code=503
+            )
         return price
 
-
-class BudgetTicket:
-    """One request's reservation; the endpoint calls ``reserve``, the middleware ``settle``."""
-
-    def __init__(self, budget: TokenBudget, client: str, state: RequestState) -> None:
-        self.owner = budget
-        self.client = client
-        self.state = state
-        self.price: Price | None = None
-        self.reserved: list[tuple[_Budget, int]] = []
-        self.settled = False
-
-    async def reserve(self, *, model: str, prompt_tokens: int, max_output_tokens: int) -> int:
-        """Reserve the worst case and return the output cap to ask the provider for (maybe lowered)."""
-        owner = self.owner
-        if prompt_tokens > owner.max_prompt_tokens:
-            raise TokenBudgetExceeded(
-                f"This conversation is about {prompt_tokens} tokens; this server accepts up to "
-                f"{owner.max_prompt_tokens}. Start a new conversation or shorten it.",
-                status_code=413,
-            )
-        self.price = owner.price(model)
-        try:
-            return await self._reserve(prompt_tokens, max_output_tokens)
-        except StorageUnavailable as error:
-            owner.storage.unavailable(error)  # raises unless failing open
-            return max_output_tokens
-
-    async def _reserve(self, prompt_tokens: int, max_output_tokens: int) -> int:
-        now = time.time()
-        storage = self.owner.storage
-        budgets, previous_key = self._budgets(now)
-        wanted = [self._amount(budget, prompt_tokens, max_output_tokens) for budget in budgets]
-        changes = [(budget.key, amount, budget.expiry) for budget, amount in zip(budgets, wanted, strict=True)]
-        if previous_key is not None:
-            changes.append((previous_key, 0, 0))  # read the window's last period
-        # Shielded, like every change to the counters: a reservation is either recorded or given back.
-        with anyio.CancelScope(shield=True):
-            results = await storage.add(changes)
-        totals = results[: len(budgets)]
-        added = list(zip(budgets, wanted, strict=True))
-        if previous_key is not None:
-            window = self.owner.window
-            assert window is not None
-            weight = 1 - (now % window.get_expiry()) / window.get_expiry()
-            budgets[0] = replace(budgets[0], carried=results[-1] * weight)  # the client window is first
-
-        grant = max_output_tokens
-        binding: tuple[_Budget, int] | None = None
-        for budget, amount, total in zip(budgets, wanted, totals, strict=True):
-            others = total - amount  # used and reserved by everyone else, this period
-            fits = self._output_for(budget, budget.limit - budget.carried - others, prompt_tokens)
-            if fits < grant:
-                grant, binding = fits, (budget, others)
-        floor_tokens = min(self.owner.min_output_tokens, max_output_tokens)
-        with anyio.CancelScope(shield=True):
-            if grant < floor_tokens and binding is not None:
-                await self._correct([(budget, -amount) for budget, amount in added], "release")
-                raise self._refusal(*binding, now=now, needed=prompt_tokens + floor_tokens)
-            # Shrink each reservation to the granted output cap.
-            final = [(budget, self._amount(budget, prompt_tokens, grant)) for budget, _ in added]
-            deltas = [(budget, after - before) for (budget, before), (_, after) in zip(added, final, strict=True)]
-            if not await self._correct(deltas, "lower"):
-                final = added
-        self.reserved = final
-        return grant
-
-    async def settle(self) -> None:
-        """Give back what was reserved and not used (or everything, when the provider never ran)."""
-        if self.settled:
-            return
-        self.settled = True
-        usage = self.state.usage
-        if usage is not None and self.price is None:
-            self.price = self.owner.price(self.state.model or "")
-        if usage is not None and self.price is not None:
-            self.state.cost_usd = self.price.micro_usd(usage.prompt_tokens, usage.completion_tokens) / 1e6
-        await self._correct(
-            [(budget, self._used(budget, usage) - reserved) for budget, reserved in self.reserved], "settle"
-        )
-
-    async def _correct(self, deltas: list[tuple[_Budget, int]], what: str) -> bool:
-        """Apply corrections to reservations in one storage call; False (and a log line) if it failed."""
-        changes = [(budget.key, delta, budget.expiry) for budget, delta in deltas if delta]
-        try:
-            await self.owner.storage.add(changes)
-        except StorageUnavailable:
-            logger.error("could not %s a budget reservation: the storage is unavailable", what)
-            return False
-        return True
-
-    # -- helpers ---------------------------------------------------------------------
-
-    def _budgets(self, now: float) -> tuple[list[_Budget], str | None]:
-        """The budgets this request counts against, and the key of the client window's last period."""
-        owner = self.owner
-        budgets: list[_Budget] = []
-        previous_key = None
-        if owner.window is not None:
-            length = owner.window.get_expiry()
-            limit = owner.window.amount
-            quota = (self.state.claims or {}).get("quota")
+    def counters(self, client: str, claims: Mapping[str, object], price: Price | None, now: float) -> list[Counter]:
+        """The budgets one request counts against, the client window first."""
+        counters: list[Counter] = []
+        if self.window is not None:
+            length = self.window.get_expiry()
+            limit = self.window.amount
+            quota = claims.get("quota")
             if isinstance(quota, int) and not isinstance(quota, bool):
                 limit = max(0, quota)
-            period = int(now // length)
-            previous_key = f"budget:client:{self.client}:{period - 1}"
-            budgets.append(_Budget("client", f"budget:client:{self.client}:{period}", limit, 2 * length))
+            key = f"budget:client:{client}:{int(now // length)}"
+            counters.append(Counter("client", key, limit, expiry=2 * length, period=length))
         moment = datetime.fromtimestamp(now, tz=timezone.utc)
         month = f"{moment:%Y-%m}"
-        expiry = int(_next_month(moment).timestamp() - now) + 7 * 86400
-        if owner.monthly_token_cap is not None:
-            budgets.append(_Budget("month-tokens", f"budget:month-tokens:{month}", owner.monthly_token_cap, expiry))
-        if owner.monthly_spend_micro is not None and self.price is not None:
-            budgets.append(_Budget("month-spend", f"budget:month-spend:{month}", owner.monthly_spend_micro, expiry))
-        return budgets, previous_key
+        expiry = seconds_to_next_month(now) + 7 * 86400
+        if self.monthly_token_cap is not None:
+            counters.append(Counter("month-tokens", f"budget:month-tokens:{month}", self.monthly_token_cap, expiry))
+        if self.monthly_spend_micro is not None and price is not None:
+            counters.append(Counter("month-spend", f"budget:month-spend:{month}", self.monthly_spend_micro, expiry))
+        return counters
 
-    def _amount(self, budget: _Budget, prompt_tokens: int, output_tokens: int) -> int:
-        if budget.kind == "month-spend":
-            assert self.price is not None
-            return self.price.micro_usd(prompt_tokens, output_tokens)
-        return prompt_tokens + output_tokens
 
-    def _used(self, budget: _Budget, usage: Usage | None) -> int:
-        if usage is None:
-            return 0
-        return self._amount(budget, usage.prompt_tokens, usage.completion_tokens)
+class ClientBudgets:
+    """What ``TokenBudget`` offers the endpoint behind it: ``reserve()`` for one request's client."""
 
-    def _output_for(self, budget: _Budget, room: float, prompt_tokens: int) -> int:
-        """The largest output cap that fits in ``room`` units of this budget."""
-        if budget.kind == "month-spend":
-            assert self.price is not None
-            left = room - self.price.micro_usd(prompt_tokens, 0)
-            return int(left // self.price.output) if self.price.output > 0 else 1 << 30
-        return math.floor(room - prompt_tokens)
+    def __init__(self, owner: TokenBudget, client: str, state: RequestState) -> None:
+        self.owner = owner
+        self.client = client
+        self.state = state
+        self.reservations: list[Reservation] = []
 
-    def _refusal(self, budget: _Budget, current: int, *, now: float, needed: int) -> LLMGuardError:
-        if budget.kind == "client" and needed > budget.limit:
-            # Waiting will not help: the request is bigger than the whole allowance.
-            return TokenBudgetExceeded(
-                f"This request needs about {needed} tokens, more than your whole allowance of {budget.limit}. "
-                "Shorten the conversation."
+    async def reserve(self, *, model: str, prompt_tokens: int, max_output_tokens: int) -> Reservation:
+        """Hold the worst case on every budget; the reservation says the output cap to ask for.
+
+        Raises ``PromptTooLarge``, ``TokenBudgetExceeded``, ``TokenCapReached``,
+        ``SpendCapReached``, or ``StorageUnavailable`` (when failing closed).
+        """
+        owner = self.owner
+        if prompt_tokens > owner.max_prompt_tokens:
+            raise PromptTooLarge(
+                f"This conversation is up to {prompt_tokens} tokens; this server accepts up to "
+                f"{owner.max_prompt_tokens}. Start a new conversation or shorten it.",
             )
-        if budget.kind == "client":
-            wait = self._client_wait(budget, current, now, needed)
-            return TokenBudgetExceeded(
-                f"You have used your token allowance for now. Try again in {_humane(wait)}.",
-                retry_after=wait,
-            )
-        wait = max(1, math.ceil(_next_month(datetime.fromtimestamp(now, tz=timezone.utc)).timestamp() - now))
-        return SpendCapReached(
-            "This service has reached its usage cap for the month. It will be back next month.",
-            retry_after=wait,
+        price = owner.price(model)
+        now = time.time()
+        counters = owner.counters(self.client, self.state.claims or {}, price, now)
+        reservation = Reservation(
+            model=model,
+            prompt_tokens=prompt_tokens,
+            output_tokens=max_output_tokens,
+            price=price,
+            storage=owner.storage,
+        )
+        if counters:
+            try:
+                await self._hold(reservation, counters, now)
+            except StorageUnavailable as error:
+                owner.storage.unavailable(error)  # raises unless failing open
+                # Failing open: served unbudgeted; settling still adds the charge if the storage is back.
+                reservation.held = [(counter, 0) for counter in counters]
+        self.reservations.append(reservation)
+        return reservation
+
+    async def _hold(self, reservation: Reservation, counters: list[Counter], now: float) -> None:
+        storage = self.owner.storage
+        prompt, wanted_output = reservation.prompt_tokens, reservation.output_tokens
+        wanted = [units(counter.kind, reservation.price, prompt, wanted_output) for counter in counters]
+        changes = [(counter.key, amount, counter.expiry) for counter, amount in zip(counters, wanted, strict=True)]
+        window = self.owner.window
+        previous_key = None
+        if window is not None:
+            length = window.get_expiry()
+            previous_key = f"budget:client:{self.client}:{int(now // length) - 1}"
+            changes.append((previous_key, 0, 0))  # read the window's last period
+        # Shielded, like every change to the counters: a hold is either recorded or given back.
+        with anyio.CancelScope(shield=True):
+            results = await storage.add(changes)
+        totals = results[: len(counters)]
+        if window is not None:
+            length = window.get_expiry()
+            counters[0] = replace(counters[0], carried=results[-1] * (1 - (now % length) / length))
+        held = list(zip(counters, wanted, strict=True))
+
+        grant = wanted_output
+        binding: tuple[Counter, int] | None = None
+        for counter, amount, total in zip(counters, wanted, totals, strict=True):
+            others = total - amount  # used and held by everyone else, this period
+            fits = output_room(counter.kind, reservation.price, counter.limit - counter.carried - others, prompt)
+            if fits < grant:
+                grant, binding = fits, (counter, others)
+        floor = min(self.owner.min_output_tokens, wanted_output)
+        with anyio.CancelScope(shield=True):
+            if grant < floor and binding is not None:
+                await _apply(storage, [(counter, -amount) for counter, amount in held], "release")
+                raise refusal(*binding, now=now, needed=prompt + floor)
+            # Shrink the hold to the granted output cap.
+            final = [(counter, units(counter.kind, reservation.price, prompt, grant)) for counter, _ in held]
+            deltas = [(counter, after - before) for (counter, before), (_, after) in zip(held, final, strict=True)]
+            if await _apply(storage, deltas, "lower"):
+                held = final  # else the larger hold stands, and settling corrects from it
+        reservation.held = held
+        reservation.output_tokens = grant
+
+    async def settle_all(self) -> None:
+        for reservation in self.reservations:
+            await reservation.settle()
+
+
+class Reservation:
+    """One provider call's hold on its budgets: recorded as it goes, settled exactly once.
+
+    Endpoints use it as::
+
+        reservation = await budgets.reserve(model=..., prompt_tokens=..., max_output_tokens=...)
+        try:
+            ...  # call the provider with reservation.output_tokens as the output cap
+            reservation.answered(usage, text, complete=True)  # or reservation.refused()
+        finally:
+            charged = await reservation.settle()
+
+    Without a ``TokenBudget`` in front (``Reservation.unbudgeted``) the same
+    object still works out the charge, for the access log.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        price: Price | None = None,
+        storage: Storage | None = None,
+    ) -> None:
+        self.model = model
+        self.prompt_tokens = prompt_tokens
+        #: The output cap to send the provider (maybe lowered to what the budgets have room for).
+        self.output_tokens = output_tokens
+        self.price = price
+        self.storage = storage
+        self.held: list[tuple[Counter, int]] = []
+        self.reasoning = is_reasoning_model(model)
+        self._refused = False
+        self._usage: Usage | None = None
+        self._output_text_tokens: int | None = None
+        self._complete = False
+        self.charged: Usage | None = None
+
+    @classmethod
+    def unbudgeted(cls, *, model: str, prompt_tokens: int, max_output_tokens: int) -> Reservation:
+        return cls(model=model, prompt_tokens=prompt_tokens, output_tokens=max_output_tokens)
+
+    @property
+    def settled(self) -> bool:
+        return self.charged is not None
+
+    def refused(self) -> None:
+        """The provider refused the request or was never reached: it billed nothing."""
+        self._refused = True
+
+    def answered(self, usage: Usage | None, output_text_tokens: int, *, complete: bool) -> None:
+        """The provider answered: its usage if it said, the tokens of the text relayed, and whether it finished."""
+        self._usage = usage
+        self._output_text_tokens = output_text_tokens
+        self._complete = complete
+
+    def saw_reasoning(self) -> None:
+        """The reply carries hidden reasoning (whatever the model's name): charge like a reasoning model."""
+        self.reasoning = True
+
+    def due(self) -> Usage:
+        """What the call is charged, by what has been recorded so far."""
+        return charge(
+            prompt_tokens=self.prompt_tokens,
+            output_cap=self.output_tokens,
+            refused=self._refused,
+            usage=self._usage,
+            output_text_tokens=self._output_text_tokens,
+            complete=self._complete,
+            reasoning=self.reasoning,
         )
 
-    def _client_wait(self, budget: _Budget, current: int, now: float, needed: int) -> int:
-        """Seconds until the sliding window has room for ``needed`` more tokens (an estimate)."""
-        assert self.owner.window is not None
-        length = self.owner.window.get_expiry()
-        left_in_period = length - now % length
-        excess = budget.carried + current + needed - budget.limit
-        if excess <= budget.carried:
-            # The previous period's share fades out linearly over what is left of this one.
-            return max(1, math.ceil(excess / budget.carried * left_in_period))
-        # Then this period's own use fades out over the next one.
-        return max(1, math.ceil(left_in_period + (excess - budget.carried) / max(1, current) * length))
+    async def settle(self) -> Usage:
+        """Correct the hold to the charge and give back the rest; later calls return the same charge."""
+        if self.charged is not None:
+            return self.charged
+        self.charged = self.due()
+        if self.storage is not None and self.held:
+            used = self.charged
+            deltas = [
+                (counter, units(counter.kind, self.price, used.prompt_tokens, used.completion_tokens) - amount)
+                for counter, amount in self.held
+            ]
+            with anyio.CancelScope(shield=True):
+                await _apply(self.storage, deltas, "settle")
+        return self.charged
+
+    @property
+    def cost_usd(self) -> float | None:
+        if self.charged is None or self.price is None:
+            return None
+        return self.price.micro_usd(self.charged.prompt_tokens, self.charged.completion_tokens) / 1e6
 
 
-def _next_month(moment: datetime) -> datetime:
+async def _apply(storage: Storage, deltas: Sequence[tuple[Counter, int]], what: str) -> bool:
+    """Apply corrections to held amounts in one storage call; False (and a log line) if it failed."""
+    changes = [(counter.key, delta, counter.expiry) for counter, delta in deltas if delta]
+    try:
+        await storage.add(changes)
+    except StorageUnavailable:
+        logger.error("could not %s a budget reservation: the storage is unavailable", what)
+        return False
+    return True
+
+
+# -- the arithmetic: plain functions, no storage, no clock ------------------------------
+
+
+def charge(
+    *,
+    prompt_tokens: int,
+    output_cap: int,
+    refused: bool = False,
+    usage: Usage | None = None,
+    output_text_tokens: int | None = None,
+    complete: bool = False,
+    reasoning: bool = False,
+) -> Usage:
+    """What one provider call is charged, never less than the provider could bill.
+
+    ``prompt_tokens`` is the prompt's upper bound and ``output_cap`` the output
+    cap the provider was given (it bills at most that many output tokens).
+    """
+    if usage is not None:
+        return usage
+    if refused:
+        return Usage(0, 0, estimated=True)
+    if output_text_tokens is None or reasoning:
+        # Unknown (sent, then lost), or hidden reasoning tokens we cannot see: the worst case.
+        return Usage(prompt_tokens, output_cap, estimated=True)
+    in_flight = 0 if complete else IN_FLIGHT_TOKENS
+    return Usage(prompt_tokens, min(output_cap, output_text_tokens + in_flight), estimated=True)
+
+
+def units(kind: Kind, price: Price | None, prompt_tokens: int, output_tokens: int) -> int:
+    """What a request of this size counts on a budget of this kind: tokens, or micro-dollars."""
+    if kind == "month-spend":
+        if price is None:
+            raise ValueError("a spend budget needs a price")
+        return price.micro_usd(prompt_tokens, output_tokens)
+    return prompt_tokens + output_tokens
+
+
+def output_room(kind: Kind, price: Price | None, room: float, prompt_tokens: int) -> int:
+    """The largest output cap that fits in ``room`` units of a budget, after the prompt (may be negative)."""
+    if kind == "month-spend":
+        if price is None:
+            raise ValueError("a spend budget needs a price")
+        left = room - price.micro_usd(prompt_tokens, 0)
+        return int(left // price.output) if price.output > 0 else 1 << 30
+    return math.floor(room - prompt_tokens)
+
+
+def client_wait(*, limit: int, carried: float, current: int, needed: int, now: float, length: int) -> int:
+    """Seconds until a sliding token window has room for ``needed`` more tokens (at least 1).
+
+    ``carried`` is the previous period's use, already weighted; ``current`` is
+    this period's use (everyone else's holds included).
+    """
+    left_in_period = length - now % length
+    excess = carried + current + needed - limit
+    if excess <= 0:
+        return 1
+    if excess <= carried:
+        # The previous period's share fades out linearly over what is left of this one.
+        return max(1, math.ceil(excess / carried * left_in_period))
+    # Then this period's own use fades out over the next one.
+    return max(1, math.ceil(left_in_period + (excess - carried) / max(1, current) * length))
+
+
+def seconds_to_next_month(now: float) -> int:
+    """Whole seconds from ``now`` to the first second of next month, UTC (at least 1)."""
+    moment = datetime.fromtimestamp(now, tz=timezone.utc)
+    return max(1, math.ceil(next_month(moment).timestamp() - now))
+
+
+def next_month(moment: datetime) -> datetime:
     if moment.month == 12:
         return datetime(moment.year + 1, 1, 1, tzinfo=timezone.utc)
     return datetime(moment.year, moment.month + 1, 1, tzinfo=timezone.utc)
 
 
-def _humane(seconds: int) -> str:
+def refusal(counter: Counter, current: int, *, now: float, needed: int) -> LLMGuardError:
+    """The error for a request that does not fit ``counter`` (``current``: everyone else's use)."""
+    if counter.kind == "client":
+        if needed > counter.limit:
+            # Waiting will not help: the request is bigger than the whole allowance.
+            return TokenBudgetExceeded(
+                f"This request needs up to {needed} tokens, more than your whole allowance of {counter.limit}. "
+                "Shorten the conversation."
+            )
+        wait = client_wait(
+            limit=counter.limit, carried=counter.carried, current=current, needed=needed, now=now, length=counter.period
+        )
+        return TokenBudgetExceeded(
+            f"You have used your token allowance for now. Try again in {humane(wait)}.", retry_after=wait
+        )
+    wait = seconds_to_next_month(now)
+    if counter.kind == "month-tokens":
+        return TokenCapReached(
+            "This service has used its tokens for the month. It will be back next month.", retry_after=wait
+        )
+    return SpendCapReached(
+        "This service has reached its spending cap for the month. It will be back next month.", retry_after=wait
+    )
+
+
+def humane(seconds: int) -> str:
     if seconds < 90:
         return "1 second" if seconds == 1 else f"{seconds} seconds"
     if seconds < 90 * 60:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -13,14 +13,25 @@ import httpx
 from starlette.types import Message, Receive, Scope, Send
 
 from llmguard import _ui_stream as ui
-from llmguard._chat_request import ChatRequest, parse_chat_request, parse_json, read_body
-from llmguard._errors import InvalidRequest, LLMGuardError, MethodNotAllowed, UpstreamError, send_error
+from llmguard._budget import Reservation
+from llmguard._chat_request import parse_chat_request, parse_json, read_body
+from llmguard._errors import (
+    InvalidRequest,
+    LLMGuardError,
+    MethodNotAllowed,
+    RequestTimeout,
+    UpstreamError,
+    send_error,
+)
 from llmguard._settings import DEFAULT_BASE_URL, DEFAULT_MODEL
-from llmguard._state import RequestState, Usage, request_state
-from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
-from llmguard._upstream import Upstream, token_limit_param
+from llmguard._state import Usage, request_state
+from llmguard._tokens import estimate_text_tokens
+from llmguard._upstream import ProviderRequest, Upstream, token_limit_param
 
 logger = logging.getLogger("llmguard.chat")
+
+# Where providers put reasoning they show (DeepSeek, OpenRouter, vLLM...): a sign of hidden tokens too.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class ChatEndpoint:
@@ -50,6 +61,7 @@ class ChatEndpoint:
         max_tokens: int = 2000,
         max_tokens_param: str = "auto",
         max_body_bytes: int = 1_048_576,
+        body_timeout: float = 10,
         request_timeout: float = 120,
         retries: int = 2,
         models: Sequence[str] = (),
@@ -60,8 +72,9 @@ class ChatEndpoint:
         for name, value in (("max_tokens", max_tokens), ("max_body_bytes", max_body_bytes)):
             if value < 1:
                 raise ValueError(f"{name} has value {value!r}: must be at least 1")
-        if not request_timeout > 0:
-            raise ValueError(f"request_timeout has value {request_timeout!r}: must be positive")
+        for name, seconds in (("body_timeout", body_timeout), ("request_timeout", request_timeout)):
+            if not seconds > 0:
+                raise ValueError(f"{name} has value {seconds!r}: must be positive")
         if max_tokens_param not in ("auto", "max_tokens", "max_completion_tokens"):
             raise ValueError(
                 f"max_tokens_param has value {max_tokens_param!r}: "
@@ -74,6 +87,7 @@ class ChatEndpoint:
         self.max_tokens = max_tokens
         self.max_tokens_param = token_limit_param(base_url, max_tokens_param)
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.request_timeout = request_timeout
         self.upstream = Upstream(
             base_url=base_url,
@@ -96,91 +110,111 @@ class ChatEndpoint:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"allow": "POST"})
-            body = await read_body(scope, receive, max_bytes=self.max_body_bytes)
+            body = await self.read_body(scope, receive)
             request = parse_chat_request(parse_json(body), server_model=self.model, models=self.models)
-            messages = self.provider_messages(request)
+            if request.system is not None and not self.allow_client_system:
+                raise InvalidRequest("This server sets the system prompt; leave 'system' out.", param="system")
+            messages = [{"role": message.role, "content": message.content} for message in request.messages]
+            if request.system is not None:
+                messages.insert(0, {"role": "system", "content": request.system})
+            params = {} if request.temperature is None else {"temperature": request.temperature}
+            provider_request = self.provider_request(
+                model=request.model, messages=messages, max_tokens=request.max_tokens, stream=request.stream, **params
+            )
         except LLMGuardError as error:
             await send_error(scope, send, error)
             return
-        params = {} if request.temperature is None else {"temperature": request.temperature}
-        await self.complete(
-            scope,
-            receive,
-            send,
-            model=request.model or self.model,
-            messages=messages,
-            max_tokens=request.max_tokens,
-            params=params,
-            stream=request.stream,
-            wire=UIMessageWire(),
-        )
+        await self.complete(scope, receive, send, provider_request, UIMessageWire())
 
     @property
     def models(self) -> tuple[str, ...]:
         """The models clients may ask for: the server's first."""
         return self._models
 
-    def provider_messages(self, request: ChatRequest) -> list[dict[str, str]]:
-        if request.system is not None and not self.allow_client_system:
-            raise InvalidRequest("This server sets the system prompt; leave 'system' out.", param="system")
-        system = request.system if request.system is not None else self.system_prompt
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
-        return messages
+    async def read_body(self, scope: Scope, receive: Receive) -> bytes:
+        """The request body, within ``max_body_bytes`` and ``body_timeout`` (413 / 408 otherwise)."""
+        try:
+            with anyio.fail_after(self.body_timeout):
+                return await read_body(scope, receive, max_bytes=self.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeout(f"The request body did not arrive within {self.body_timeout:g} seconds.") from None
 
-    async def complete(
+    def provider_request(
         self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
         *,
-        model: str,
-        messages: list[dict[str, str]],
+        model: str | None,
+        messages: Sequence[Mapping[str, str]],
         max_tokens: int | None,
-        params: dict[str, Any],
         stream: bool,
-        wire: Wire,
-    ) -> None:
-        """Reserve the budget, call the provider and answer in ``wire``'s format (every route does this)."""
-        state = request_state(scope)
-        state.model = model
-        prompt_estimate = estimate_prompt_tokens(message["content"] for message in messages)
-        cap = min(max_tokens or self.max_tokens, self.max_tokens)
-        if state.budget is not None:
-            try:
-                cap = await state.budget.reserve(model=model, prompt_tokens=prompt_estimate, max_output_tokens=cap)
-            except LLMGuardError as error:
-                await send_error(scope, send, error)
-                return
-        payload: dict[str, Any] = {**params, "model": model, "messages": messages, self.max_tokens_param: cap}
-        if stream:
-            payload["stream"] = True
-            payload["stream_options"] = {"include_usage": True}
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
-            if stream:
-                await self._stream_reply(scope, send, body, state, prompt_estimate, wire)
-            else:
-                await self._json_reply(scope, send, body, state, prompt_estimate, wire)
-            tasks.cancel_scope.cancel()
+        **params: Any,
+    ) -> ProviderRequest:
+        """The server's policy, the same for every route: its model unless the client named an allowed
+        one, its system prompt when the client sent none, and its output cap."""
+        if self.system_prompt and not any(message["role"] == "system" for message in messages):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return ProviderRequest(
+            model=model or self.model,
+            messages=tuple(messages),
+            max_output_tokens=min(max_tokens or self.max_tokens, self.max_tokens),
+            stream=stream,
+            params=params,
+        )
 
-    async def _json_reply(
-        self, scope: Scope, send: Send, payload: bytes, state: RequestState, prompt_estimate: int, wire: Wire
-    ) -> None:
+    async def complete(self, scope: Scope, receive: Receive, send: Send, request: ProviderRequest, wire: Wire) -> None:
+        """Reserve the budget, call the provider, answer in ``wire``'s format, settle: every route does this."""
+        state = request_state(scope)
+        state.model = request.model
+        prompt_tokens = request.prompt_tokens()
+        try:
+            if state.budget is None:
+                reservation = Reservation.unbudgeted(
+                    model=request.model, prompt_tokens=prompt_tokens, max_output_tokens=request.max_output_tokens
+                )
+            else:
+                reservation = await state.budget.reserve(
+                    model=request.model, prompt_tokens=prompt_tokens, max_output_tokens=request.max_output_tokens
+                )
+        except LLMGuardError as error:
+            await send_error(scope, send, error)
+            return
+        body = request.body(output_tokens=reservation.output_tokens, token_param=self.max_tokens_param)
+        try:
+            if request.stream:
+                # A stream the client left is cancelled at once: the provider stops generating.
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
+                    await self._stream_reply(scope, send, body, reservation, wire)
+                    tasks.cancel_scope.cancel()
+            else:
+                # Not cancelled when the client leaves: the provider bills a call it received whether or not
+                # anyone waits for the answer, so the call runs to its end (REQUEST_TIMEOUT at most) and is
+                # charged what the provider reports.
+                await self._json_reply(scope, send, body, reservation, wire)
+        finally:
+            with anyio.CancelScope(shield=True):
+                state.usage = await reservation.settle()
+            state.cost_usd = reservation.cost_usd
+
+    async def _json_reply(self, scope: Scope, send: Send, payload: bytes, reservation: Reservation, wire: Wire) -> None:
+        answered = False
         try:
             with anyio.fail_after(self.request_timeout):
                 async with self.upstream.chat(payload) as response:
-                    # The provider accepted the prompt: it is charged even if the client leaves now.
-                    state.usage = Usage(prompt_estimate, 0, estimated=True)
+                    answered = True
                     body = await response.aread()
             completion = parse_completion(body)
-        except (TimeoutError, httpx.HTTPError, LLMGuardError) as exc:
+        except UpstreamError as error:
+            if not answered:
+                reservation.refused()
+            await send_error(scope, send, error)
+            return
+        except (TimeoutError, httpx.HTTPError) as exc:
             await send_error(scope, send, _failure(exc))
             return
-        usage = completion.usage or Usage(prompt_estimate, estimate_text_tokens(completion.content), estimated=True)
-        state.usage = usage
-        reply = wire.reply(body, completion, usage)
+        if completion.reasoning:
+            reservation.saw_reasoning()
+        reservation.answered(completion.usage, estimate_text_tokens(completion.content), complete=True)
+        reply = wire.reply(body, completion, reservation.due())
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(reply)).encode()),
@@ -190,33 +224,42 @@ class ChatEndpoint:
         await send({"type": "http.response.body", "body": reply})
 
     async def _stream_reply(
-        self, scope: Scope, send: Send, payload: bytes, state: RequestState, prompt_estimate: int, wire: Wire
+        self, scope: Scope, send: Send, payload: bytes, reservation: Reservation, wire: Wire
     ) -> None:
-        started = False
+        answered = started = refused = False
         progress = _Progress()
+        error: LLMGuardError | None = None
         try:
             with anyio.fail_after(self.request_timeout):
                 async with self.upstream.chat(payload) as response:
+                    answered = True
                     if not response.headers.get("content-type", "").startswith("text/event-stream"):
                         raise UpstreamError("The AI provider did not answer with a stream.")
                     await send({"type": "http.response.start", "status": 200, "headers": wire.stream_headers})
                     started = True
                     await _send_chunk(send, wire.start())
                     await self._relay(response, send, wire, progress)
-            usage = progress.usage or _estimate(prompt_estimate, progress.streamed)
-            await _send_chunk(send, wire.finish(progress.finish_reason, usage))
-            await send({"type": "http.response.body", "body": b""})
-            return
-        except (TimeoutError, httpx.HTTPError, LLMGuardError) as exc:
+        except UpstreamError as exc:
+            error, refused = exc, not answered
+        except (TimeoutError, httpx.HTTPError) as exc:
             error = _failure(exc)
         finally:
-            # Runs on client disconnect too: what was streamed is what gets charged.
-            if started:
-                state.usage = progress.usage or _estimate(prompt_estimate, progress.streamed)
+            # Runs when the client went away too (cancelled): what was streamed is what gets charged.
+            if answered:
+                if progress.reasoning:
+                    reservation.saw_reasoning()
+                output = max(progress.deltas, estimate_text_tokens("".join(progress.streamed)))
+                reservation.answered(progress.usage, output, complete=progress.finish_reason is not None)
+            elif refused:
+                reservation.refused()  # an UpstreamError before any answer: nothing was billed
+        if error is None:
+            await _send_chunk(send, wire.finish(progress.finish_reason, reservation.due()))
+            await send({"type": "http.response.body", "body": b""})
+            return
         if not started:
             await send_error(scope, send, error)
             return
-        state.error_code = error.code
+        request_state(scope).error_code = error.code
         logger.warning("stream ended with %s: %s", error.code, error.message)
         await _send_chunk(send, wire.error(error))
         await send({"type": "http.response.body", "body": b""})
@@ -239,10 +282,14 @@ class ChatEndpoint:
             if isinstance(choices, list) and choices and isinstance(choices[0], dict):
                 choice = choices[0]
                 delta = choice.get("delta")
-                text = delta.get("content") if isinstance(delta, dict) else None
-                if isinstance(text, str) and text:
-                    content = text
-                    progress.streamed.append(text)
+                if isinstance(delta, dict):
+                    text = delta.get("content")
+                    if isinstance(text, str) and text:
+                        content = text
+                        progress.streamed.append(text)
+                        progress.deltas += 1
+                    if any(delta.get(name) for name in REASONING_FIELDS):
+                        progress.reasoning = True
                 if isinstance(choice.get("finish_reason"), str):
                     progress.finish_reason = choice["finish_reason"]
             progress.usage = usage_from(chunk.get("usage")) or progress.usage
@@ -308,20 +355,24 @@ class Completion:
     content: str
     finish_reason: str | None
     usage: Usage | None
+    #: The reply shows hidden reasoning (``reasoning_content`` and the like).
+    reasoning: bool = False
 
 
 def parse_completion(body: bytes) -> Completion:
     try:
         data = json.loads(body)
         choice = data["choices"][0]
-        content = choice["message"].get("content") or ""
+        message = choice["message"]
+        content = message.get("content") or ""
         finish_reason = choice.get("finish_reason")
     except (ValueError, RecursionError, LookupError, TypeError, AttributeError):
         raise UpstreamError("The AI provider sent a malformed reply.") from None
     if not isinstance(content, str):
         raise UpstreamError("The AI provider sent a malformed reply.")
     finish = finish_reason if isinstance(finish_reason, str) else None
-    return Completion(content, finish, usage_from(data.get("usage")))
+    reasoning = any(message.get(name) for name in REASONING_FIELDS)
+    return Completion(content, finish, usage_from(data.get("usage")), reasoning)
 
 
 def usage_from(value: object) -> Usage | None:
@@ -338,8 +389,10 @@ class _Progress:
     """A stream so far: what was relayed, how it ended, what it cost."""
 
     streamed: list[str] = field(default_factory=list)
+    deltas: int = 0
     finish_reason: str | None = None
     usage: Usage | None = None
+    reasoning: bool = False
 
 
 class Wire(Protocol):
@@ -403,14 +456,10 @@ class UIMessageWire:
         return ui.error(error.code, error.message)
 
 
-def _estimate(prompt_estimate: int, streamed: list[str]) -> Usage:
-    return Usage(prompt_estimate, estimate_text_tokens("".join(streamed)), estimated=True)
-
-
 def _failure(error: Exception) -> LLMGuardError:
     """What to tell the client when the provider call failed."""
     if isinstance(error, LLMGuardError):
         return error
-    if isinstance(error, TimeoutError):
+    if isinstance(error, (TimeoutError, httpx.TimeoutException)):
         return UpstreamError("The AI provider took too long to answer.", status_code=504)
     return UpstreamError("The connection to the AI provider broke.")

@@ -13,6 +13,9 @@ from starlette.types import Receive, Scope
 from llmguard._errors import InvalidRequest, PayloadTooLarge
 
 CLIENT_ROLES = ("user", "assistant")
+# No chat body needs more (an AI SDK message with metadata is about 6 deep, a strict JSON schema
+# about 25); deeper values are refused before anything walks them recursively.
+MAX_DEPTH = 64
 # AI SDK parts that carry no text for the model and are safe to drop.
 IGNORED_PART_TYPES = ("step-start", "reasoning", "source-url", "source-document")
 
@@ -35,7 +38,11 @@ class ChatRequest:
 
 
 async def read_body(scope: Scope, receive: Receive, *, max_bytes: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to exceed ``max_bytes``."""
+    """The whole body, refused with 413 as soon as it is known to exceed ``max_bytes``.
+
+    Callers bound the time it may take (``ChatEndpoint.body_timeout``): a client
+    dripping a byte at a time must not hold a connection for long.
+    """
     declared = Headers(scope=scope).get("content-length")
     if declared is not None:
         try:
@@ -64,12 +71,44 @@ def _too_large(max_bytes: int) -> PayloadTooLarge:
 
 
 def parse_json(body: bytes) -> Any:
+    """The body as JSON, refused with 400 unless every string is valid Unicode and nesting stays sane.
+
+    JSON may escape lone surrogates (``"\\ud800"``), which no UTF-8 encoder
+    accepts: they are refused here, naming the field, before anything tries to
+    log or forward them.
+    """
     if not body.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.", status_code=400)
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        data = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise InvalidRequest("The request body is not valid JSON.", status_code=400) from None
+    check_tree(data)
+    return data
+
+
+def check_tree(data: Any) -> None:
+    """Refuse (400, naming the field) a lone surrogate in any string or key, or nesting past ``MAX_DEPTH``."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if isinstance(value, str):
+            check_text(value, where or "body")
+        elif isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise InvalidRequest(
+                    f"{where or 'The body'} is nested more than {MAX_DEPTH} levels deep.",
+                    status_code=400,
+                    param=where or None,
+                )
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    check_text(key, f"{where} (a key)" if where else "a key")
+                    here = f"{where}.{key[:40]}" if where else key[:40]
+                else:
+                    here = f"{where}[{key}]"
+                stack.append((item, here, depth + 1))
 
 
 def _reject_constant(name: str) -> None:
@@ -163,7 +202,9 @@ def check_text(text: str, where: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequest(f"{where} contains invalid Unicode (a lone surrogate).", param=where) from None
+        raise InvalidRequest(
+            f"{where} contains invalid Unicode (a lone surrogate).", status_code=400, param=where
+        ) from None
 
 
 def _optional_int(value: Any, name: str) -> int | None:

@@ -6,11 +6,15 @@
     ├── Forbidden                  403
     ├── NotFound                   404
     ├── MethodNotAllowed           405
+    ├── RequestTimeout             408
     ├── PayloadTooLarge            413
+    ├── PromptTooLarge             413
     ├── RateLimitExceeded          429
     ├── TokenBudgetExceeded        429
     ├── UpstreamError              502 / 504
     ├── SpendCapReached            503
+    ├── TokenCapReached            503
+    ├── ServerBusy                 503
     └── StorageUnavailable         503
 
 An error's class name is its stable ``code``: the JSON body is
@@ -110,6 +114,15 @@ class MethodNotAllowed(LLMGuardError):
     openai_type = "invalid_request_error"
 
 
+class RequestTimeout(LLMGuardError):
+    """The request (its headers or its body) did not arrive in time: a slow or stalled client."""
+
+    code = "RequestTimeout"
+    default_status = 408
+    default_message = "The request did not arrive in time."
+    openai_type = "invalid_request_error"
+
+
 class PayloadTooLarge(LLMGuardError):
     code = "PayloadTooLarge"
     default_status = 413
@@ -124,7 +137,18 @@ class RateLimitExceeded(LLMGuardError):
     openai_type = "rate_limit_error"
 
 
+class PromptTooLarge(LLMGuardError):
+    """The prompt is over ``MAX_PROMPT_TOKENS``: waiting will not help, a shorter one will."""
+
+    code = "PromptTooLarge"
+    default_status = 413
+    default_message = "The prompt is longer than this server accepts."
+    openai_type = "invalid_request_error"
+
+
 class TokenBudgetExceeded(LLMGuardError):
+    """The client's token window (``TOKENS_PER_IP``, or the token's ``quota``) is used up for now."""
+
     code = "TokenBudgetExceeded"
     default_status = 429
     default_message = "This request would exceed the token budget."
@@ -141,10 +165,30 @@ class UpstreamError(LLMGuardError):
 
 
 class SpendCapReached(LLMGuardError):
+    """The service's monthly dollar cap (``MONTHLY_SPEND_CAP_USD``) is reached, for everyone."""
+
     code = "SpendCapReached"
     default_status = 503
     default_message = "This server has reached its spending cap for the month."
     openai_type = "insufficient_quota"
+
+
+class TokenCapReached(LLMGuardError):
+    """The service's monthly token cap (``MONTHLY_TOKEN_CAP``) is reached, for everyone."""
+
+    code = "TokenCapReached"
+    default_status = 503
+    default_message = "This server has reached its token cap for the month."
+    openai_type = "insufficient_quota"
+
+
+class ServerBusy(LLMGuardError):
+    """The bundled server has ``MAX_CONNECTIONS`` connections open already."""
+
+    code = "ServerBusy"
+    default_status = 503
+    default_message = "The server is handling too many connections. Try again shortly."
+    openai_type = "server_error"
 
 
 class StorageUnavailable(LLMGuardError):

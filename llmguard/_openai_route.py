@@ -17,7 +17,7 @@ from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._chat_endpoint import ChatEndpoint, Completion
-from llmguard._chat_request import parse_json, read_body
+from llmguard._chat_request import parse_json
 from llmguard._errors import InvalidRequest, LLMGuardError, MethodNotAllowed, send_error
 from llmguard._openai_request import parse_openai_request
 from llmguard._state import Usage, request_state
@@ -71,7 +71,7 @@ class ChatCompletions:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"allow": "POST"})
-            body = await read_body(scope, receive, max_bytes=chat.max_body_bytes)
+            body = await chat.read_body(scope, receive)
             request = parse_openai_request(parse_json(body), server_model=chat.model, models=chat.models)
             if request.has_system and not chat.allow_client_system:
                 raise InvalidRequest(
@@ -79,23 +79,17 @@ class ChatCompletions:
                     status_code=400,
                     param="messages",
                 )
+            provider_request = chat.provider_request(
+                model=request.model,
+                messages=request.messages,
+                max_tokens=request.max_tokens,
+                stream=request.stream,
+                **request.params,
+            )
         except LLMGuardError as error:
             await send_error(scope, send, error)
             return
-        messages = request.messages
-        if not request.has_system and chat.system_prompt:
-            messages = [{"role": "system", "content": chat.system_prompt}, *messages]
-        await chat.complete(
-            scope,
-            receive,
-            send,
-            model=request.model,
-            messages=messages,
-            max_tokens=request.max_tokens,
-            params=request.params,
-            stream=request.stream,
-            wire=OpenAIWire(include_usage=request.include_usage),
-        )
+        await chat.complete(scope, receive, send, provider_request, OpenAIWire(include_usage=request.include_usage))
 
 
 class ModelList:

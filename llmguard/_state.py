@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from starlette.types import Scope
+
+if TYPE_CHECKING:
+    from llmguard._budget import Reservation
 
 SCOPE_KEY = "llmguard"
 
@@ -34,8 +37,8 @@ class Usage:
 class Budget(Protocol):
     """What TokenBudget offers the endpoint behind it."""
 
-    async def reserve(self, *, model: str, prompt_tokens: int, max_output_tokens: int) -> int:
-        """Reserve the worst case; return the output cap to use (maybe lowered), or raise a refusal."""
+    async def reserve(self, *, model: str, prompt_tokens: int, max_output_tokens: int) -> Reservation:
+        """Hold the worst case; the reservation says the output cap to use (maybe lowered), or raise a refusal."""
         ...
 
 
@@ -48,7 +51,7 @@ class RequestState:
     """Per-request data shared by the middlewares and the endpoints.
 
     Layers write what they learn (the verified ``claims``, the ``usage`` the
-    provider reported) and read what earlier layers decided. Nothing about a
+    request was charged) and read what earlier layers decided. Nothing about a
     request is ever stored on a middleware instance.
     """
 

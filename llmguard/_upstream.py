@@ -1,22 +1,31 @@
-"""The provider connection: one pooled httpx client, bounded retries, safe error mapping."""
+"""The provider conversation: what is sent (one payload builder), and one pooled client to send it.
+
+``ProviderRequest`` is the only place a provider payload is built, on every
+route, and the prompt's token bound is taken over exactly that payload.
+``Upstream`` sends it with the server's key, retries only what the provider
+cannot have billed, and maps failures to errors that never relay its text.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 
 from llmguard._errors import UpstreamError
+from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 from llmguard._version import __version__
 
 logger = logging.getLogger("llmguard.upstream")
@@ -24,11 +33,74 @@ logger = logging.getLogger("llmguard.upstream")
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Provider waits longer than this are not slept through: the client is told instead.
 MAX_RETRY_DELAY = 8.0
+# The longest wait passed on to a client, whatever a provider's header says.
+MAX_RETRY_AFTER = 86400
+# Payload fields that are settings, not text: the provider bills no tokens for them.
+UNBILLED_FIELDS = frozenset(
+    {
+        "model",
+        "stream",
+        "stream_options",
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+    }
+)
 MAX_ERROR_BODY = 64 * 1024
 # Codes such as `rate_limit_exceeded` or `model_not_found`: words and underscores. A long
 # unbroken run of letters and digits looks like a key or an id, and is never relayed.
 _SAFE_CODE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 _KEY_LIKE = re.compile(r"[a-z0-9]{17,}")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    """One chat call as the provider will receive it, apart from the output cap the budget sets.
+
+    ``messages`` are ``{"role", "content"}`` mappings, the server's system
+    prompt already in place; ``params`` are the other fields the route lets
+    through (``temperature``, ``stop``, ``response_format``, ...).
+    """
+
+    model: str
+    messages: Sequence[Mapping[str, str]]
+    max_output_tokens: int
+    stream: bool = False
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def prompt_tokens(self) -> int:
+        """An upper bound of the input tokens the provider bills for this payload.
+
+        Every field that can carry billable text counts: each message's content
+        (with the chat format's overhead for its role) and, as JSON, every other
+        field but the numeric settings
+        (so a ``response_format`` schema, ``stop`` sequences, and any field a
+        route lets through later).
+        """
+        total = estimate_prompt_tokens(message["content"] for message in self.messages)
+        billable = {name: value for name, value in self.params.items() if name not in UNBILLED_FIELDS}
+        if billable:
+            total += estimate_text_tokens(json.dumps(billable, ensure_ascii=False, separators=(",", ":")))
+        return total
+
+    def body(self, *, output_tokens: int, token_param: str) -> bytes:
+        """The JSON the provider gets, with ``output_tokens`` as its output cap (in ``token_param``)."""
+        payload: dict[str, Any] = {
+            **self.params,
+            "model": self.model,
+            "messages": list(self.messages),
+            token_param: output_tokens,
+        }
+        if self.stream:
+            payload["stream"] = True
+            # Always asked for: budgets settle on it, whatever the client asked.
+            payload["stream_options"] = {"include_usage": True}
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class Upstream:
@@ -114,10 +186,15 @@ class Upstream:
 
     @asynccontextmanager
     async def chat(self, payload: bytes) -> AsyncIterator[httpx.Response]:
-        """A 2xx response whose body is still unread, or ``UpstreamError``.
+        """A 2xx response whose body is still unread.
 
-        429, 5xx and connection failures are retried with backoff (honouring
-        ``Retry-After``) as long as nothing has reached the browser yet.
+        ``UpstreamError`` from here means the provider billed nothing: it
+        answered with an error, or was never reached. 429 and 5xx answers and
+        failures to connect are retried with backoff (honouring
+        ``Retry-After``). A failure after the request may have reached the
+        provider (a read timeout, a connection cut before the answer) is *not*
+        retried, since the provider may have billed it, and propagates as
+        httpx's own error: what it cost is unknown.
         """
         response = await self._send_with_retries(payload)
         try:
@@ -132,12 +209,14 @@ class Upstream:
             try:
                 request = self.client.build_request("POST", self.url, content=payload, headers=self.headers)
                 response = await self.client.send(request, stream=True)
-            except httpx.TimeoutException:
-                error = UpstreamError("The AI provider did not answer in time.", status_code=504)
-                delay = _backoff(attempt)
             except httpx.TransportError as exc:
+                if not never_sent(exc):
+                    raise
                 logger.warning("provider unreachable: %s", type(exc).__name__)
-                error = UpstreamError("The AI provider could not be reached.")
+                if isinstance(exc, httpx.TimeoutException):
+                    error = UpstreamError("The AI provider did not answer in time.", status_code=504)
+                else:
+                    error = UpstreamError("The AI provider could not be reached.")
                 delay = _backoff(attempt)
             else:
                 if response.status_code < 400:
@@ -148,6 +227,17 @@ class Upstream:
             attempt += 1
             logger.info("retrying the provider in %.2fs (attempt %d)", delay, attempt + 1)
             await anyio.sleep(delay)
+
+
+def never_sent(error: httpx.TransportError) -> bool:
+    """Whether the request provably never reached the provider (so it cannot have been billed)."""
+    cause = error.__cause__
+    if cause is not None and type(cause).__module__.startswith("aiohttp"):
+        # httpx-aiohttp maps aiohttp's errors loosely (a server that hung up after the request
+        # counts as a ConnectTimeout there): decide on aiohttp's own class.
+        names = {kind.__name__ for kind in type(cause).__mro__}
+        return bool(names & {"ClientConnectorError", "ConnectionTimeoutError"})
+    return isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
 def _aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport] | None:
@@ -210,27 +300,34 @@ def _backoff(attempt: int) -> float:
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date), within [0, a day]."""
     milliseconds = headers.get("retry-after-ms")
     if milliseconds is not None:
         try:
-            return max(0.0, float(milliseconds) / 1000)
+            return _clamped(float(milliseconds) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _clamped(float(value))
     except ValueError:
         pass
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return _clamped((when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _clamped(seconds: float) -> float | None:
+    # A provider's header is input like any other: `1e999`, `nan` and `-5` are all seen in the wild.
+    if math.isnan(seconds):
+        return None
+    return min(float(MAX_RETRY_AFTER), max(0.0, seconds))
 
 
 def _provider_code(body: bytes) -> str | None:

@@ -26,9 +26,9 @@ import anyio
 import httpx
 from starlette.types import Receive, Scope, Send
 
-from llmguard._tokens import estimate_prompt_tokens
+from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 
-__all__ = ["FakeProvider", "FakeReply", "RecordedRequest", "demo_reply"]
+__all__ = ["FakeProvider", "FakeReply", "RecordedRequest", "billable_prompt_tokens", "demo_reply"]
 
 _WORDS = re.compile(r"\s*\S+\s*")
 
@@ -62,6 +62,8 @@ class FakeReply:
     ``max_tokens`` (one delta counts as one token). ``cut_after=N`` ends a stream after N deltas without a
     finish reason or ``[DONE]``; with ``abrupt=True`` the connection is dropped
     instead. ``usage=False`` leaves usage out even when it is asked for.
+    ``reasoning_tokens`` are hidden output tokens, spent (and billed) before the
+    first visible delta, as reasoning models do.
     """
 
     text: str | None = None
@@ -76,6 +78,7 @@ class FakeReply:
     usage: bool = True
     finish_reason: str = "stop"
     body: bytes | None = None
+    reasoning_tokens: int = 0
 
     @classmethod
     def failure(
@@ -94,7 +97,14 @@ class FakeReply:
 
 @dataclass
 class RecordedRequest:
-    """One request as the fake provider received it."""
+    """One request as the fake provider received it, and what it billed for it so far.
+
+    Like a real provider, the fake bills the prompt once it starts answering
+    (``prompt_tokens``: the messages, and every other field that carries text,
+    such as a ``response_format`` schema) and each output token it produces
+    (``completion_tokens``: hidden reasoning tokens, then one per delta sent),
+    whether or not anyone reads them.
+    """
 
     method: str
     path: str
@@ -104,6 +114,12 @@ class RecordedRequest:
     deltas_sent: int = 0
     finished: bool = False
     disconnected_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def billed_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 class _Abort(Exception):
@@ -203,6 +219,11 @@ class FakeProvider:
 
     # -- behaviour ----------------------------------------------------------------
 
+    @property
+    def billed_tokens(self) -> int:
+        """Every token billed so far, over all requests: what the owner would pay for."""
+        return sum(request.billed_tokens for request in self.requests)
+
     def _record(
         self, method: str, path: str, headers: dict[str, str], body: bytes
     ) -> tuple[RecordedRequest | None, FakeReply]:
@@ -211,7 +232,7 @@ class FakeProvider:
             return None, FakeReply()
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             payload = None
         record = RecordedRequest(method=method, path=path, headers=headers, json=payload)
         with self._lock:
@@ -233,6 +254,10 @@ class FakeProvider:
             message = f"Incorrect API key provided: {_mask(presented)}. You can find your API key in your account."
             record.finished = True
             return _error_response(401, message, "invalid_request_error", "invalid_api_key")
+        answers = scripted.status < 400 and scripted.body is None and isinstance(payload, dict)
+        if answers:
+            # Billed from the moment the model reads the prompt, whoever waits for the answer.
+            record.prompt_tokens = billable_prompt_tokens(payload)
         if scripted.first_byte_delay:
             try:
                 await anyio.sleep(scripted.first_byte_delay)
@@ -260,12 +285,17 @@ class FakeProvider:
         if isinstance(cap, int) and 0 < cap < len(chunks):
             # Like a real model: a reply longer than the output cap is cut there.
             chunks, finish_reason = chunks[:cap], "length"
-        prompt_tokens = estimate_prompt_tokens(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-        usage = {
+        prompt_tokens = record.prompt_tokens = billable_prompt_tokens(payload)
+        completion_tokens = scripted.reasoning_tokens + len(chunks)
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
-            "completion_tokens": len(chunks),
-            "total_tokens": prompt_tokens + len(chunks),
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
         }
+        if scripted.reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": scripted.reasoning_tokens}
+        # The model has thought: its hidden tokens are spent, before any text.
+        record.completion_tokens = scripted.reasoning_tokens
         model = str(payload.get("model", self.model))
         if payload.get("stream"):
             wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
@@ -279,6 +309,7 @@ class FakeProvider:
             }
             return _Response(200, headers_out, stream)
         record.finished = True
+        record.completion_tokens = completion_tokens
         completion = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -328,6 +359,7 @@ class FakeProvider:
                     await anyio.sleep(delay)
                 yield event([{"index": 0, "delta": {"content": chunk}, "finish_reason": None}])
                 record.deltas_sent += 1
+                record.completion_tokens += 1
             yield event([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
             if usage is not None:
                 yield event([], usage=usage)
@@ -367,6 +399,22 @@ class _ByteStream(httpx.AsyncByteStream):
         aclose = getattr(self.chunks, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def billable_prompt_tokens(payload: Mapping[str, Any]) -> int:
+    """The input tokens the fake bills for a chat payload, counted as a provider counts them.
+
+    The messages' text, and every other field that carries text (a
+    ``response_format`` schema, ``stop`` sequences): providers bill those as
+    input too.
+    """
+    messages = payload.get("messages") or []
+    texts = [str(message.get("content", "")) for message in messages if isinstance(message, dict)]
+    tokens = estimate_prompt_tokens(texts)
+    extra = {name: payload[name] for name in ("response_format", "stop", "tools") if name in payload}
+    if extra:
+        tokens += estimate_text_tokens(json.dumps(extra, ensure_ascii=False, separators=(",", ":")))
+    return tokens
 
 
 def _mask(key: str) -> str:

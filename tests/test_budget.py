@@ -18,9 +18,8 @@ from servers import ThreadedServer
 from starlette.requests import Request
 
 from llmguard import ChatEndpoint, TokenBudget, create_app
-from llmguard._budget import BudgetTicket, _Budget, _humane, _next_month
+from llmguard._budget import IN_FLIGHT_TOKENS, Counter, client_wait, humane, next_month, refusal
 from llmguard._prices import DEFAULT_PRICES, Price
-from llmguard._state import RequestState
 from llmguard._storage import Storage
 from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 from llmguard.testing import FakeProvider, FakeReply
@@ -154,7 +153,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 
 def seconds_to_next_month() -> float:
     now = datetime.now(timezone.utc)
-    return _next_month(now).timestamp() - now.timestamp()
+    return next_month(now).timestamp() - now.timestamp()
 
 
 # -- prompt size -----------------------------------------------------------------------
@@ -179,7 +178,7 @@ async def test_an_oversized_prompt_gets_413_and_never_reaches_the_provider(
 ) -> None:
     app = await guarded(max_prompt_tokens=50, monthly_token_cap=100_000, **settings)
     response = await app.chat(body)
-    error = assert_error(response, 413, "TokenBudgetExceeded")
+    error = assert_error(response, 413, "PromptTooLarge")
     assert "50" in error["message"]
     assert app.provider.requests == []
     assert await app.month() == 0
@@ -308,11 +307,26 @@ async def test_a_request_that_can_never_fit_the_window_is_not_told_to_retry(
     [
         pytest.param(words(7), False, 7, id="json"),
         pytest.param(words(7), True, 7, id="stream"),
-        # Without a reported usage, what was sent is estimated: 35 bytes of text, about 9 tokens.
-        pytest.param(FakeReply(chunks=["word "] * 7, usage=False), False, 9, id="json-without-usage"),
-        pytest.param(FakeReply(chunks=["word "] * 7, usage=False), True, 9, id="stream-without-usage"),
-        # A stream the provider cut after 3 deltas: 15 bytes, about 4 tokens.
-        pytest.param(FakeReply(chunks=["word "] * 7, cut_after=3), True, 4, id="stream-cut-by-the-provider"),
+        # Without a reported usage, what came back is bounded: the text's upper-bound estimate.
+        pytest.param(
+            FakeReply(chunks=["word "] * 7, usage=False),
+            False,
+            estimate_text_tokens("word " * 7),
+            id="json-without-usage",
+        ),
+        pytest.param(
+            FakeReply(chunks=["word "] * 7, usage=False),
+            True,
+            max(7, estimate_text_tokens("word " * 7)),
+            id="stream-without-usage",
+        ),
+        # A stream the provider cut after 3 deltas: what came, and what may have been in flight.
+        pytest.param(
+            FakeReply(chunks=["word "] * 7, cut_after=3),
+            True,
+            max(3, estimate_text_tokens("word " * 3)) + IN_FLIGHT_TOKENS,
+            id="stream-cut-by-the-provider",
+        ),
     ],
 )
 async def test_the_counters_settle_to_what_the_reply_used(
@@ -416,14 +430,14 @@ async def test_a_client_asking_for_fewer_tokens_reserves_fewer(guarded: Factory)
 
 
 @pytest.mark.parametrize(
-    "settings",
+    ("settings", "code"),
     [
-        pytest.param({"monthly_token_cap": 50}, id="tokens"),
-        pytest.param({"monthly_spend_cap_usd": 0.00008}, id="dollars"),
+        pytest.param({"monthly_token_cap": 50}, "TokenCapReached", id="tokens"),
+        pytest.param({"monthly_spend_cap_usd": 0.00008}, "SpendCapReached", id="dollars"),
     ],
 )
 async def test_a_monthly_cap_refuses_everyone_with_503_until_next_month(
-    guarded: Factory, settings: dict[str, Any]
+    guarded: Factory, settings: dict[str, Any], code: str
 ) -> None:
     app = await guarded(max_tokens=40, **settings)
     app.provider.enqueue(words(40))
@@ -431,7 +445,7 @@ async def test_a_monthly_cap_refuses_everyone_with_503_until_next_month(
 
     for ip in (IP, "198.51.100.20", "2001:db8::1"):
         refused = await app.chat(client=app.client(ip))
-        error = assert_error(refused, 503, "SpendCapReached")
+        error = assert_error(refused, 503, code)
         retry_after = int(refused.headers["retry-after"])
         assert error["retry_after"] == retry_after
         assert abs(retry_after - seconds_to_next_month()) <= 5
@@ -499,7 +513,7 @@ def reported_total(response: httpx.Response) -> int:
 @pytest.mark.parametrize(
     ("settings", "status", "code"),
     [
-        pytest.param({"monthly_token_cap": 3000}, 503, "SpendCapReached", id="monthly-cap"),
+        pytest.param({"monthly_token_cap": 3000}, 503, "TokenCapReached", id="monthly-cap"),
         pytest.param({"tokens_per_ip": "3000/hour"}, 429, "TokenBudgetExceeded", id="client-window"),
     ],
 )
@@ -569,11 +583,13 @@ async def test_a_client_abort_mid_stream_is_charged_for_what_was_streamed(provid
         charged = settled[-1]
         record = provider.last_request
         assert not record.finished, "the provider call should have been cut short"
-        # The server relayed at least what the client read, and at most what the provider sent.
+        # At least what the provider sent (the client read some of it, the rest was in flight) ...
+        assert PROMPT + record.deltas_sent <= charged
         assert PROMPT + estimate_text_tokens("".join(read)) <= charged
-        # (+1: the fake counts a delta once the next one is asked for.)
-        assert charged <= PROMPT + estimate_text_tokens("word " * (record.deltas_sent + 1))
-        assert charged > PROMPT
+        # ... and at most that, bounded, plus what may have been in flight when the stream was cut
+        # (+1: the fake counts a delta once the next one is asked for).
+        sent = "word " * (record.deltas_sent + 1)
+        assert charged <= PROMPT + max(record.deltas_sent + 1, estimate_text_tokens(sent)) + IN_FLIGHT_TOKENS
 
 
 # -- the storage failing during the reservation ---------------------------------------
@@ -618,14 +634,7 @@ async def test_a_storage_failure_during_the_reservation_follows_the_policy(
     ],
 )
 def test_next_month_starts_on_the_first_at_midnight_utc(moment: datetime, expected: datetime) -> None:
-    assert _next_month(moment) == expected
-
-
-def ticket(window: str = "100/hour") -> BudgetTicket:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        raise AssertionError("not called")
-
-    return BudgetTicket(TokenBudget(app, tokens_per_client=window), "ip:192.0.2.1", RequestState())
+    assert next_month(moment) == expected
 
 
 def fits_after(wait: float, *, now: float, previous: int, current: int, needed: int, limit: int, length: int) -> bool:
@@ -657,9 +666,8 @@ def test_the_client_retry_after_is_when_the_window_has_room_again(
     length, limit = 3600, 100
     now = 1000 * length + into
     carried = previous * (1 - into / length)
-    budget = _Budget("client", "budget:client:ip:192.0.2.1:1000", limit, 2 * length, carried)
     assert not fits_after(0, now=now, previous=previous, current=current, needed=needed, limit=limit, length=length)
-    wait = ticket()._client_wait(budget, current, now, needed)
+    wait = client_wait(limit=limit, carried=carried, current=current, needed=needed, now=now, length=length)
     state = {"now": now, "previous": previous, "current": current, "needed": needed, "limit": limit, "length": length}
     assert wait >= 1
     assert fits_after(wait, **state)
@@ -667,11 +675,15 @@ def test_the_client_retry_after_is_when_the_window_has_room_again(
     assert wait == 1 or not fits_after(wait - 1.5, **state)
 
 
-def test_a_monthly_refusal_says_to_retry_at_the_start_of_next_month() -> None:
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [("month-tokens", "TokenCapReached"), ("month-spend", "SpendCapReached")],
+)
+def test_a_monthly_refusal_says_to_retry_at_the_start_of_next_month(kind: Any, code: str) -> None:
     now = datetime(2025, 12, 31, 23, 59, 30, tzinfo=timezone.utc).timestamp()
-    budget = _Budget("month-tokens", "budget:month-tokens:2025-12", 1000, 86400)
-    error = ticket()._refusal(budget, 1000, now=now, needed=25)
-    assert (error.code, error.status_code, error.retry_after) == ("SpendCapReached", 503, 30)
+    counter = Counter(kind, f"budget:{kind}:2025-12", 1000, 86400)
+    error = refusal(counter, 1000, now=now, needed=25)
+    assert (error.code, error.status_code, error.retry_after) == (code, 503, 30)
 
 
 @pytest.mark.parametrize(
@@ -679,12 +691,12 @@ def test_a_monthly_refusal_says_to_retry_at_the_start_of_next_month() -> None:
     [(1, "1 second"), (2, "2 seconds"), (89, "89 seconds"), (90, "2 minutes"), (600, "10 minutes"), (5400, "2 hours")],
 )
 def test_retry_times_read_naturally(seconds: int, text: str) -> None:
-    assert _humane(seconds) == text
+    assert humane(seconds) == text
 
 
 def test_the_refusal_message_says_when_to_retry() -> None:
-    budget = _Budget("client", "budget:client:ip:192.0.2.1:1000", 100, 7200, 0.0)
-    error = ticket()._refusal(budget, 80, now=1000 * 3600 + 1800, needed=40)
+    counter = Counter("client", "budget:client:ip:192.0.2.1:1000", 100, 7200, period=3600)
+    error = refusal(counter, 80, now=1000 * 3600 + 1800, needed=40)
     assert (error.code, error.status_code) == ("TokenBudgetExceeded", 429)
     assert error.retry_after is not None
-    assert f"Try again in {_humane(error.retry_after)}." in error.message
+    assert f"Try again in {humane(error.retry_after)}." in error.message

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -8,7 +9,7 @@ from conftest import Harness
 from starlette.types import Message, Receive, Scope
 
 from llmguard import InvalidRequest, PayloadTooLarge
-from llmguard._chat_request import ChatMessage, ChatRequest, parse_chat_request, parse_json, read_body
+from llmguard._chat_request import MAX_DEPTH, ChatMessage, ChatRequest, parse_chat_request, parse_json, read_body
 from llmguard._settings import DEFAULT_MODEL
 
 MODEL = DEFAULT_MODEL
@@ -222,11 +223,7 @@ SHAPE_ERRORS = [
         "messages[0].parts[0].text",
         id="part-text-number",
     ),
-    pytest.param(
-        {"messages": [USER_HI, {"role": "user", "content": "\ud800"}]}, "messages[1].content", id="lone-surrogate"
-    ),
     pytest.param({"messages": [USER_HI], "system": 1}, "system", id="system-number"),
-    pytest.param({"messages": [USER_HI], "system": "\udfff"}, "system", id="system-lone-surrogate"),
     pytest.param({"messages": [USER_HI], "stream": "true"}, "stream", id="stream-string"),
     pytest.param({"messages": [USER_HI], "stream": 1}, "stream", id="stream-one"),
     pytest.param({"messages": [USER_HI], "max_tokens": 0}, "max_tokens", id="max_tokens-0"),
@@ -253,6 +250,44 @@ def test_parse_refuses_a_wrong_shape_naming_the_field(data: Any, param: str | No
     assert caught.value.status_code == 422
     assert caught.value.param == param
     assert caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("data", "param"),
+    [
+        pytest.param(
+            {"messages": [USER_HI, {"role": "user", "content": "\ud800"}]}, "messages[1].content", id="content"
+        ),
+        pytest.param({"messages": [USER_HI], "system": "\udfff"}, "system", id="system"),
+        pytest.param(
+            {"messages": [{"role": "user", "parts": [{"type": "text", "text": "a\ud800"}]}]},
+            "messages[0].parts[0].text",
+            id="part-text",
+        ),
+        pytest.param({"messages": [USER_HI], "id": "\udc00"}, "id", id="unused-field"),
+        pytest.param({"messages": [USER_HI], "metadata": {"\ud800": 1}}, "metadata (a key)", id="a-key"),
+    ],
+)
+def test_a_lone_surrogate_anywhere_is_refused_with_400_naming_the_field(data: Any, param: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_json(json.dumps(data).encode())
+    assert (caught.value.status_code, caught.value.param) == (400, param)
+    # The message can be logged and sent: it quotes no part of the bad string.
+    caught.value.message.encode("utf-8")
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 960, 5000])
+def test_nesting_past_the_limit_is_refused_with_400(depth: int) -> None:
+    body = b'{"messages": [], "x": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(InvalidRequest) as caught:
+        parse_json(body)
+    assert caught.value.status_code == 400
+
+
+def test_nesting_up_to_the_limit_is_fine() -> None:
+    depth = MAX_DEPTH - 2
+    data = parse_json(b'{"x": ' + b"[" * depth + b"]" * depth + b"}")
+    assert set(data) == {"x"}
 
 
 def test_an_unsupported_part_type_is_named_but_cut_short() -> None:
@@ -312,7 +347,7 @@ MALFORMED = [
     pytest.param(VALID + b', "model": "gpt-4o"}', 422, "model", id="model-other"),
     pytest.param(VALID + b', "n": 2}', 422, "n", id="n-2"),
     pytest.param(
-        b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 422, "messages[0].content", id="lone-surrogate"
+        b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "messages[0].content", id="lone-surrogate"
     ),
     pytest.param(b"[" * 100_000, 400, None, id="deep-nesting"),
     pytest.param(VALID + b', "max_tokens": ' + b"7" * 5000 + b"}", 400, None, id="5000-digit-integer"),

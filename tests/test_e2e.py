@@ -361,14 +361,28 @@ def test_client_disconnect_mid_stream_cancels_the_provider_call(client: httpx.Cl
     assert record.deltas_sent < 100
 
 
-def test_client_disconnect_before_the_first_byte_cancels_the_provider_call(
+def test_a_json_call_runs_to_its_end_when_the_client_leaves(server: LLMGuardProcess, provider: FakeProvider) -> None:
+    # The provider bills a call it received whether or not anyone waits for the answer; cut short,
+    # its usage would never be known. So the call goes on, and is charged what the provider reports.
+    provider.enqueue(FakeReply(first_byte_delay=1.0))
+    with httpx.Client(base_url=server.url, headers={"origin": ORIGIN}) as http:
+        token = mint(http)
+        with pytest.raises(httpx.ReadTimeout):
+            http.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"}, timeout=0.3)
+    assert _wait_for(lambda: bool(provider.requests) and provider.last_request.finished, timeout=REQUEST_TIMEOUT)
+    assert provider.last_request.disconnected_at is None
+
+
+def test_a_stream_is_cancelled_when_the_client_leaves_before_the_first_byte(
     server: LLMGuardProcess, provider: FakeProvider
 ) -> None:
     provider.enqueue(FakeReply(first_byte_delay=10))
     with httpx.Client(base_url=server.url, headers={"origin": ORIGIN}) as http:
         token = mint(http)
         with pytest.raises(httpx.ReadTimeout):
-            http.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"}, timeout=0.5)
+            http.post(
+                "/api/chat", json={**HELLO, "stream": True}, headers={"authorization": f"Bearer {token}"}, timeout=0.5
+            )
     closed_at = time.monotonic()
     assert _wait_for(lambda: bool(provider.requests) and provider.last_request.disconnected_at is not None, timeout=2)
     disconnected_at = provider.last_request.disconnected_at
@@ -448,7 +462,7 @@ MALFORMED: dict[str, tuple[bytes, int, str]] = {
     "other model": (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}', 422, "InvalidRequest"),
     "n > 1": (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', 422, "InvalidRequest"),
     "NaN": (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "InvalidRequest"),
-    "lone surrogate": (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 422, "InvalidRequest"),
+    "lone surrogate": (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "InvalidRequest"),
     "deep nesting": (b"[" * 200_000 + b"]" * 200_000, 413, "PayloadTooLarge"),
     "nesting under the limit": (b'{"messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, "InvalidRequest"),
     "huge number": (

@@ -191,7 +191,7 @@ def test_a_burst_across_both_processes_stays_within_the_monthly_cap(
     assert served
     assert refused
     assert {r.status_code for r in refused} == {503}
-    assert {r.json()["error"] for r in refused} == {"SpendCapReached"}
+    assert {r.json()["error"] for r in refused} == {"TokenCapReached"}
     assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
     # What the provider was asked to produce, worst case, all at once: within what was left of the cap.
     asked = sum(

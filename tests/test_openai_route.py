@@ -13,6 +13,7 @@ import openai
 import pytest
 from conftest import KEY, ORIGIN, SECRET, Harness
 
+from llmguard._tokens import estimate_prompt_tokens
 from llmguard.testing import FakeReply
 
 Factory = Callable[..., Any]
@@ -158,7 +159,7 @@ async def test_one_request_limit_for_api_chat_and_v1(harness_factory: Factory) -
 async def test_the_monthly_cap_applies_and_settles_from_the_usage_chunk(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(monthly_token_cap=150, max_tokens=100)
     client = await sdk(harness)
-    prompt = 9  # the estimate of one short user message
+    prompt = estimate_prompt_tokens(message["content"] for message in HELLO)
     harness.provider.enqueue(FakeReply(chunks=["x"] * 50))
     stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO, stream=True)
     async for _ in stream:
@@ -171,7 +172,7 @@ async def test_the_monthly_cap_applies_and_settles_from_the_usage_chunk(harness_
         await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
     assert caught.value.status_code == 503
     assert isinstance(caught.value.body, dict)
-    assert caught.value.body["code"] == "SpendCapReached"
+    assert caught.value.body["code"] == "TokenCapReached"
 
 
 @pytest.mark.parametrize("allowed", [True, False])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -54,7 +55,9 @@ def test_the_table_prices_output_above_input() -> None:
         ("gpt-4o-2024-08-06", Price(2.50, 10.00)),
         ("gpt-4o-mini-2024-07-18", Price(0.15, 0.60)),
         ("my-model", None),
+        ("gpt-4o-2024-05-13", Price(5.00, 15.00)),
         ("gpt-4.1-mini-2025-04", None),
+        ("gpt-4.1-mini-2099-01-01", None),
         ("gpt-4.1-mini-latest", None),
         ("openai/gpt-4.1-mini", None),
         ("", None),
@@ -64,10 +67,20 @@ def test_price_of_knows_models_and_their_dated_snapshots(model: str, expected: P
     assert price_of(model, DEFAULT_PRICES) == expected
 
 
-def test_a_priced_snapshot_wins_over_its_family() -> None:
-    prices = {"gpt-4o": Price(2.50, 10.00), "gpt-4o-2024-05-13": Price(5.00, 15.00)}
-    assert price_of("gpt-4o-2024-05-13", prices) == Price(5.00, 15.00)
-    assert price_of("gpt-4o-2024-08-06", prices) == Price(2.50, 10.00)
+def test_a_snapshot_is_never_priced_as_its_family() -> None:
+    # gpt-4o-2024-05-13 costs twice gpt-4o: a snapshot the table does not know has no price,
+    # rather than its family's, which could be too low for a dollar cap.
+    prices = {"gpt-4o": Price(2.50, 10.00)}
+    assert price_of("gpt-4o-2024-05-13", prices) is None
+    assert price_of("gpt-4o-2024-05-13", DEFAULT_PRICES) == Price(5.00, 15.00)
+    assert DEFAULT_PRICES["gpt-4o-2024-05-13"].input > DEFAULT_PRICES["gpt-4o"].input
+
+
+def test_every_dated_snapshot_in_the_table_has_its_own_entry() -> None:
+    dated = [model for model in DEFAULT_PRICES if re.search(r"-\d{4}-\d{2}-\d{2}$", model)]
+    assert len(dated) >= 15
+    families = {re.sub(r"-\d{4}-\d{2}-\d{2}$", "", model) for model in dated}
+    assert families <= set(DEFAULT_PRICES), "every snapshot's family is priced too"
 
 
 # -- parse_prices -----------------------------------------------------------------------
@@ -122,7 +135,8 @@ def test_model_prices_override_and_extend_the_table() -> None:
     assert settings.prices["gpt-4.1-mini"] == Price(1.0, 3.0)
     assert settings.prices["my-model"] == Price(0.5, 1.5)
     assert settings.prices["gpt-4o"] == DEFAULT_PRICES["gpt-4o"]
-    assert price_of("gpt-4.1-mini-2025-04-14", settings.prices) == Price(1.0, 3.0)
+    # A snapshot keeps its own price: overriding the family does not reprice it.
+    assert price_of("gpt-4.1-mini-2025-04-14", settings.prices) == DEFAULT_PRICES["gpt-4.1-mini-2025-04-14"]
 
 
 def test_bad_model_prices_refuse_to_start_naming_the_variable() -> None:

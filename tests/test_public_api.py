@@ -16,7 +16,10 @@ def test_all_is_pinned_and_sorted() -> None:
         "OriginFilter",
         "PayloadTooLarge",
         "Price",
+        "PromptTooLarge",
         "RateLimitExceeded",
+        "RequestTimeout",
+        "ServerBusy",
         "Settings",
         "SettingsError",
         "SpendCapReached",
@@ -24,6 +27,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "StorageUnavailable",
         "TokenBudget",
         "TokenBudgetExceeded",
+        "TokenCapReached",
         "TokenEndpoint",
         "Unauthorized",
         "UpstreamError",
@@ -41,7 +45,7 @@ def test_every_exported_name_exists() -> None:
 def test_every_error_is_an_llmguard_error_whose_code_is_its_name() -> None:
     errors = [getattr(llmguard, n) for n in llmguard.__all__ if isinstance(getattr(llmguard, n), type)]
     errors = [e for e in errors if issubclass(e, Exception) and e is not llmguard.SettingsError]
-    assert len(errors) == 12
+    assert len(errors) == 16
     for error in errors:
         assert issubclass(error, llmguard.LLMGuardError)
         if error is not llmguard.LLMGuardError:

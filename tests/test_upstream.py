@@ -239,21 +239,22 @@ def failing_transport(error: Callable[[httpx.Request], Exception]) -> tuple[http
 
 
 @pytest.mark.parametrize(
-    "error",
+    ("error", "status"),
     [
-        pytest.param(lambda r: httpx.ConnectError("connection refused", request=r), id="connect"),
-        pytest.param(lambda r: httpx.RemoteProtocolError("server hung up", request=r), id="protocol"),
-        pytest.param(lambda r: httpx.ReadError("reset by peer", request=r), id="read"),
+        pytest.param(lambda r: httpx.ConnectError("connection refused", request=r), 502, id="connect"),
+        pytest.param(lambda r: httpx.ConnectTimeout("connect timed out", request=r), 504, id="connect-timeout"),
+        pytest.param(lambda r: httpx.PoolTimeout("pool timed out", request=r), 504, id="pool"),
     ],
 )
-async def test_unreachable_provider_is_a_502_after_retries(
-    sleeps: list[float], error: Callable[[httpx.Request], Exception]
+async def test_a_provider_never_reached_is_retried_then_refused(
+    sleeps: list[float], error: Callable[[httpx.Request], Exception], status: int
 ) -> None:
+    # Nothing reached the provider, so nothing was billed: retrying costs nothing.
     transport, seen = failing_transport(error)
     upstream = Upstream(base_url=BASE_URL, api_key=KEY, retries=2, transport=transport)
     with pytest.raises(UpstreamError) as caught:
         await call(upstream)
-    assert caught.value.status_code == 502
+    assert caught.value.status_code == status
     assert len(seen) == 3
     assert len(sleeps) == 2
 
@@ -261,18 +262,21 @@ async def test_unreachable_provider_is_a_502_after_retries(
 @pytest.mark.parametrize(
     "error",
     [
-        pytest.param(lambda r: httpx.ConnectTimeout("connect timed out", request=r), id="connect"),
-        pytest.param(lambda r: httpx.ReadTimeout("read timed out", request=r), id="read"),
-        pytest.param(lambda r: httpx.PoolTimeout("pool timed out", request=r), id="pool"),
+        pytest.param(lambda r: httpx.RemoteProtocolError("server hung up", request=r), id="protocol"),
+        pytest.param(lambda r: httpx.ReadError("reset by peer", request=r), id="read"),
+        pytest.param(lambda r: httpx.ReadTimeout("read timed out", request=r), id="read-timeout"),
     ],
 )
-async def test_provider_timeouts_are_a_504(sleeps: list[float], error: Callable[[httpx.Request], Exception]) -> None:
+async def test_a_failure_after_the_request_was_sent_is_never_retried(
+    sleeps: list[float], error: Callable[[httpx.Request], Exception]
+) -> None:
+    # The provider may have billed the request: a retry could be billed a second time.
     transport, seen = failing_transport(error)
-    upstream = Upstream(base_url=BASE_URL, api_key=KEY, retries=1, transport=transport)
-    with pytest.raises(UpstreamError) as caught:
+    upstream = Upstream(base_url=BASE_URL, api_key=KEY, retries=2, transport=transport)
+    with pytest.raises(httpx.TransportError):
         await call(upstream)
-    assert caught.value.status_code == 504
-    assert len(seen) == 2
+    assert len(seen) == 1
+    assert sleeps == []
 
 
 async def test_a_failed_attempt_then_success_returns_the_success(sleeps: list[float]) -> None:
