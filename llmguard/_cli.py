@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -69,13 +70,20 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llmguard._app import create_app
+    from llmguard._server import protocol
 
     log = logging.getLogger("llmguard")
+    app: Starlette | str
     if args.workers > 1:
-        _prepare_workers(settings, args.workers, log)
-        app: Starlette | str = "llmguard._cli:worker_app"
+        settings = _prepare_workers(settings, args.workers, log)
+        app = "llmguard._cli:worker_app"
     else:
-        app = create_app(settings)
+        try:
+            app = create_app(settings)
+        except ValueError as exc:
+            return _fail(str(exc))
+        log_settings(settings)
+    _raise_open_files_limit(settings, log)
     shown = "127.0.0.1" if host in (all_interfaces, "::") else host
     mode = "offline demo (fake provider, no key used)" if settings.demo else settings.openai_base_url
     log.info(
@@ -98,12 +106,17 @@ def _serve(args: argparse.Namespace) -> int:
         # llmguard reads forwarding headers itself, only from TRUSTED_PROXIES.
         proxy_headers=False,
         server_header=False,
+        # Idle keep-alive connections are closed after this; behind a load balancer, make it longer
+        # than the balancer's own idle timeout, or it may reuse a connection just as it closes.
+        timeout_keep_alive=int(settings.keep_alive_timeout),
+        # uvicorn's protocol with a deadline for request headers and a JSON 503 past MAX_CONNECTIONS.
+        http=protocol(header_timeout=settings.header_timeout, max_connections=settings.max_connections),  # type: ignore[arg-type]
     )
     return 0
 
 
-def _prepare_workers(settings: Settings, workers: int, log: logging.Logger) -> None:
-    """Each worker reads the settings from the environment: put what the CLI decided there."""
+def _prepare_workers(settings: Settings, workers: int, log: logging.Logger) -> Settings:
+    """Hand the settings to the worker processes, exactly: through the environment they inherit."""
     if settings.storage_url.startswith("memory"):
         log.warning(
             "STORAGE_URL is memory:// with %d workers: each worker counts on its own, so every rate limit, "
@@ -116,10 +129,14 @@ def _prepare_workers(settings: Settings, workers: int, log: logging.Logger) -> N
             "JWT_SECRET is not set: the workers share a random secret made now, so tokens stop working "
             "when the server restarts. Set JWT_SECRET to at least 32 random bytes."
         )
-        os.environ["JWT_SECRET"] = secrets.token_urlsafe(48)
-    os.environ["ALLOWED_ORIGIN"] = ",".join(settings.allowed_origins)
-    if settings.demo:
-        os.environ["LLMGUARD_DEMO"] = "1"
+        settings = dataclasses.replace(settings, jwt_secret=secrets.token_urlsafe(48))
+    # Every setting, not only those in the environment: --env-file, --demo and the secret made above.
+    for name, value in settings.to_env().items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return settings
 
 
 def worker_app() -> Starlette:
@@ -128,7 +145,42 @@ def worker_app() -> Starlette:
 
     settings = Settings.from_env()
     configure_logging(settings)
+    log_settings(settings)
     return create_app(settings)
+
+
+def log_settings(settings: Settings) -> None:
+    """One line with every setting this process runs on (secrets only say whether they are set)."""
+    described = settings.describe()
+    logging.getLogger("llmguard").info(
+        "settings: %s",
+        " ".join(f"{name}={json.dumps(value, ensure_ascii=False)}" for name, value in described.items()),
+    )
+
+
+def _raise_open_files_limit(settings: Settings, log: logging.Logger) -> None:
+    """Lift the soft limit on open files to the hard one: each connection may hold two (client, provider)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * settings.max_connections + 256
+    target = hard if hard == resource.RLIM_INFINITY else min(hard, max(soft, wanted))
+    if target != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning(
+            "this process may open only %d files, and MAX_CONNECTIONS=%d needs about %d: "
+            "lower MAX_CONNECTIONS or raise the limit (ulimit -n)",
+            soft,
+            settings.max_connections,
+            wanted,
+        )
 
 
 def load_settings(environ: Mapping[str, str], *, demo: bool, port: int) -> Settings:

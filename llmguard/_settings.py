@@ -23,6 +23,7 @@ import limits
 
 from llmguard._origin import normalize_origin
 from llmguard._prices import DEFAULT_PRICES, Price, parse_prices, price_of
+from llmguard._storage import redact_url
 from llmguard._upstream import token_limit_param
 
 DEFAULT_MODEL = "gpt-4.1-mini"
@@ -42,11 +43,13 @@ _OFF = {"off", "none", "false", "no", "disabled"}
 class SettingsError(ValueError):
     """A setting has a value llmguard cannot use."""
 
-    def __init__(self, name: str, value: object, reason: str, *, secret: bool = False) -> None:
+    def __init__(
+        self, name: str, value: object, reason: str, *, secret: bool = False, shown: str | None = None
+    ) -> None:
         self.name = name
         self.reason = reason
-        shown = "" if secret else f" has value {value!r}"
-        super().__init__(f"Setting {name}{shown}: {reason}")
+        text = "" if secret else f" has value {shown if shown is not None else repr(value)}"
+        super().__init__(f"Setting {name}{text}: {reason}")
 
 
 # -- parsers: from an environment string to a typed value ----------------------------
@@ -98,8 +101,22 @@ def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _env(name: str, parse: Callable[[str], Any] = str, *, secret: bool = False) -> dict[str, Any]:
-    return {"env": name, "parse": parse, "secret": secret}
+def _env(
+    name: str,
+    parse: Callable[[str], Any] = str,
+    *,
+    secret: bool = False,
+    redact: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
+    return {"env": name, "parse": parse, "secret": secret, "redact": redact}
+
+
+def _shown(item: dataclasses.Field[Any], value: object) -> str:
+    """How a setting's value may appear in a message or a log line."""
+    redact = item.metadata.get("redact")
+    if redact is not None and isinstance(value, str):
+        return repr(redact(value))
+    return repr(value)
 
 
 # -- the settings ---------------------------------------------------------------------
@@ -141,15 +158,19 @@ class Settings:
     monthly_spend_cap_usd: float | None = field(
         default=None, metadata=_env("MONTHLY_SPEND_CAP_USD", _optional(_parse_float))
     )
-    storage_url: str = field(default="memory://", metadata=_env("STORAGE_URL"))
+    storage_url: str = field(default="memory://", repr=False, metadata=_env("STORAGE_URL", redact=redact_url))
     storage_failure: Literal["closed", "open"] = field(default="closed", metadata=_env("STORAGE_FAILURE"))
     trusted_proxies: tuple[str, ...] = field(default=(), metadata=_env("TRUSTED_PROXIES", _parse_list))
-    client_ip_header: str | None = field(default=None, metadata=_env("CLIENT_IP_HEADER"))
+    client_ip_header: str | None = field(default=None, metadata=_env("CLIENT_IP_HEADER", _optional(str)))
     model_prices: Mapping[str, Price] = field(default_factory=dict, metadata=_env("MODEL_PRICES", parse_prices))
     storage_timeout: float = field(default=2.0, metadata=_env("STORAGE_TIMEOUT", parse_duration))
     log_format: Literal["text", "json"] = field(default="text", metadata=_env("LOG_FORMAT"))
     log_level: str = field(default="info", metadata=_env("LOG_LEVEL"))
     max_body_bytes: int = field(default=1_048_576, metadata=_env("MAX_BODY_BYTES", _parse_int))
+    body_timeout: float = field(default=10, metadata=_env("BODY_TIMEOUT", parse_duration))
+    header_timeout: float = field(default=10, metadata=_env("HEADER_TIMEOUT", parse_duration))
+    keep_alive_timeout: float = field(default=5, metadata=_env("KEEP_ALIVE_TIMEOUT", parse_duration))
+    max_connections: int = field(default=1000, metadata=_env("MAX_CONNECTIONS", _parse_int))
     request_timeout: float = field(default=120, metadata=_env("REQUEST_TIMEOUT", parse_duration))
     upstream_retries: int = field(default=2, metadata=_env("UPSTREAM_RETRIES", _parse_int))
     upstream_transport: Literal["auto", "httpx", "aiohttp"] = field(default="auto", metadata=_env("UPSTREAM_TRANSPORT"))
@@ -162,8 +183,9 @@ class Settings:
             try:
                 normalized = check(value)
             except (ValueError, TypeError) as exc:
-                secret = bool(_FIELDS[name].metadata.get("secret"))
-                raise SettingsError(name, value, str(exc), secret=secret) from None
+                item = _FIELDS[name]
+                secret = bool(item.metadata.get("secret"))
+                raise SettingsError(name, value, str(exc), secret=secret, shown=_shown(item, value)) from None
             if normalized is not value:
                 object.__setattr__(self, name, normalized)
         unpriced = [
@@ -201,7 +223,8 @@ class Settings:
             try:
                 values[item.name] = item.metadata["parse"](text)
             except ValueError as exc:
-                raise SettingsError(item.metadata["env"], text, str(exc), secret=item.metadata["secret"]) from None
+                env, secret = item.metadata["env"], item.metadata["secret"]
+                raise SettingsError(env, text, str(exc), secret=secret, shown=_shown(item, text)) from None
         values.update(overrides)
         try:
             return cls(**values)
@@ -212,7 +235,35 @@ class Settings:
             if default is dataclasses.MISSING and item.default_factory is not dataclasses.MISSING:
                 default = item.default_factory()
             value = texts.get(exc.name, values.get(exc.name, default))
-            raise SettingsError(item.metadata["env"], value, exc.reason, secret=item.metadata["secret"]) from None
+            env, secret = item.metadata["env"], item.metadata["secret"]
+            raise SettingsError(env, value, exc.reason, secret=secret, shown=_shown(item, value)) from None
+
+    def to_env(self) -> dict[str, str | None]:
+        """Every setting as the environment variable that reads back to exactly this value.
+
+        ``None`` means the variable must be unset. ``llmguard serve --workers``
+        hands its settings to the workers this way, so each worker runs on
+        exactly what a single process would (``--env-file``, ``--demo`` and
+        the generated secret included).
+        """
+        environ: dict[str, str | None] = {}
+        for item in dataclasses.fields(self):
+            environ[item.metadata["env"]] = _to_text(getattr(self, item.name))
+        return environ
+
+    def describe(self) -> dict[str, str]:
+        """Every setting by its variable, as it may be logged: secrets only say whether they are set."""
+        described = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.metadata["secret"]:
+                text = "set" if value else "unset"
+            else:
+                text = _to_text(value) or ""
+                if item.metadata.get("redact") is not None:
+                    text = item.metadata["redact"](text)
+            described[item.metadata["env"]] = text
+        return described
 
     @property
     def prices(self) -> dict[str, Price]:
@@ -232,6 +283,21 @@ class Settings:
     def token_limit_param(self) -> str:
         """The request field that carries the output cap for this provider."""
         return token_limit_param(self.openai_base_url, self.max_tokens_param)
+
+
+def _to_text(value: object) -> str | None:
+    """A setting's value as the environment text that parses back to it (``None``: leave unset)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return ",".join(value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{model}={price.input!r}/{price.output!r}" for model, price in value.items())
+    return str(value)
 
 
 # -- checks: typed value → normalized value, or ValueError -----------------------------
@@ -352,10 +418,20 @@ def _choice(*choices: str) -> Callable[[object], str]:
 def _storage_url(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError("expected a storage URL")
-    scheme = value.split("://", 1)[0] if "://" in value else ""
-    if not scheme.startswith(("memory", "redis")):
+    url = value.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        return url
+    if not scheme.startswith("redis"):
         raise ValueError("expected memory:// or a redis:// URL such as redis://localhost:6379/0")
-    return value.strip()
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError("the port is not a number") from None
+    if scheme in ("redis", "rediss") and not parts.hostname:
+        raise ValueError("expected a host, as in redis://localhost:6379/0")
+    return url
 
 
 def _proxies(value: object) -> tuple[str, ...]:
@@ -449,6 +525,10 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "log_format": _choice("text", "json"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "max_body_bytes": _positive_int,
+    "body_timeout": _seconds(0.1, 600),
+    "header_timeout": _seconds(0.1, 600),
+    "keep_alive_timeout": _whole_seconds(1, 3600),
+    "max_connections": _positive_int,
     "request_timeout": _seconds(1, 3600),
     "upstream_retries": _non_negative_int,
     "upstream_transport": _choice("auto", "httpx", "aiohttp"),

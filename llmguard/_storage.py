@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Sequence
 from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import anyio
 from limits.aio.storage import Storage as LimitsStorage
@@ -29,6 +31,7 @@ T = TypeVar("T")
 KEY_PREFIX = "llmguard"
 # How often a storage failure is logged (above DEBUG) while the storage stays down.
 WARNING_INTERVAL = 60.0
+_PASSWORD_PARAMETER = re.compile(r"((?:^|[?&;])(?:password|pass|pwd)=)[^&;#]*", re.IGNORECASE)
 
 
 class Storage:
@@ -51,7 +54,11 @@ class Storage:
         self.url = url
         self.fail_open = failure == "open"
         self.timeout = timeout
-        self.backend = _backend(url, timeout, max_connections)
+        self._secrets = _credentials(url)
+        try:
+            self.backend = _backend(url, timeout, max_connections)
+        except ValueError as exc:
+            raise ValueError(self.scrub(str(exc))) from None
         # On Redis, several counters change in one script; elsewhere, one operation at a time.
         bridge = getattr(self.backend, "bridge", None)
         client = getattr(bridge, "storage", None)
@@ -67,6 +74,12 @@ class Storage:
     def __repr__(self) -> str:
         scheme = self.url.split("://", 1)[0]
         return f"Storage({scheme}://…, failure={'open' if self.fail_open else 'closed'!r})"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with this storage's credentials taken out: for messages and log lines."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     async def incr(self, key: str, *, expiry: int, amount: int = 1) -> int:
         """Add ``amount`` (negative to give back) and return the new total, atomically."""
@@ -88,7 +101,7 @@ class Storage:
             raise self._failed("timed out") from None
         except Exception as exc:
             cause = getattr(exc, "storage_error", None) or exc
-            raise self._failed(f"{type(exc).__name__}: {type(cause).__name__}: {cause}"[:300]) from None
+            raise self._failed(self.scrub(f"{type(exc).__name__}: {type(cause).__name__}: {cause}")[:300]) from None
 
     async def add(self, changes: Sequence[tuple[str, int, int]]) -> list[int]:
         """Apply ``(key, amount, expiry)`` changes at once and return each key's new total.
@@ -172,13 +185,39 @@ return totals
 """
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its credentials replaced by ``***`` (user info, and a ``password`` parameter)."""
+    scheme, separator, rest = url.partition("://")
+    if separator:
+        authority, slash, path = rest.partition("/")
+        _, at, host = authority.rpartition("@")
+        if at:
+            url = f"{scheme}://***@{host}{slash}{path}"
+    return _PASSWORD_PARAMETER.sub(r"\1***", url)
+
+
+def _credentials(url: str) -> list[str]:
+    """The password and user name in a storage URL (longest first), to keep out of every message."""
+    found: list[str] = []
+    try:
+        parts = urlsplit(url)
+        found += [unquote(parts.password or ""), parts.password or "", unquote(parts.username or "")]
+        found += [value for name, value in parse_qsl(parts.query) if name.lower() in ("password", "pass", "pwd")]
+    except ValueError:
+        pass
+    # A very short secret would blank out ordinary words: redact_url covers the URL itself then.
+    return sorted({secret for secret in found if len(secret) >= 3}, key=len, reverse=True)
+
+
 def _backend(url: str, timeout: float, max_connections: int) -> LimitsStorage:
     scheme = url.split("://", 1)[0].lower()
     if scheme == "memory":
         try:
             return _as_async(storage_from_string("async+" + url))
         except ConfigurationError:
-            raise ValueError(f"storage url has value {url!r}: expected memory:// or redis://host:6379/0") from None
+            raise ValueError(
+                f"storage url has value {redact_url(url)!r}: expected memory:// or redis://host:6379/0"
+            ) from None
     if not scheme.startswith("redis"):
         raise ValueError(f"storage url has scheme {scheme!r}: expected memory:// or redis://")
     try:
@@ -197,7 +236,7 @@ def _backend(url: str, timeout: float, max_connections: int) -> LimitsStorage:
             }
         storage = storage_from_string("async+" + url, implementation="redispy", wrap_exceptions=True, **options)
     except (ConfigurationError, ValueError) as exc:
-        raise ValueError(f"storage url is not usable: {exc}") from None
+        raise ValueError(f"storage url {redact_url(url)!r} is not usable: {exc}") from None
     return _as_async(storage)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import httpx
 import pytest
 from servers import LLMGuardProcess, free_port
 
+from llmguard import Settings
 from llmguard._cli import load_settings
 
 
@@ -150,18 +152,18 @@ def test_workers_serve_and_warn_about_memory_storage(tmp_path: Path) -> None:
     assert logs.count("Started server process") == 2
 
 
-def test_workers_get_the_decisions_of_the_cli_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_get_the_settings_of_the_cli_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from llmguard._cli import _prepare_workers
 
     environ = {k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "ALLOWED_ORIGIN", "LLMGUARD_DEMO")}
+    environ["MAX_TOKENS"] = "77"  # stale: the CLI's settings below say otherwise, and win
     monkeypatch.setattr(os, "environ", environ)  # the workers' environment, thrown away afterwards
-    settings = load_settings({}, demo=True, port=8123)
-    _prepare_workers(settings, 3, logging.getLogger("test"))
+    settings = dataclasses.replace(load_settings({}, demo=True, port=8123), max_tokens=300)
+    prepared = _prepare_workers(settings, 3, logging.getLogger("test"))
 
     # Every worker reads the same secret, so a token from one is valid on all.
-    assert len(os.environ["JWT_SECRET"]) >= 32
-    assert os.environ["ALLOWED_ORIGIN"].split(",") == list(settings.allowed_origins)
-    assert os.environ["LLMGUARD_DEMO"] == "1"
-    worker_settings = load_settings(dict(os.environ), demo=False, port=8123)
-    assert worker_settings.jwt_secret == os.environ["JWT_SECRET"]
-    assert worker_settings.demo
+    assert prepared.jwt_secret is not None
+    assert len(prepared.jwt_secret) >= 32
+    assert prepared == dataclasses.replace(settings, jwt_secret=prepared.jwt_secret)
+    # And each worker, reading the environment, runs on exactly the CLI's settings.
+    assert Settings.from_env(dict(os.environ)) == prepared

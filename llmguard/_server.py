@@ -1,0 +1,124 @@
+"""The bundled server's HTTP connections: uvicorn's protocols, with the two bounds they lack.
+
+uvicorn closes a keep-alive connection that stays idle, but a connection that
+never finishes sending its request headers (slowloris) stays open for good, and
+its ``limit_concurrency`` refuses in plain text. ``llmguard serve`` runs
+uvicorn with this protocol instead, so that:
+
+- each request's headers must arrive within ``header_timeout`` seconds of the
+  connection opening or of the request's first byte; otherwise the connection
+  gets a JSON 408 ``RequestTimeout`` (or, if it sent nothing, is just closed);
+- past ``max_connections`` open connections, a request is answered with a JSON
+  503 ``ServerBusy`` and its connection closed, before it reaches the app.
+
+The body's own deadline is the app's (``BODY_TIMEOUT``, in ``ChatEndpoint``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from llmguard._errors import ServerBusy, send_error
+
+_TIMEOUT_BODY = json.dumps(
+    {"error": "RequestTimeout", "message": "The request headers did not arrive in time."}
+).encode()
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
+)
+
+
+async def _busy(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] != "http":
+        return
+    error = ServerBusy(retry_after=1, headers={"connection": "close"})
+    await send_error(scope, send, error)
+
+
+class _Bounded:
+    """The bounds, over whichever uvicorn protocol class comes next in the MRO."""
+
+    # Set by uvicorn's protocol classes.
+    app: Any
+    cycle: Any
+    connections: set[Any]
+    transport: asyncio.Transport
+
+    def __init__(self, *args: Any, header_timeout: float, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self._own_app = self.app
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._received = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            # These bytes start a new request: its headers are on the clock.
+            self._received = True
+            if self._header_timer is None:
+                self._arm()
+            self.app = _busy if len(self.connections) > self.max_connections else self._own_app
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not cycle:
+            self._disarm()  # the headers are complete: the request has started
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self.header_timeout, self._headers_timed_out)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_timed_out(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self._received:
+            self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+class BoundedH11Protocol(_Bounded, H11Protocol):
+    """uvicorn's h11 protocol, bounded."""
+
+
+_FASTEST: type[_Bounded] = BoundedH11Protocol
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # httptools is optional (llmguard[speed])
+    pass
+else:
+
+    class BoundedHttpToolsProtocol(_Bounded, HttpToolsProtocol):
+        """uvicorn's httptools protocol, bounded."""
+
+    _FASTEST = BoundedHttpToolsProtocol
+
+
+def protocol(*, header_timeout: float, max_connections: int) -> Callable[..., _Bounded]:
+    """The ``http=`` argument for uvicorn: its fastest protocol (httptools when installed), bounded.
+
+    A ``functools.partial`` of a module-level class, so that it pickles into
+    ``--workers`` processes.
+    """
+    return functools.partial(_FASTEST, header_timeout=header_timeout, max_connections=max_connections)
