@@ -26,7 +26,7 @@ from llmguard._errors import (
 from llmguard._settings import DEFAULT_BASE_URL, DEFAULT_MODEL
 from llmguard._state import Usage, request_state
 from llmguard._tokens import estimate_text_tokens
-from llmguard._upstream import ProviderRequest, Upstream, token_limit_param
+from llmguard._upstream import ProviderRequest, Upstream, timed_out, token_limit_param
 
 logger = logging.getLogger("llmguard.chat")
 
@@ -137,7 +137,9 @@ class ChatEndpoint:
             with anyio.fail_after(self.body_timeout):
                 return await read_body(scope, receive, max_bytes=self.max_body_bytes)
         except TimeoutError:
-            raise RequestTimeout(f"The request body did not arrive within {self.body_timeout:g} seconds.") from None
+            # The rest of the body may still come: the connection cannot carry another request.
+            message = f"The request body did not arrive within {self.body_timeout:g} seconds."
+            raise RequestTimeout(message, headers={"connection": "close"}) from None
 
     def provider_request(
         self,
@@ -460,6 +462,6 @@ def _failure(error: Exception) -> LLMGuardError:
     """What to tell the client when the provider call failed."""
     if isinstance(error, LLMGuardError):
         return error
-    if isinstance(error, (TimeoutError, httpx.TimeoutException)):
+    if timed_out(error):
         return UpstreamError("The AI provider took too long to answer.", status_code=504)
     return UpstreamError("The connection to the AI provider broke.")

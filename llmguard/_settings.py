@@ -429,8 +429,17 @@ def _storage_url(value: object) -> str:
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
         raise ValueError("the port is not a number") from None
-    if scheme in ("redis", "rediss") and not parts.hostname:
-        raise ValueError("expected a host, as in redis://localhost:6379/0")
+    if scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise ValueError("expected a host, as in redis://localhost:6379/0")
+        try:
+            from redis.connection import parse_url
+        except ImportError:
+            raise ValueError("a redis:// storage needs the redis package: pip install 'llmguard[redis]'") from None
+        try:
+            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading of it, which would otherwise fail at the first request
+        except ValueError as exc:
+            raise ValueError(redact_url(str(exc))) from None
     return url
 
 

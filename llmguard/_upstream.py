@@ -213,7 +213,7 @@ class Upstream:
                 if not never_sent(exc):
                     raise
                 logger.warning("provider unreachable: %s", type(exc).__name__)
-                if isinstance(exc, httpx.TimeoutException):
+                if timed_out(exc):
                     error = UpstreamError("The AI provider did not answer in time.", status_code=504)
                 else:
                     error = UpstreamError("The AI provider could not be reached.")
@@ -231,13 +231,32 @@ class Upstream:
 
 def never_sent(error: httpx.TransportError) -> bool:
     """Whether the request provably never reached the provider (so it cannot have been billed)."""
-    cause = error.__cause__
-    if cause is not None and type(cause).__module__.startswith("aiohttp"):
-        # httpx-aiohttp maps aiohttp's errors loosely (a server that hung up after the request
-        # counts as a ConnectTimeout there): decide on aiohttp's own class.
-        names = {kind.__name__ for kind in type(cause).__mro__}
-        return bool(names & {"ClientConnectorError", "ConnectionTimeoutError"})
+    aiohttp_error = _aiohttp_cause(error)
+    if aiohttp_error is not None:
+        return bool(aiohttp_error & {"ClientConnectorError", "ConnectionTimeoutError"})
     return isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def timed_out(error: Exception) -> bool:
+    """Whether a failed provider call ran out of time (504), rather than broke (502)."""
+    if isinstance(error, TimeoutError):
+        return True
+    aiohttp_error = _aiohttp_cause(error)
+    if aiohttp_error is not None:
+        return any("Timeout" in name for name in aiohttp_error)
+    return isinstance(error, httpx.TimeoutException)
+
+
+def _aiohttp_cause(error: Exception) -> set[str] | None:
+    """The class names of the aiohttp error behind an httpx one, if it came through httpx-aiohttp.
+
+    httpx-aiohttp maps aiohttp's errors loosely (a refused connection, or a server that hung up
+    after the request, both become a ConnectTimeout there): decisions are made on aiohttp's own.
+    """
+    cause = error.__cause__
+    if cause is None or not type(cause).__module__.startswith("aiohttp"):
+        return None
+    return {kind.__name__ for kind in type(cause).__mro__}
 
 
 def _aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport] | None:

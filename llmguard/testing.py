@@ -281,21 +281,24 @@ class FakeProvider:
         else:
             chunks = _WORDS.findall(scripted.text if scripted.text is not None else self.reply(messages))
         finish_reason = scripted.finish_reason
+        reasoning_tokens = scripted.reasoning_tokens
         cap = payload.get("max_completion_tokens") or payload.get("max_tokens")
-        if isinstance(cap, int) and 0 < cap < len(chunks):
-            # Like a real model: a reply longer than the output cap is cut there.
-            chunks, finish_reason = chunks[:cap], "length"
+        if isinstance(cap, int) and cap > 0:
+            # Like a real model: the output cap counts hidden and visible tokens, and cuts the reply there.
+            reasoning_tokens = min(reasoning_tokens, cap)
+            if reasoning_tokens + len(chunks) > cap:
+                chunks, finish_reason = chunks[: cap - reasoning_tokens], "length"
         prompt_tokens = record.prompt_tokens = billable_prompt_tokens(payload)
-        completion_tokens = scripted.reasoning_tokens + len(chunks)
+        completion_tokens = reasoning_tokens + len(chunks)
         usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
-        if scripted.reasoning_tokens:
-            usage["completion_tokens_details"] = {"reasoning_tokens": scripted.reasoning_tokens}
+        if reasoning_tokens:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
         # The model has thought: its hidden tokens are spent, before any text.
-        record.completion_tokens = scripted.reasoning_tokens
+        record.completion_tokens = reasoning_tokens
         model = str(payload.get("model", self.model))
         if payload.get("stream"):
             wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
