@@ -432,8 +432,15 @@ def output_room(kind: Kind, price: Price | None, room: float, prompt_tokens: int
     if kind == "month-spend":
         if price is None:
             raise ValueError("a spend budget needs a price")
-        left = room - price.micro_usd(prompt_tokens, 0)
-        return int(left // price.output) if price.output > 0 else 1 << 30
+        if price.output <= 0:
+            return 1 << 30 if price.micro_usd(prompt_tokens, 0) <= room else -1
+        output = math.floor((room - price.micro_usd(prompt_tokens, 0)) / price.output)
+        # Float division can land a token either side of the answer: settle it on the cost itself.
+        while output >= 0 and price.micro_usd(prompt_tokens, output) > room:
+            output -= 1
+        while price.micro_usd(prompt_tokens, output + 1) <= room:
+            output += 1
+        return output
     return math.floor(room - prompt_tokens)
 
 

@@ -11,15 +11,31 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from conftest import KEY, ORIGIN, make_settings
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from servers import ThreadedServer
 from starlette.requests import Request
 
 from llmguard import ChatEndpoint, TokenBudget, create_app
-from llmguard._budget import IN_FLIGHT_TOKENS, Counter, client_wait, humane, next_month, refusal
+from llmguard._budget import (
+    IN_FLIGHT_TOKENS,
+    ClientBudgets,
+    Counter,
+    charge,
+    client_wait,
+    humane,
+    next_month,
+    output_room,
+    refusal,
+    units,
+)
+from llmguard._errors import SpendCapReached, TokenCapReached
 from llmguard._prices import DEFAULT_PRICES, Price
+from llmguard._state import RequestState, Usage
 from llmguard._storage import Storage
 from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 from llmguard.testing import FakeProvider, FakeReply
@@ -700,3 +716,145 @@ def test_the_refusal_message_says_when_to_retry() -> None:
     assert (error.code, error.status_code) == ("TokenBudgetExceeded", 429)
     assert error.retry_after is not None
     assert f"Try again in {humane(error.retry_after)}." in error.message
+
+
+# -- properties of the arithmetic and of reservations (hypothesis) -----------------------------
+
+counts = st.integers(min_value=0, max_value=100_000)
+caps = st.integers(min_value=1, max_value=100_000)
+recorded = st.one_of(
+    st.just(("nothing", None)),
+    st.just(("refused", None)),
+    st.tuples(st.just("usage"), st.tuples(counts, counts)),
+    st.tuples(st.just("text"), st.tuples(counts, st.booleans())),
+)
+
+
+@given(prompt=counts, cap=caps, outcome=recorded, reasoning=st.booleans())
+def test_a_charge_is_never_negative_and_never_below_what_was_seen(
+    prompt: int, cap: int, outcome: tuple[str, Any], reasoning: bool
+) -> None:
+    kind, detail = outcome
+    usage = Usage(*detail) if kind == "usage" else None
+    text, complete = detail if kind == "text" else (None, False)
+    charged = charge(
+        prompt_tokens=prompt,
+        output_cap=cap,
+        refused=kind == "refused",
+        usage=usage,
+        output_text_tokens=text,
+        complete=complete,
+        reasoning=reasoning,
+    )
+    assert charged.prompt_tokens >= 0
+    assert charged.completion_tokens >= 0
+    if usage is not None:
+        assert charged == usage  # the provider's word is final
+    elif kind == "refused":
+        assert charged.total_tokens == 0
+    else:
+        # Never more than the provider could bill (it got this output cap) ...
+        assert charged.prompt_tokens == prompt
+        assert charged.completion_tokens <= cap
+        # ... never less than what came back, and the worst case whenever hidden tokens are possible.
+        assert charged.completion_tokens >= min(cap, text or 0)
+        if kind == "nothing" or reasoning:
+            assert charged.completion_tokens == cap
+
+
+prices = st.builds(Price, st.floats(0, 100), st.floats(0.01, 200))
+
+
+@given(kind=st.sampled_from(["client", "month-tokens", "month-spend"]), price=prices, room=counts, prompt=counts)
+def test_the_output_room_fits_in_the_room(kind: Any, price: Price, room: int, prompt: int) -> None:
+    output = output_room(kind, price, room, prompt)
+    if output >= 0:
+        assert units(kind, price, prompt, output) <= room
+        # And it is the largest that fits (one more token would not).
+        assert units(kind, price, prompt, output + 1) > room or output >= 1 << 30
+
+
+@given(
+    length=st.sampled_from([60, 3600, 86400]),
+    into=st.floats(0, 0.999),
+    previous=st.integers(0, 1000),
+    current=st.integers(0, 1000),
+    needed=st.integers(1, 500),
+    limit=st.integers(1, 1000),
+)
+def test_the_client_wait_is_when_there_is_room_again(
+    length: int, into: float, previous: int, current: int, needed: int, limit: int
+) -> None:
+    now = 1000 * length + into * length
+    state = {"now": now, "previous": previous, "current": current, "needed": needed, "limit": limit, "length": length}
+    carried = previous * (1 - (now % length) / length)
+    assume(needed <= limit and not fits_after(0, **state))
+    wait = client_wait(limit=limit, carried=carried, current=current, needed=needed, now=now, length=length)
+    assert wait >= 1
+    assert fits_after(wait, **state)
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise AssertionError("not called")
+
+
+requests = st.lists(
+    st.tuples(st.integers(1, 400), st.integers(1, 600), recorded, st.integers(0, 3)),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests=requests, limit=st.integers(20, 3000), spend=st.booleans())
+def test_concurrent_reservations_never_pass_the_cap_and_each_settles_once(
+    requests: list[tuple[int, int, tuple[str, Any], int]], limit: int, spend: bool
+) -> None:
+    price = DEFAULT_PRICES[MODEL]
+
+    async def scenario() -> None:
+        storage = Storage("memory://")
+        owner = TokenBudget(
+            _no_app,
+            storage=storage,
+            tokens_per_client=None,
+            monthly_token_cap=None if spend else limit,
+            monthly_spend_cap_usd=limit / 1e6 if spend else None,  # micro-dollars: the same numbers
+            min_output_tokens=1,
+        )
+        budgets = ClientBudgets(owner, "ip:192.0.2.1", RequestState())
+        kind = "month-spend" if spend else "month-tokens"
+        key = f"budget:{kind}:{datetime.now(timezone.utc):%Y-%m}"
+        charges: list[int] = []
+
+        async def one(prompt: int, cap: int, outcome: tuple[str, Any], pauses: int) -> None:
+            try:
+                reservation = await budgets.reserve(model=MODEL, prompt_tokens=prompt, max_output_tokens=cap)
+            except (TokenCapReached, SpendCapReached):
+                return
+            assert 1 <= reservation.output_tokens <= cap
+            assert await storage.get(key) <= limit, "the holds passed the cap"
+            for _ in range(pauses):
+                await anyio.lowlevel.checkpoint()  # let the others interleave
+            kind_, detail = outcome
+            if kind_ == "refused":
+                reservation.refused()
+            elif kind_ == "usage":
+                # What a provider may bill: at most the prompt bound and the granted output cap.
+                used = Usage(detail[0] % (prompt + 1), detail[1] % (reservation.output_tokens + 1))
+                reservation.answered(used, 0, complete=True)
+            elif kind_ == "text":
+                reservation.answered(None, detail[0], complete=detail[1])
+            charged = await reservation.settle()
+            assert await reservation.settle() is charged  # twice, charged once
+            charges.append(units(kind, price, charged.prompt_tokens, charged.completion_tokens))
+
+        async with anyio.create_task_group() as tasks:
+            for request in requests:
+                tasks.start_soon(one, *request)
+        await budgets.settle_all()  # the middleware's net: nothing more to do
+        total = await storage.get(key)
+        assert total == sum(charges)
+        assert total <= limit
+
+    anyio.run(scenario)

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from conftest import KEY, Harness, make_settings
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from llmguard import ChatEndpoint
 from llmguard.testing import FakeProvider, FakeReply
 
 MODEL = make_settings().openai_model
@@ -501,3 +506,85 @@ async def test_other_methods_get_405(harness: Harness, method: str) -> None:
     assert response.headers["allow"] == "POST"
     assert response.json()["error"] == "MethodNotAllowed"
     assert harness.provider.requests == []
+
+
+# -- properties of the stream relay (hypothesis) ------------------------------------------
+
+
+def provider_stream(chunks: list[bytes]) -> httpx.MockTransport:
+    """A provider answering every call with these bytes, chunked as given, as an event stream."""
+
+    async def body() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body())
+
+    return httpx.MockTransport(handler)
+
+
+def relay(raw: bytes, cuts: list[int]) -> list[Any]:
+    """What /api/chat streams to the browser when the provider sends ``raw``, split at ``cuts``."""
+    points = sorted({cut % (len(raw) + 1) for cut in cuts} | {0, len(raw)})
+    chunks = [raw[start:end] for start, end in itertools.pairwise(points) if end > start]
+    chat = ChatEndpoint(api_key=KEY, transport=provider_stream(chunks), retries=0)
+
+    async def run() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=chat), base_url="http://testserver") as client:
+            return await client.post("/", json=STREAM)
+
+    response = anyio.run(run)
+    assert response.status_code == 200, response.text
+    return sse_events(response)
+
+
+def provider_event(data: Any) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+@settings(max_examples=150)
+@given(
+    deltas=st.lists(st.text(max_size=8), max_size=8),
+    cuts=st.lists(st.integers(min_value=0), max_size=12),
+    ending=st.sampled_from(["done", "finish", "cut"]),
+    crlf=st.booleans(),
+)
+def test_every_delta_is_relayed_once_in_order_whatever_the_chunking(
+    deltas: list[str], cuts: list[int], ending: str, crlf: bool
+) -> None:
+    raw = b"".join(provider_event({"choices": [{"delta": {"content": text}}]}) for text in deltas)
+    if ending != "cut":
+        raw += provider_event({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+        raw += provider_event({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": len(deltas)}})
+    if ending == "done":
+        raw += b"data: [DONE]\n\n"
+    if crlf:
+        raw = raw.replace(b"\n", b"\r\n")
+    events = relay(raw, cuts)
+    relayed = [event["delta"] for event in events if isinstance(event, dict) and event["type"] == "text-delta"]
+    assert relayed == [text for text in deltas if text]
+    assert events[-1] == "[DONE]"
+    last = events[-2]
+    if ending == "cut":
+        assert (last["type"], last["code"]) == ("error", "UpstreamError")
+    else:
+        assert last["type"] == "finish"
+        assert last["messageMetadata"]["usage"]["completion_tokens"] == len(deltas)
+
+
+@settings(max_examples=150)
+@given(
+    raw=st.binary(max_size=300)
+    | st.lists(
+        st.sampled_from([b"data: ", b"{", b"}", b"\n", b"[DONE]", b"\r", b":", b'"choices"', b"[]", b"null"])
+    ).map(b"".join),
+    cuts=st.lists(st.integers(min_value=0), max_size=6),
+)
+def test_garbage_from_the_provider_ends_the_stream_cleanly(raw: bytes, cuts: list[int]) -> None:
+    events = relay(raw, cuts)
+    assert events[0]["type"] == "start"
+    assert events[-1] == "[DONE]"
+    assert events[-2]["type"] in ("finish", "error")
+    if events[-2]["type"] == "error":
+        assert events[-2]["code"] == "UpstreamError"

@@ -5,7 +5,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import strategies
 from conftest import Harness
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope
 
 from llmguard import InvalidRequest, PayloadTooLarge
@@ -451,3 +454,37 @@ async def test_ai_sdk_use_chat_body_is_accepted(harness: Harness) -> None:
     ]
     assert all(set(m) == {"role", "content"} for m in sent)
     assert "trigger" not in harness.provider.last_request.json
+
+
+# -- properties (hypothesis): any body is parsed, or refused with a 4xx naming what is wrong ----
+
+
+@settings(max_examples=300)
+@given(body=st.one_of(strategies.bodies.map(strategies.encoded), st.binary(max_size=200)))
+def test_any_body_is_json_or_a_400(body: bytes) -> None:
+    result = strategies.outcome(lambda: parse_json(body))
+    if isinstance(result, InvalidRequest):
+        assert result.status_code == 400
+        result.message.encode("utf-8")  # it can be logged and sent
+
+
+@settings(max_examples=300)
+@given(data=strategies.bodies)
+def test_any_chat_body_is_validated_or_refused_naming_the_field(data: Any) -> None:
+    def parse() -> ChatRequest:
+        return parse_chat_request(parse_json(strategies.encoded(data)), server_model=MODEL)
+
+    result = strategies.outcome(parse)
+    if isinstance(result, InvalidRequest):
+        assert result.status_code in (400, 422)
+        assert result.message
+        json.dumps({"message": result.message, "param": result.param}, ensure_ascii=False).encode("utf-8")
+        return
+    assert isinstance(result, ChatRequest)
+    assert result.messages
+    for message in result.messages:
+        assert message.role in ("user", "assistant")
+        message.content.encode("utf-8")
+    assert result.model is None  # only the server's model, which it leaves unnamed
+    assert result.max_tokens is None or result.max_tokens >= 1
+    assert result.temperature is None or 0 <= result.temperature <= 2

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+import strategies
+from hypothesis import given, settings
 
+from llmguard._chat_request import parse_json
 from llmguard._errors import InvalidRequest
 from llmguard._openai_request import parse_openai_request
+from llmguard._tokens import estimate_text_tokens
+from llmguard._upstream import UNBILLED_FIELDS, ProviderRequest
 
 SERVER_MODEL = "gpt-4.1-mini"
 MODELS = {SERVER_MODEL, "gpt-4.1-nano"}
 USER = {"role": "user", "content": "Hello"}
+ROLES = {"role", "content", "system", "user", "assistant"}  # structure, counted in the per-message overhead
 
 
 def parse(**body: Any) -> Any:
@@ -111,3 +118,42 @@ def test_a_body_that_is_not_an_object_is_refused(body: Any) -> None:
     with pytest.raises(InvalidRequest) as caught:
         parse_openai_request(body, server_model=SERVER_MODEL, models=MODELS)
     assert caught.value.status_code == 400
+
+
+# -- properties (hypothesis) ----------------------------------------------------------------
+
+
+def strings_in(value: Any) -> list[str]:
+    """Every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for key, item in value.items() for text in (key, *strings_in(item))]
+    if isinstance(value, list):
+        return [text for item in value for text in strings_in(item)]
+    return []
+
+
+@settings(max_examples=300)
+@given(data=strategies.bodies)
+def test_any_body_is_refused_with_a_400_or_sent_whole_within_its_bound(data: Any) -> None:
+    def parse() -> Any:
+        return parse_openai_request(parse_json(strategies.encoded(data)), server_model=SERVER_MODEL, models=MODELS)
+
+    result = strategies.outcome(parse)
+    if isinstance(result, InvalidRequest):
+        assert result.status_code == 400  # as OpenAI answers: the SDKs raise BadRequestError
+        json.dumps({"message": result.message, "param": result.param}, ensure_ascii=False).encode("utf-8")
+        return
+    request = ProviderRequest(
+        model=result.model, messages=result.messages, max_output_tokens=100, stream=result.stream, params=result.params
+    )
+    body = json.loads(request.body(output_tokens=100, token_param="max_tokens"))  # always sendable
+    assert body["model"] in MODELS
+    # The bound is taken over exactly what is sent: no string the provider may bill escapes it.
+    billable = {name: value for name, value in body.items() if name not in UNBILLED_FIELDS}
+    bound = request.prompt_tokens()
+    assert bound >= sum(estimate_text_tokens(text) for text in strings_in(billable["messages"]) if text not in ROLES)
+    assert bound >= sum(estimate_text_tokens(text) for text in strings_in(billable) if text not in ROLES) // 2
+    for text in strings_in(billable):
+        assert bound >= estimate_text_tokens(text)
