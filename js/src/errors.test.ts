@@ -20,12 +20,15 @@ describe("errorFromResponse", () => {
     [403, "Forbidden", "This origin is not allowed to use this server."],
     [401, "Unauthorized", "A valid bearer token is required. Get one from POST /api/token."],
     [413, "PayloadTooLarge", "The request body is too large."],
+    [413, "PromptTooLarge", "The prompt is longer than this server accepts."],
+    [408, "RequestTimeout", "The request body did not arrive within 10 seconds."],
     [422, "InvalidRequest", "messages: at least one message is required."],
     [400, "InvalidRequest", "The body is not JSON."],
     [429, "TokenBudgetExceeded", "This request would exceed the token budget."],
     [502, "UpstreamError", "The AI provider could not answer this request."],
     [504, "UpstreamError", "The AI provider did not answer in time."],
     [503, "SpendCapReached", "This server has reached its spending cap for the month."],
+    [503, "TokenCapReached", "This server has reached its token cap for the month."],
     [503, "StorageUnavailable", "The server cannot check its limits right now. Try again shortly."],
   ])("%i %s keeps the server's code, message and status", async (status, code, message) => {
     const error = await errorFromResponse(errorResponse(status, code, { message }));
@@ -167,11 +170,14 @@ describe("guards", () => {
     expect(isLLMGuardError(new Error("x"), "Forbidden")).toBe(false);
   });
 
-  test("isRateLimitError is true for rate limits and token budgets only", () => {
+  test("isRateLimitError is true for rate limits, token budgets and a busy server only", () => {
     expect(isRateLimitError(rateLimited)).toBe(true);
     expect(isRateLimitError(budget)).toBe(true);
+    expect(isRateLimitError(new LLMGuardError("ServerBusy", "Busy.", { status: 503, retryAfter: 1 }))).toBe(true);
     expect(isRateLimitError(forbidden)).toBe(false);
-    expect(isRateLimitError(new LLMGuardError("SpendCapReached", "Cap reached.", { status: 429 }))).toBe(false);
+    expect(isRateLimitError(new LLMGuardError("SpendCapReached", "Cap reached.", { status: 503 }))).toBe(false);
+    expect(isRateLimitError(new LLMGuardError("TokenCapReached", "Cap reached.", { status: 503 }))).toBe(false);
+    expect(isRateLimitError(new LLMGuardError("PromptTooLarge", "Too long.", { status: 413 }))).toBe(false);
     expect(isRateLimitError(new Error("429"))).toBe(false);
   });
 

@@ -7,11 +7,15 @@ export type LLMGuardErrorCode =
   | "Forbidden"
   | "Unauthorized"
   | "InvalidRequest"
+  | "RequestTimeout"
   | "PayloadTooLarge"
+  | "PromptTooLarge"
   | "RateLimitExceeded"
   | "TokenBudgetExceeded"
   | "SpendCapReached"
+  | "TokenCapReached"
   | "UpstreamError"
+  | "ServerBusy"
   | "StorageUnavailable"
   | "NotFound"
   | "MethodNotAllowed"
@@ -68,9 +72,12 @@ export function isLLMGuardError(error: unknown, ...codes: LLMGuardErrorCode[]): 
   return error instanceof LLMGuardError && (codes.length === 0 || codes.includes(error.code as LLMGuardErrorCode));
 }
 
-/** Whether waiting `error.retryAfter` seconds may help: a rate limit or a used-up token budget. */
+/**
+ * Whether waiting `error.retryAfter` seconds may help: a rate limit, a used-up token budget, or a
+ * server with all its connections busy (not the monthly caps, which last until next month).
+ */
 export function isRateLimitError(error: unknown): error is LLMGuardError & { retryAfter: number | undefined } {
-  return isLLMGuardError(error, "RateLimitExceeded", "TokenBudgetExceeded");
+  return isLLMGuardError(error, "RateLimitExceeded", "TokenBudgetExceeded", "ServerBusy");
 }
 
 /** Whether the request was cancelled (by `stop()` or an `AbortSignal`). */
