@@ -204,6 +204,7 @@ class ClientBudgets:
         self.owner = owner
         self.client = client
         self.state = state
+        self.max_prompt_tokens = owner.max_prompt_tokens
         self.reservations: list[Reservation] = []
 
     async def reserve(self, *, model: str, prompt_tokens: int, max_output_tokens: int) -> Reservation:
@@ -215,8 +216,8 @@ class ClientBudgets:
         owner = self.owner
         if prompt_tokens > owner.max_prompt_tokens:
             raise PromptTooLarge(
-                f"This conversation is up to {prompt_tokens} tokens; this server accepts up to "
-                f"{owner.max_prompt_tokens}. Start a new conversation or shorten it.",
+                f"This conversation is longer than this server accepts ({owner.max_prompt_tokens} tokens). "
+                "Start a new conversation or shorten it.",
             )
         price = owner.price(model)
         now = time.time()

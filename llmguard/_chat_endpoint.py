@@ -26,10 +26,14 @@ from llmguard._errors import (
 from llmguard._settings import DEFAULT_BASE_URL, DEFAULT_MODEL
 from llmguard._state import Usage, request_state
 from llmguard._tokens import estimate_text_tokens
+from llmguard._tokens import load as load_tokenizer
 from llmguard._upstream import ProviderRequest, Upstream, timed_out, token_limit_param
 
 logger = logging.getLogger("llmguard.chat")
 
+# Without a TokenBudget, prompts are counted (for the log line) up to about the largest context
+# window of a chat model; the provider refuses anything longer.
+UNBUDGETED_PROMPT_LIMIT = 131_072
 # Where providers put reasoning they show (DeepSeek, OpenRouter, vLLM...): a sign of hidden tokens too.
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 
@@ -166,7 +170,9 @@ class ChatEndpoint:
         """Reserve the budget, call the provider, answer in ``wire``'s format, settle: every route does this."""
         state = request_state(scope)
         state.model = request.model
-        prompt_tokens = request.prompt_tokens()
+        # Counting stops past what can be served: a hostile megabyte costs milliseconds, not seconds.
+        limit = UNBUDGETED_PROMPT_LIMIT if state.budget is None else state.budget.max_prompt_tokens
+        prompt_tokens = request.prompt_tokens(stop_above=limit)
         try:
             if state.budget is None:
                 reservation = Reservation.unbudgeted(
@@ -306,6 +312,7 @@ class ChatEndpoint:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                load_tokenizer()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()

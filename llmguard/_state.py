@@ -37,6 +37,9 @@ class Usage:
 class Budget(Protocol):
     """What TokenBudget offers the endpoint behind it."""
 
+    #: Prompts over this many tokens are refused: counting may stop past it.
+    max_prompt_tokens: int
+
     async def reserve(self, *, model: str, prompt_tokens: int, max_output_tokens: int) -> Reservation:
         """Hold the worst case; the reservation says the output cap to use (maybe lowered), or raise a refusal."""
         ...

@@ -73,19 +73,21 @@ class ProviderRequest:
     stream: bool = False
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    def prompt_tokens(self) -> int:
+    def prompt_tokens(self, *, stop_above: int | None = None) -> int:
         """An upper bound of the input tokens the provider bills for this payload.
 
         Every field that can carry billable text counts: each message's content
         (with the chat format's overhead for its role) and, as JSON, every other
-        field but the numeric settings
-        (so a ``response_format`` schema, ``stop`` sequences, and any field a
-        route lets through later).
+        field but the numeric settings (so a ``response_format`` schema, ``stop``
+        sequences, and any field a route lets through later). With
+        ``stop_above=N`` counting may stop once past ``N``: a result above ``N``
+        only says "more than N".
         """
-        total = estimate_prompt_tokens(message["content"] for message in self.messages)
+        total = estimate_prompt_tokens((message["content"] for message in self.messages), stop_above=stop_above)
         billable = {name: value for name, value in self.params.items() if name not in UNBILLED_FIELDS}
-        if billable:
-            total += estimate_text_tokens(json.dumps(billable, ensure_ascii=False, separators=(",", ":")))
+        if billable and (stop_above is None or total <= stop_above):
+            text = json.dumps(billable, ensure_ascii=False, separators=(",", ":"))
+            total += estimate_text_tokens(text, stop_above=None if stop_above is None else stop_above - total)
         return total
 
     def body(self, *, output_tokens: int, token_param: str) -> bytes:

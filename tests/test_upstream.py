@@ -11,7 +11,7 @@ import pytest
 from conftest import KEY
 
 from llmguard import UpstreamError
-from llmguard._upstream import MAX_RETRY_DELAY, Upstream, _backoff, _provider_code, _retry_after
+from llmguard._upstream import MAX_RETRY_DELAY, ProviderRequest, Upstream, _backoff, _provider_code, _retry_after
 from llmguard.testing import FakeProvider, FakeReply
 
 BASE_URL = "https://provider.example/v1/"
@@ -334,3 +334,58 @@ async def test_the_aiohttp_pool_reaches_a_real_provider(fake_upstream: tuple[Fak
     await upstream.aclose()
     assert "data: [DONE]" in text
     assert provider.last_request.headers["authorization"] == f"Bearer {KEY}"
+
+
+# -- the payload and its count -------------------------------------------------------------
+
+
+def test_the_prompt_count_covers_every_field_that_carries_text() -> None:
+    messages = ({"role": "user", "content": "Hi"},)
+    plain = ProviderRequest(model="gpt-4.1-mini", messages=messages, max_output_tokens=10)
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "description": "word " * 500}}
+    stuffed = ProviderRequest(
+        model="gpt-4.1-mini",
+        messages=messages,
+        max_output_tokens=10,
+        params={"response_format": schema, "stop": ["END"], "temperature": 0.5, "seed": 7},
+    )
+    assert stuffed.prompt_tokens() >= plain.prompt_tokens() + 500
+    numbers_only = ProviderRequest(
+        model="gpt-4.1-mini", messages=messages, max_output_tokens=10, params={"temperature": 1, "seed": 123456789}
+    )
+    assert numbers_only.prompt_tokens() == plain.prompt_tokens()
+
+
+@pytest.mark.parametrize("limit", [0, 5, 100, 510, 10_000])
+def test_counting_may_stop_past_the_limit_but_never_below_it(limit: int) -> None:
+    request = ProviderRequest(
+        model="gpt-4.1-mini",
+        messages=({"role": "user", "content": "one two three " * 100},),
+        max_output_tokens=10,
+        params={"response_format": {"type": "json_object", "description": "word " * 200}},
+    )
+    full = request.prompt_tokens()
+    stopped = request.prompt_tokens(stop_above=limit)
+    if full <= limit:
+        assert stopped == full
+    else:
+        assert limit < stopped <= full
+
+
+def test_the_body_is_what_the_count_was_taken_over() -> None:
+    request = ProviderRequest(
+        model="m",
+        messages=({"role": "user", "content": "Hi"},),
+        max_output_tokens=99,
+        stream=True,
+        params={"stop": "X"},
+    )
+    body = json.loads(request.body(output_tokens=42, token_param="max_completion_tokens"))
+    assert body == {
+        "stop": "X",
+        "model": "m",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_completion_tokens": 42,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
