@@ -99,11 +99,12 @@ class FakeReply:
 class RecordedRequest:
     """One request as the fake provider received it, and what it billed for it so far.
 
-    Like a real provider, the fake bills the prompt once it starts answering
+    Like a real provider, the fake bills the prompt as soon as it reads it
     (``prompt_tokens``: the messages, and every other field that carries text,
-    such as a ``response_format`` schema) and each output token it produces
-    (``completion_tokens``: hidden reasoning tokens, then one per delta sent),
-    whether or not anyone reads them.
+    such as a ``response_format`` schema) and the output it produces
+    (``completion_tokens``): a JSON reply is generated whole, whether or not
+    anyone waits for it; a stream spends its hidden reasoning tokens first,
+    then one token per delta sent, until it is cut off.
     """
 
     method: str
@@ -254,17 +255,8 @@ class FakeProvider:
             message = f"Incorrect API key provided: {_mask(presented)}. You can find your API key in your account."
             record.finished = True
             return _error_response(401, message, "invalid_request_error", "invalid_api_key")
-        answers = scripted.status < 400 and scripted.body is None and isinstance(payload, dict)
-        if answers:
-            # Billed from the moment the model reads the prompt, whoever waits for the answer.
-            record.prompt_tokens = billable_prompt_tokens(payload)
-        if scripted.first_byte_delay:
-            try:
-                await anyio.sleep(scripted.first_byte_delay)
-            except anyio.get_cancelled_exc_class():
-                record.disconnected_at = time.monotonic()
-                raise
         if scripted.status >= 400 or scripted.body is not None:
+            await self._think(record, scripted)
             record.finished = True
             error = dict(scripted.error or {"message": "error", "type": "server_error"})
             if scripted.status == 401:
@@ -288,7 +280,7 @@ class FakeProvider:
             reasoning_tokens = min(reasoning_tokens, cap)
             if reasoning_tokens + len(chunks) > cap:
                 chunks, finish_reason = chunks[: cap - reasoning_tokens], "length"
-        prompt_tokens = record.prompt_tokens = billable_prompt_tokens(payload)
+        prompt_tokens = billable_prompt_tokens(payload)
         completion_tokens = reasoning_tokens + len(chunks)
         usage: dict[str, Any] = {
             "prompt_tokens": prompt_tokens,
@@ -297,8 +289,11 @@ class FakeProvider:
         }
         if reasoning_tokens:
             usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
-        # The model has thought: its hidden tokens are spent, before any text.
-        record.completion_tokens = reasoning_tokens
+        # Billed from the moment the model reads the prompt, whoever waits for the answer: a JSON
+        # reply is generated whole, a stream token by token (its hidden tokens first) until cut off.
+        record.prompt_tokens = prompt_tokens
+        record.completion_tokens = reasoning_tokens if payload.get("stream") else completion_tokens
+        await self._think(record, scripted)
         model = str(payload.get("model", self.model))
         if payload.get("stream"):
             wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
@@ -312,7 +307,6 @@ class FakeProvider:
             }
             return _Response(200, headers_out, stream)
         record.finished = True
-        record.completion_tokens = completion_tokens
         completion = {
             "id": "chatcmpl-fake",
             "object": "chat.completion",
@@ -329,6 +323,15 @@ class FakeProvider:
         if scripted.usage:
             completion["usage"] = usage
         return _json_response(200, completion, scripted.headers)
+
+    async def _think(self, record: RecordedRequest, scripted: FakeReply) -> None:
+        """The pause before the first byte, noting when the caller gave up waiting."""
+        if scripted.first_byte_delay:
+            try:
+                await anyio.sleep(scripted.first_byte_delay)
+            except anyio.get_cancelled_exc_class():
+                record.disconnected_at = time.monotonic()
+                raise
 
     async def _stream(
         self,
