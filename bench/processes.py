@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -18,14 +19,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def service(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``command`` until the block ends, once it accepts connections on ``port`` (20 s at most)."""
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def service(
+    command: list[str], port: int, env: dict[str, str] | None = None, *, stderr: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` until the block ends, once it accepts connections on ``port`` (20 s at most).
+
+    Its output is dropped, or with ``stderr`` its standard error (where `llmguard serve` logs) goes to that file.
+    """
+    with open(stderr or os.devnull, "wb") as errors:
+        process = subprocess.Popen(
+            command,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
     try:
         deadline = time.monotonic() + 20
         while True:
