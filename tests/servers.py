@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,3 +198,194 @@ class HangUpProvider:
                         break
                     body += chunk
                 self.requests.append(body)
+
+
+def read_request(connection: socket.socket) -> bytes | None:
+    """Read one HTTP request with a Content-Length body; its body, or None if the peer left first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    while len(body) < length:
+        chunk = connection.recv(65536)
+        if not chunk:
+            return None
+        body += chunk
+    return body
+
+
+def _accepted(listener: socket.socket, closed: threading.Event) -> socket.socket | None:
+    """The next connection to ``listener``, or None once ``closed`` is set (checked every 0.05 s)."""
+    listener.settimeout(0.05)
+    while not closed.is_set():
+        try:
+            connection, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return None
+        connection.settimeout(None)
+        return connection
+    return None
+
+
+@dataclass(frozen=True)
+class RawReply:
+    """What a ``RawProvider`` sends: ``pieces`` of bytes as they are (HTTP or not), ``pause`` seconds
+    apart; then it closes the connection or, with ``hold``, keeps it open without a word."""
+
+    pieces: Sequence[bytes] = ()
+    hold: bool = False
+    pause: float = 0.1
+
+
+class RawProvider:
+    """A provider that answers with raw bytes: the faults no well-behaved server makes (on threads).
+
+    Silence before the first byte, a stream that stalls, a body cut in the middle of a chunk,
+    bytes that are not SSE or not HTTP at all. Each connection's request is read in full and
+    recorded; the reply is the one of ``replies`` whose key occurs in the request body (keys
+    must not contain one another), else ``default``.
+    """
+
+    def __init__(self, replies: Mapping[bytes, RawReply], default: RawReply | None = None) -> None:
+        self.replies = dict(replies)
+        self.default = default or RawReply()
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self.port: int = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        #: The key of each request received (None: matched no key), in order of arrival.
+        self.received: list[bytes | None] = []
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> RawProvider:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+    def count(self, key: bytes) -> int:
+        return self.received.count(key)
+
+    def _accept(self) -> None:
+        while (connection := _accepted(self.listener, self.closed)) is not None:
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection:
+            try:
+                connection.settimeout(10)
+                body = read_request(connection)
+                if body is None:
+                    return
+                key = next((key for key in self.replies if key in body), None)
+                self.received.append(key)
+                reply = self.default if key is None else self.replies[key]
+                for index, piece in enumerate(reply.pieces):
+                    if index:
+                        time.sleep(reply.pause)
+                    connection.sendall(piece)
+                connection.settimeout(0.1)
+                while reply.hold and not self.closed.is_set():
+                    try:
+                        if not connection.recv(65536):
+                            return  # the client gave up
+                    except TimeoutError:
+                        continue
+            except OSError:
+                return
+
+
+class LatencyProxy:
+    """A TCP proxy on loopback that holds each forwarded chunk ``delay`` seconds (on threads).
+
+    ``delay`` can be changed at any time; a chunk keeps the delay it arrived under, and chunks
+    never overtake one another. With ``only`` set, only chunks that contain those bytes are
+    held (to stall one kind of command). Bytes a side sent before closing are still delivered,
+    as a network delivers what was sent before a FIN: a command whose sender gave up on it is
+    still run by the server.
+    """
+
+    def __init__(self, target_port: int, *, delay: float = 0.0, only: bytes | None = None) -> None:
+        self.target_port = target_port
+        self.delay = delay
+        self.only = only
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port: int = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> LatencyProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+        for sock in list(self.sockets):
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while (client := _accepted(self.listener, self.closed)) is not None:
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            self.sockets += [client, server]
+            for source, destination in ((client, server), (server, client)):
+                chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+                threading.Thread(target=self._read, args=(source, chunks), daemon=True).start()
+                threading.Thread(target=self._write, args=(chunks, destination), daemon=True).start()
+
+    def _read(self, source: socket.socket, chunks: queue.Queue[tuple[float, bytes] | None]) -> None:
+        try:
+            while data := source.recv(65536):
+                held = self.only is None or self.only in data
+                chunks.put((time.monotonic() + (self.delay if held else 0.0), data))
+        except OSError:
+            pass
+        chunks.put(None)
+
+    def _write(self, chunks: queue.Queue[tuple[float, bytes] | None], destination: socket.socket) -> None:
+        try:
+            while (item := chunks.get()) is not None:
+                due, data = item
+                time.sleep(max(0.0, due - time.monotonic()))
+                destination.sendall(data)
+            destination.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+class RestartableRedis(RedisServer):
+    """A ``RedisServer`` that can be killed (SIGKILL: its counts are lost) and started again on its port."""
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def restart(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start again on port {self.port}")
+            time.sleep(0.02)
