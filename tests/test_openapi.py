@@ -811,12 +811,23 @@ def test_storage_down_conforms(serve: Callable[..., contextlib.AbstractContextMa
         client.call("GET", "/v1/models", token=token, status=503, code="StorageUnavailable")
 
 
+def _wait_until_busy(url: str) -> None:
+    """Until the server counts the idle connection (it accepts it on its own time)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with requests.Session() as fresh:
+            if fresh.get(f"{url}/healthz", timeout=10).status_code == 503:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the server never answered ServerBusy with MAX_CONNECTIONS=1 and a connection open")
+
+
 def test_connection_refusals_conform(serve: Callable[..., contextlib.AbstractContextManager[Explicit]]) -> None:
     """ServerBusy and the headers' 408 are answered below the app; they keep the same contract."""
     problems: list[str] = []
     with serve(MAX_CONNECTIONS="1", HEADER_TIMEOUT="1") as client:
         with socket.create_connection(("127.0.0.1", client.server.port)):  # the one connection allowed
-            time.sleep(0.2)
+            _wait_until_busy(client.server.url)
             for method, path in (("GET", "/healthz"), ("POST", "/api/chat"), ("GET", "/v1/models")):
                 case = client.case(method, path, body=HELLO if method == "POST" else None, token="never-minted")
                 try:
