@@ -142,8 +142,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # The token counter's vocabulary, now rather than on the first request (0.5 to 1 s).
+        # The token counter's vocabulary and the provider client, now rather than on the first
+        # request (which would wait a second for them).
         load_tokenizer()
+        chat.upstream.open()
         # Everything loaded by now lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise walk it all, mid-stream (bench/: stream lag).
         gc.freeze()

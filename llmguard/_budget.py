@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -63,7 +64,7 @@ from llmguard._errors import (
 )
 from llmguard._prices import DEFAULT_PRICES, Price, is_reasoning_model, price_of
 from llmguard._state import RequestState, Usage, request_state
-from llmguard._storage import Storage
+from llmguard._storage import Amounts, Storage
 
 logger = logging.getLogger("llmguard.budget")
 
@@ -233,51 +234,61 @@ class ClientBudgets:
             try:
                 await self._hold(reservation, counters, now)
             except StorageUnavailable as error:
+                if not owner.storage.fail_open:
+                    # The hold may still land, late: giving it back now (or marking it given back, so a
+                    # late one changes nothing) keeps a refused request from costing anything.
+                    await reservation.settle(charge_nothing=True)
                 owner.storage.unavailable(error)  # raises unless failing open
-                # Failing open: served unbudgeted; settling still adds the charge if the storage is back.
-                reservation.held = [(counter, 0) for counter in counters]
+                # Failing open: served unbudgeted; the settlement counts the charge whether or not
+                # the hold landed, once the storage answers again.
         self.reservations.append(reservation)
         return reservation
 
     async def _hold(self, reservation: Reservation, counters: list[Counter], now: float) -> None:
         storage = self.owner.storage
         prompt, wanted_output = reservation.prompt_tokens, reservation.output_tokens
-        wanted = [units(counter.kind, reservation.price, prompt, wanted_output) for counter in counters]
-        changes = [(counter.key, amount, counter.expiry) for counter, amount in zip(counters, wanted, strict=True)]
+        reservation.holds = [
+            (counter, units(counter.kind, reservation.price, prompt, wanted_output)) for counter in counters
+        ]
+        reservation.lowered = list(reservation.holds)
+        changes: list[tuple[str, Amounts, int]] = [
+            (counter.key, (amount, 0, 0, 0), counter.expiry) for counter, amount in reservation.holds
+        ]
         window = self.owner.window
-        previous_key = None
         if window is not None:
             length = window.get_expiry()
             previous_key = f"budget:client:{self.client}:{int(now // length) - 1}"
-            changes.append((previous_key, 0, 0))  # read the window's last period
+            changes.append((previous_key, (0, 0, 0, 0), 0))  # read the window's last period
         # Shielded, like every change to the counters: a hold is either recorded or given back.
         with anyio.CancelScope(shield=True):
-            results = await storage.add(changes)
+            results = await storage.hold_step(reservation.marker, changes, ("held", "", "", ""))
         totals = results[: len(counters)]
         if window is not None:
             length = window.get_expiry()
             counters[0] = replace(counters[0], carried=results[-1] * (1 - (now % length) / length))
-        held = list(zip(counters, wanted, strict=True))
 
         grant = wanted_output
         binding: tuple[Counter, int] | None = None
-        for counter, amount, total in zip(counters, wanted, totals, strict=True):
+        for counter, (_, amount), total in zip(counters, reservation.holds, totals, strict=True):
             others = total - amount  # used and held by everyone else, this period
             fits = output_room(counter.kind, reservation.price, counter.limit - counter.carried - others, prompt)
             if fits < grant:
                 grant, binding = fits, (counter, others)
         floor = min(self.owner.min_output_tokens, wanted_output)
-        with anyio.CancelScope(shield=True):
-            if grant < floor and binding is not None:
-                await _apply(storage, [(counter, -amount) for counter, amount in held], "release")
-                raise refusal(*binding, now=now, needed=prompt + floor)
-            # Shrink the hold to the granted output cap.
-            final = [(counter, units(counter.kind, reservation.price, prompt, grant)) for counter, _ in held]
-            deltas = [(counter, after - before) for (counter, before), (_, after) in zip(held, final, strict=True)]
-            if await _apply(storage, deltas, "lower"):
-                held = final  # else the larger hold stands, and settling corrects from it
-        reservation.held = held
+        if grant < floor and binding is not None:
+            await reservation.settle(charge_nothing=True)
+            raise refusal(*binding, now=now, needed=prompt + floor)
+        # Shrink the hold to the granted output cap (if this fails, the larger hold stands until
+        # settled: the settlement knows from the marker which one is in place).
         reservation.output_tokens = grant
+        reservation.lowered = [(counter, units(counter.kind, reservation.price, prompt, grant)) for counter in counters]
+        lowering: list[tuple[str, Amounts, int]] = [
+            (counter.key, (0, after - before, 0, 0), counter.expiry)
+            for (counter, before), (_, after) in zip(reservation.holds, reservation.lowered, strict=True)
+        ]
+        if any(amounts[1] for _, amounts, _ in lowering):
+            with anyio.CancelScope(shield=True):
+                await _step(storage, reservation.marker, lowering, ("", "lowered", "", ""), "lower")
 
     async def settle_all(self) -> None:
         for reservation in self.reservations:
@@ -315,7 +326,11 @@ class Reservation:
         self.output_tokens = output_tokens
         self.price = price
         self.storage = storage
-        self.held: list[tuple[Counter, int]] = []
+        #: Where the storage keeps this hold's state: placed, lowered, settled.
+        self.marker = f"budget:hold:{secrets.token_hex(12)}"
+        #: What the hold added to each budget, and what it was lowered to.
+        self.holds: list[tuple[Counter, int]] = []
+        self.lowered: list[tuple[Counter, int]] = []
         self.reasoning = is_reasoning_model(model)
         self._refused = False
         self._usage: Usage | None = None
@@ -357,19 +372,24 @@ class Reservation:
             reasoning=self.reasoning,
         )
 
-    async def settle(self) -> Usage:
-        """Correct the hold to the charge and give back the rest; later calls return the same charge."""
+    async def settle(self, *, charge_nothing: bool = False) -> Usage:
+        """Correct the hold to the charge and give back the rest; later calls return the same charge.
+
+        Whichever state the hold is in (placed, lowered, lost with the storage's
+        data, never landed), the budgets end up holding the charge, once.
+        ``charge_nothing`` gives a refused request's hold back.
+        """
         if self.charged is not None:
             return self.charged
-        self.charged = self.due()
-        if self.storage is not None and self.held:
+        self.charged = Usage(0, 0, estimated=True) if charge_nothing else self.due()
+        if self.storage is not None and self.holds:
             used = self.charged
-            deltas = [
-                (counter, units(counter.kind, self.price, used.prompt_tokens, used.completion_tokens) - amount)
-                for counter, amount in self.held
-            ]
+            changes: list[tuple[str, Amounts, int]] = []
+            for (counter, held), (_, lowered) in zip(self.holds, self.lowered, strict=True):
+                cost = units(counter.kind, self.price, used.prompt_tokens, used.completion_tokens)
+                changes.append((counter.key, (cost, cost - held, cost - lowered, 0), counter.expiry))
             with anyio.CancelScope(shield=True):
-                await _apply(self.storage, deltas, "settle")
+                await _step(self.storage, self.marker, changes, ("settled", "settled", "settled", ""), "settle")
         return self.charged
 
     @property
@@ -379,11 +399,16 @@ class Reservation:
         return self.price.micro_usd(self.charged.prompt_tokens, self.charged.completion_tokens) / 1e6
 
 
-async def _apply(storage: Storage, deltas: Sequence[tuple[Counter, int]], what: str) -> bool:
-    """Apply corrections to held amounts in one storage call; False (and a log line) if it failed."""
-    changes = [(counter.key, delta, counter.expiry) for counter, delta in deltas if delta]
+async def _step(
+    storage: Storage,
+    marker: str,
+    changes: Sequence[tuple[str, Amounts, int]],
+    next_states: tuple[str, str, str, str],
+    what: str,
+) -> bool:
+    """One step of a hold in the storage; False (and a log line) if the storage failed."""
     try:
-        await storage.add(changes)
+        await storage.hold_step(marker, changes, next_states)
     except StorageUnavailable:
         logger.error("could not %s a budget reservation: the storage is unavailable", what)
         return False

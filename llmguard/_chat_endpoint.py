@@ -27,7 +27,7 @@ from llmguard._settings import DEFAULT_BASE_URL, DEFAULT_MODEL
 from llmguard._state import Usage, request_state
 from llmguard._tokens import estimate_text_tokens
 from llmguard._tokens import load as load_tokenizer
-from llmguard._upstream import ProviderRequest, Upstream, timed_out, token_limit_param
+from llmguard._upstream import ProviderCall, ProviderRequest, Upstream, timed_out, token_limit_param
 
 logger = logging.getLogger("llmguard.chat")
 
@@ -204,19 +204,20 @@ class ChatEndpoint:
             state.cost_usd = reservation.cost_usd
 
     async def _json_reply(self, scope: Scope, send: Send, payload: bytes, reservation: Reservation, wire: Wire) -> None:
-        answered = False
+        call = ProviderCall()
         try:
             with anyio.fail_after(self.request_timeout):
-                async with self.upstream.chat(payload) as response:
-                    answered = True
+                async with self.upstream.chat(payload, call) as response:
                     body = await response.aread()
             completion = parse_completion(body)
         except UpstreamError as error:
-            if not answered:
+            if not call.may_have_billed:
                 reservation.refused()
             await send_error(scope, send, error)
             return
         except (TimeoutError, httpx.HTTPError) as exc:
+            if not call.may_have_billed:
+                reservation.refused()  # the deadline came between attempts, with nothing in flight
             await send_error(scope, send, _failure(exc))
             return
         if completion.reasoning:
@@ -234,32 +235,32 @@ class ChatEndpoint:
     async def _stream_reply(
         self, scope: Scope, send: Send, payload: bytes, reservation: Reservation, wire: Wire
     ) -> None:
-        answered = started = refused = False
+        call = ProviderCall()
+        streaming = started = False
         progress = _Progress()
         error: LLMGuardError | None = None
         try:
             with anyio.fail_after(self.request_timeout):
-                async with self.upstream.chat(payload) as response:
-                    answered = True
+                async with self.upstream.chat(payload, call) as response:
                     if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                        # Billed, maybe (a whole reply where a stream was asked): charged the worst case.
                         raise UpstreamError("The AI provider did not answer with a stream.")
+                    streaming = True
                     await send({"type": "http.response.start", "status": 200, "headers": wire.stream_headers})
                     started = True
                     await _send_chunk(send, wire.start())
                     await self._relay(response, send, wire, progress)
-        except UpstreamError as exc:
-            error, refused = exc, not answered
-        except (TimeoutError, httpx.HTTPError) as exc:
+        except (UpstreamError, TimeoutError, httpx.HTTPError) as exc:
             error = _failure(exc)
         finally:
             # Runs when the client went away too (cancelled): what was streamed is what gets charged.
-            if answered:
+            if streaming:
                 if progress.reasoning:
                     reservation.saw_reasoning()
                 output = max(progress.deltas, estimate_text_tokens("".join(progress.streamed)))
                 reservation.answered(progress.usage, output, complete=progress.finish_reason is not None)
-            elif refused:
-                reservation.refused()  # an UpstreamError before any answer: nothing was billed
+            elif not call.may_have_billed:
+                reservation.refused()  # refused by the provider, or never reached it
         if error is None:
             await _send_chunk(send, wire.finish(progress.finish_reason, reservation.due()))
             await send({"type": "http.response.body", "body": b""})
@@ -313,6 +314,7 @@ class ChatEndpoint:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 load_tokenizer()
+                self.upstream.open()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.aclose()

@@ -31,6 +31,14 @@ T = TypeVar("T")
 KEY_PREFIX = "llmguard"
 # How often a storage failure is logged (above DEBUG) while the storage stays down.
 WARNING_INTERVAL = 60.0
+# The states of a hold's marker: not placed (or lost with the storage's data), placed, lowered, done.
+HOLD_STATES = ("none", "held", "lowered", "settled")
+# How long a settled hold's marker outlives it, on Redis: a retried or late command finds it and
+# changes nothing. (In memory nothing comes late; the marker goes at once.)
+SETTLED_MARKER_TTL = 300
+
+# What one step of a hold adds to a counter, by the state the hold's marker is in.
+Amounts = tuple[int, int, int, int]
 _PASSWORD_PARAMETER = re.compile(r"((?:^|[?&;])(?:password|pass|pwd)=)[^&;#]*", re.IGNORECASE)
 
 
@@ -65,6 +73,8 @@ class Storage:
         # A cluster spreads keys over nodes, where one script cannot reach them all: one by one there.
         scripted = client is not None and "cluster" not in url.split("://", 1)[0]
         self._script = client.register_script(_ADD_SCRIPT) if scripted and client is not None else None
+        self._hold_script = client.register_script(_HOLD_SCRIPT) if scripted and client is not None else None
+        self._markers: dict[str, str] = {}  # in process: the markers of holds not yet settled
         self._prefixed = getattr(bridge, "prefixed_key", str)
         # In-process counters cannot hang; a timer per operation would only cost time.
         self.in_process = url.split("://", 1)[0].lower() == "memory"
@@ -124,7 +134,47 @@ class Storage:
         totals = []
         for key, amount, expiry in changes:
             name = f"{KEY_PREFIX}:{key}"
-            totals.append(await (self.backend.incr(name, max(1, expiry), amount) if amount else self.backend.get(name)))
+            total = await (self.backend.incr(name, max(1, expiry), amount) if amount else self.backend.get(name))
+            if total < 0:  # a counter that expired under a long request: what it gave back was never there
+                total = await self.backend.incr(name, max(1, expiry), -total)
+            totals.append(total)
+        return totals
+
+    async def hold_step(
+        self, marker: str, changes: Sequence[tuple[str, Amounts, int]], next_states: tuple[str, str, str, str]
+    ) -> list[int]:
+        """One step in the life of a hold: add to each counter by the state of the hold's marker.
+
+        ``changes`` are ``(key, amounts, expiry)``, ``amounts`` being what to
+        add when the marker is ``none``, ``held``, ``lowered`` or ``settled``
+        (0 reads); the marker then moves to ``next_states[state]`` ("" keeps
+        it). Returns each key's total. Atomic on Redis, like ``add``.
+
+        The marker makes every step safe to repeat, and safe to arrive late or
+        after the storage lost its data: a hold that landed after its request
+        gave up is given back by the settlement that finds it; a settlement that
+        finds no hold (Redis restarted) adds only the charge; a retried step
+        finds the state it left.
+        """
+        if self._hold_script is None:
+            return await self.guarded(self._hold_step_in_order(marker, changes, next_states))
+        keys = [self._prefixed(f"{KEY_PREFIX}:{key}") for key in (marker, *(key for key, _, _ in changes))]
+        arguments: list[str | int] = [SETTLED_MARKER_TTL, *next_states]
+        for _, amounts, expiry in changes:
+            arguments += [max(1, expiry), *amounts]
+        totals = await self.guarded(self._hold_script(keys=keys, args=arguments))
+        return [int(total) for total in totals]
+
+    async def _hold_step_in_order(
+        self, marker: str, changes: Sequence[tuple[str, Amounts, int]], next_states: tuple[str, str, str, str]
+    ) -> list[int]:
+        column = HOLD_STATES.index(self._markers.get(marker, "none"))
+        totals = await self._add_in_order([(key, amounts[column], expiry) for key, amounts, expiry in changes])
+        following = next_states[column]
+        if following == "settled":
+            self._markers.pop(marker, None)
+        elif following:
+            self._markers[marker] = following
         return totals
 
     async def check(self) -> bool:
@@ -185,6 +235,40 @@ return totals
 """
 
 
+# KEYS[1]: a hold's marker; KEYS[2..]: counters. ARGV[1]: how long a settled marker stays; ARGV[2..5]:
+# the marker's next state from each state (none, held, lowered, settled), '' to keep it; then, for
+# each counter, its expiry and the amount to add in each state. An amount of 0 reads.
+_HOLD_SCRIPT = """
+local columns = {none = 1, held = 2, lowered = 3, settled = 4}
+local column = columns[redis.call('get', KEYS[1]) or 'none'] or 4
+local totals = {}
+for index = 2, #KEYS do
+  local base = 6 + (index - 2) * 5
+  local amount = tonumber(ARGV[base + column])
+  if amount == 0 then
+    totals[index - 1] = tonumber(redis.call('get', KEYS[index]) or '0')
+  else
+    local total = redis.call('incrby', KEYS[index], amount)
+    if total < 0 then
+      -- A counter that expired under a long request: what it gave back was never there.
+      redis.call('set', KEYS[index], 0, 'EX', tonumber(ARGV[base]))
+      total = 0
+    elseif total == amount then
+      redis.call('expire', KEYS[index], tonumber(ARGV[base]))
+    end
+    totals[index - 1] = total
+  end
+end
+local following = ARGV[1 + column]
+if following == 'settled' then
+  redis.call('set', KEYS[1], following, 'EX', tonumber(ARGV[1]))
+elseif following ~= '' then
+  redis.call('set', KEYS[1], following, 'EX', 86400)
+end
+return totals
+"""
+
+
 def redact_url(url: str) -> str:
     """``url`` with its credentials replaced by ``***`` (user info, and a ``password`` parameter)."""
     scheme, separator, rest = url.partition("://")
@@ -224,7 +308,18 @@ def _backend(url: str, timeout: float, max_connections: int) -> LimitsStorage:
         import redis.asyncio
     except ImportError:
         raise ValueError("a redis:// storage needs the redis package: pip install 'llmguard[redis]'") from None
-    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # After a Redis restart, every pooled connection is dead and fails its next command: try
+        # once more on a fresh one. Only for connection errors (the command never ran), not
+        # timeouts (it may have), and every budget step is safe to repeat anyway (its marker).
+        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    }
     try:
         if scheme in ("redis", "rediss"):
             # redis-py's own pool refuses past 100 connections ("Too many connections"): a burst of

@@ -8,6 +8,7 @@ cannot have billed, and maps failures to errors that never relay its text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -177,17 +178,23 @@ class Upstream:
         transport = _aiohttp_transport()
         if transport is None:
             raise ValueError("transport 'aiohttp' needs httpx-aiohttp: pip install 'llmguard[speed]'")
+        import aiohttp
+
         # httpx's own pool slows down as concurrent requests grow (655 requests/s at 64 at once in
         # bench/, against 2231 for aiohttp's); through httpx-aiohttp the API stays httpx's.
-        return transport(limits=self.limits, trust_env=False)
+        return _MappedErrors(transport(limits=self.limits, trust_env=False), aiohttp.ClientError)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
 
+    def open(self) -> None:
+        """Make the pooled client now (its transport may take a moment to import) rather than on first use."""
+        _ = self.client
+
     @asynccontextmanager
-    async def chat(self, payload: bytes) -> AsyncIterator[httpx.Response]:
+    async def chat(self, payload: bytes, call: ProviderCall | None = None) -> AsyncIterator[httpx.Response]:
         """A 2xx response whose body is still unread.
 
         ``UpstreamError`` from here means the provider billed nothing: it
@@ -196,24 +203,29 @@ class Upstream:
         ``Retry-After``). A failure after the request may have reached the
         provider (a read timeout, a connection cut before the answer) is *not*
         retried, since the provider may have billed it, and propagates as
-        httpx's own error: what it cost is unknown.
+        httpx's own error: what it cost is unknown. ``call`` says, at any
+        moment, whether the provider may have billed anything so far (for a
+        caller whose deadline cuts this short). A retry that would outlast the
+        caller's deadline is not waited for: the refusal is returned instead.
         """
-        response = await self._send_with_retries(payload)
+        response = await self._send_with_retries(payload, call or ProviderCall())
         try:
             yield response
         finally:
             await response.aclose()
 
-    async def _send_with_retries(self, payload: bytes) -> httpx.Response:
+    async def _send_with_retries(self, payload: bytes, call: ProviderCall) -> httpx.Response:
         attempt = 0
         while True:
             delay: float | None
             try:
                 request = self.client.build_request("POST", self.url, content=payload, headers=self.headers)
+                call.may_have_billed = True
                 response = await self.client.send(request, stream=True)
             except httpx.TransportError as exc:
                 if not never_sent(exc):
                     raise
+                call.may_have_billed = False
                 logger.warning("provider unreachable: %s", type(exc).__name__)
                 if timed_out(exc):
                     error = UpstreamError("The AI provider did not answer in time.", status_code=504)
@@ -223,12 +235,69 @@ class Upstream:
             else:
                 if response.status_code < 400:
                     return response
+                call.may_have_billed = False  # an error answer: providers bill none
                 error, delay = await _refusal(response, attempt)
             if delay is None or attempt >= self.retries or delay > MAX_RETRY_DELAY:
                 raise error
+            if anyio.current_time() + delay >= anyio.current_effective_deadline():
+                raise error  # the caller's deadline comes first: say why, rather than time out
             attempt += 1
             logger.info("retrying the provider in %.2fs (attempt %d)", delay, attempt + 1)
             await anyio.sleep(delay)
+
+
+@dataclass(slots=True)
+class ProviderCall:
+    """What one provider call may have cost so far, whatever cut it short."""
+
+    #: An attempt may have reached the provider (sent, and not answered with an error yet).
+    may_have_billed: bool = False
+
+
+class _MappedErrors(httpx.AsyncBaseTransport):
+    """A transport whose ``errors`` (httpx-aiohttp lets some of aiohttp's through) become httpx errors.
+
+    The original stays the ``__cause__``, which ``never_sent`` and ``timed_out`` read.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, errors: type[Exception]) -> None:
+        self.inner = inner
+        self.errors = errors
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            response = await self.inner.handle_async_request(request)
+        except self.errors as exc:
+            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
+        stream = _MappedStream(response.stream, self.errors, request)
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _MappedStream(httpx.AsyncByteStream):
+    def __init__(
+        self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, errors: type[Exception], request: httpx.Request
+    ) -> None:
+        if not isinstance(inner, httpx.AsyncByteStream):
+            raise TypeError("expected an async byte stream")
+        self.inner = inner
+        self.errors = errors
+        self.request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.inner:
+                yield chunk
+        except self.errors as exc:
+            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=self.request) from exc
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(self.errors):  # closing a broken stream: nothing left to read or to tell
+            await self.inner.aclose()
 
 
 def never_sent(error: httpx.TransportError) -> bool:

@@ -10,7 +10,7 @@ import anyio
 import httpx
 import pytest
 from conftest import ORIGIN, make_settings
-from servers import RedisServer, closed_port_url
+from servers import RedisServer, RestartableRedis, closed_port_url
 
 from llmguard import StorageUnavailable, create_app
 from llmguard._storage import Storage
@@ -278,3 +278,69 @@ async def test_add_changes_several_counters_at_once_and_reads_with_zero(
     assert await storage.incr("b", expiry=60, amount=1) == 4
     assert await storage.add([]) == []
     await storage.aclose()
+
+
+# -- a hold's life, by its marker ---------------------------------------------------------
+
+HOLD = ("held", "", "", "")
+LOWER = ("", "lowered", "", "")
+SETTLE = ("settled", "settled", "settled", "")
+
+
+def step(key: str, none: int, held: int = 0, lowered: int = 0) -> list[tuple[str, tuple[int, int, int, int], int]]:
+    return [(key, (none, held, lowered, 0), 3600)]
+
+
+async def test_a_hold_is_placed_lowered_and_settled_once(storage: Storage) -> None:
+    assert await storage.hold_step("hold:a", step("month", 100), HOLD) == [100]
+    assert await storage.hold_step("hold:a", step("month", 100), HOLD) == [100], "a repeated hold adds nothing"
+    assert await storage.hold_step("hold:a", step("month", 0, held=-40), LOWER) == [60]
+    # Settled at 25: from the lowered hold (60), by the marker.
+    assert await storage.hold_step("hold:a", step("month", 25, held=25 - 100, lowered=25 - 60), SETTLE) == [25]
+    assert await storage.get("month") == 25
+
+
+async def test_a_settlement_that_finds_no_hold_adds_only_the_charge(storage: Storage) -> None:
+    # The hold never landed (it timed out), or the storage lost it (Redis restarted).
+    await storage.incr("month", expiry=3600, amount=7)
+    assert await storage.hold_step("hold:b", step("month", 25, held=-75, lowered=-35), SETTLE) == [32]
+
+
+async def test_a_counter_never_goes_below_zero(storage: Storage) -> None:
+    await storage.hold_step("hold:c", step("month", 100), HOLD)
+    await storage.incr("month", expiry=3600, amount=-100)  # as if the counter had expired under the hold
+    assert await storage.hold_step("hold:c", step("month", 10, held=-90), SETTLE) == [0]
+
+
+async def test_on_redis_a_late_or_repeated_step_after_the_settlement_changes_nothing(
+    redis_server: RedisServer,
+) -> None:
+    # On Redis a command can arrive late (after its request gave up on it) or twice (redis-py
+    # retries on a dead connection); in memory neither happens, and a settled marker goes at once.
+    redis_server.flush()
+    storage = Storage(redis_server.url, timeout=1)
+    try:
+        # The request gave up on its hold and settled (charging nothing) before the hold arrived.
+        assert await storage.hold_step("hold:d", step("month", 0, held=-100), SETTLE) == [0]
+        assert await storage.hold_step("hold:d", step("month", 100), HOLD) == [0]
+        # A settlement repeated.
+        await storage.hold_step("hold:e", step("month", 100), HOLD)
+        assert await storage.hold_step("hold:e", step("month", 25, held=-75), SETTLE) == [25]
+        assert await storage.hold_step("hold:e", step("month", 25, held=-75), SETTLE) == [25]
+        assert await storage.get("month") == 25
+    finally:
+        await storage.aclose()
+
+
+async def test_pooled_connections_survive_a_redis_restart() -> None:
+    with RestartableRedis() as redis_server:
+        storage = Storage(redis_server.url, timeout=1)
+        try:
+            # Several connections in the pool, all of them dead once Redis restarts.
+            await asyncio.gather(*(storage.incr(f"k{index}", expiry=60) for index in range(8)))
+            redis_server.kill()
+            redis_server.restart()
+            totals = await asyncio.gather(*(storage.incr(f"k{index}", expiry=60) for index in range(8)))
+            assert totals == [1] * 8
+        finally:
+            await storage.aclose()
