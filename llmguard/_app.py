@@ -18,19 +18,20 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, Router
-from starlette.types import ASGIApp
+from starlette.routing import BaseRoute, Mount, Route, Router, request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._access_log import AccessLog
 from llmguard._budget import TokenBudget
 from llmguard._chat_endpoint import ChatEndpoint
 from llmguard._client_ip import ClientIP
-from llmguard._errors import LLMGuardError, MethodNotAllowed, NotFound, error_response
+from llmguard._errors import LLMGuardError, MethodNotAllowed, NotFound, ServerBusy, error_response, send_error
 from llmguard._jwt_auth import JWTAuth
 from llmguard._openai_route import OpenAICompatible, OpenAIErrors
 from llmguard._origin import OriginFilter
 from llmguard._rate_limit import IPRateLimit
 from llmguard._settings import Settings
+from llmguard._state import request_state
 from llmguard._storage import Storage
 from llmguard._token_endpoint import Authenticate, TokenEndpoint
 from llmguard._tokens import load as load_tokenizer
@@ -118,7 +119,7 @@ def create_app(
     token_stack = IPRateLimit(
         token, limit=settings.token_rate_limit, name="token", storage=storage, client_ip=client_ip
     )
-    api = Router(routes=[Route("/token", token_stack), Route("/chat", chat_stack)])
+    api = ServerBusyGate(Router(routes=[Route("/token", token_stack), Route("/chat", chat_stack)]))
 
     async def healthz(request: Request) -> Response:
         storage_ok = await storage.check()
@@ -126,19 +127,19 @@ def create_app(
         return JSONResponse(body, headers={"cache-control": "no-store"})
 
     origins = settings.allowed_origins
+    # Every route answers a request that came past MAX_CONNECTIONS (bundled server) with 503
+    # ServerBusy, inside its own layers: CORS on /api, OpenAI's error shape on /v1.
+    openai = ServerBusyGate(guarded(OpenAICompatible(chat)))
     routes: list[BaseRoute] = [
-        Route("/healthz", healthz, methods=["GET"]),
+        Route("/healthz", ServerBusyGate(request_response(healthz)), methods=["GET"]),
         Mount("/api", app=OriginFilter(api, allow_origins=origins)),
         # The official OpenAI SDKs, with the JWT as their key; refusals in OpenAI's shape.
-        Mount(
-            "/v1",
-            app=OpenAIErrors(OriginFilter(guarded(OpenAICompatible(chat)), allow_origins=settings.allowed_origins)),
-        ),
+        Mount("/v1", app=OpenAIErrors(OriginFilter(openai, allow_origins=settings.allowed_origins))),
+        Route("/sdk.js", ServerBusyGate(request_response(_SDK_JS.__call__)), methods=["GET"]),
+        Route("/widget.js", ServerBusyGate(request_response(_WIDGET_JS.__call__)), methods=["GET"]),
     ]
-    routes.append(Route("/sdk.js", _SDK_JS.__call__, methods=["GET"]))
-    routes.append(Route("/widget.js", _WIDGET_JS.__call__, methods=["GET"]))
     if settings.serves_demo_page:
-        routes.append(Route("/", _demo_page, methods=["GET"]))
+        routes.append(Route("/", ServerBusyGate(request_response(_demo_page)), methods=["GET"]))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -163,6 +164,19 @@ def create_app(
     )
     app.state.settings = settings
     return app
+
+
+class ServerBusyGate:
+    """503 ``ServerBusy`` for a request the bundled server marked as past ``MAX_CONNECTIONS``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and request_state(scope).server_busy:
+            await send_error(scope, send, ServerBusy(retry_after=1, headers={"connection": "close"}))
+            return
+        await self.app(scope, receive, send)
 
 
 def _ephemeral_secret() -> str:

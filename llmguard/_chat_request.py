@@ -143,7 +143,7 @@ def parse_chat_request(data: Any, *, server_model: str, models: Collection[str] 
     if model is not None and model != server_model and model not in models:
         raise InvalidRequest("The model is chosen by the server; leave 'model' out.", param="model")
     n = data.get("n")
-    if n is not None and n != 1:
+    if n is not None and (isinstance(n, bool) or n != 1):
         raise InvalidRequest("Only one reply per request is allowed ('n' must be 1).", param="n")
 
     return ChatRequest(

@@ -57,7 +57,7 @@ def parse_openai_request(data: Any, *, server_model: str, models: Collection[str
     messages = [_message(item, f"messages[{index}]") for index, item in enumerate(raw_messages)]
 
     n = data.get("n")
-    if n is not None and n != 1:
+    if n is not None and (isinstance(n, bool) or n != 1):
         raise _bad("Only one choice per request is allowed ('n' must be 1).", "n")
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
@@ -73,7 +73,7 @@ def parse_openai_request(data: Any, *, server_model: str, models: Collection[str
         if cap is None:
             continue
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
-            raise _bad("'max_completion_tokens' must be a whole number, 1 or more.", "max_completion_tokens")
+            raise _bad(f"'{name}' must be a whole number, 1 or more.", name)
         caps.append(cap)
     params = {name: data[name] for name in PASSED_THROUGH if name in data}
     _check_params(params)

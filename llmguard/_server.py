@@ -8,8 +8,10 @@ uvicorn with this protocol instead, so that:
 - each request's headers must arrive within ``header_timeout`` seconds of the
   connection opening or of the request's first byte; otherwise the connection
   gets a JSON 408 ``RequestTimeout`` (or, if it sent nothing, is just closed);
-- past ``max_connections`` open connections, a request is answered with a JSON
-  503 ``ServerBusy`` and its connection closed, before it reaches the app.
+- past ``max_connections`` open connections, a request is marked busy
+  (``scope["llmguard"].server_busy``) and the app answers it with a 503
+  ``ServerBusy`` and closes its connection, through its usual layers (request
+  id, CORS, OpenAI's error shape on ``/v1``) but before any guard or endpoint.
 
 The body's own deadline is the app's (``BODY_TIMEOUT``, in ``ChatEndpoint``).
 """
@@ -18,29 +20,44 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
+import re
 from collections.abc import Callable
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from llmguard._errors import ServerBusy, send_error
+from llmguard._errors import ErrorStyle, RequestTimeout, error_body, error_headers
+from llmguard._state import new_request_id, request_state
 
-_TIMEOUT_BODY = json.dumps(
-    {"error": "RequestTimeout", "message": "The request headers did not arrive in time."}
-).encode()
-_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-    b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
-)
+_REQUEST_LINE = re.compile(rb"^[A-Z]+ (/[^ ?#\r\n]*)")
 
 
-async def _busy(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] != "http":
-        return
-    error = ServerBusy(retry_after=1, headers={"connection": "close"})
-    await send_error(scope, send, error)
+def timeout_response(received: bytes) -> bytes:
+    """The 408 for a request whose headers never ended, in the shape its path speaks (as far as it came)."""
+    line = _REQUEST_LINE.match(received)
+    path = line.group(1).decode("latin-1") if line else ""
+    style: ErrorStyle = "openai" if path == "/v1" or path.startswith("/v1/") else "llmguard"
+    request_id = new_request_id()
+    error = RequestTimeout("The request headers did not arrive in time.", headers={"connection": "close"})
+    body = error_body(error, style=style, request_id=request_id)
+    head = b"HTTP/1.1 408 Request Timeout\r\n" + b"".join(
+        name + b": " + value + b"\r\n"
+        for name, value in [*error_headers(error, len(body)), (b"x-request-id", request_id.encode())]
+    )
+    return head + b"\r\n" + body
+
+
+class _MarkBusy:
+    """The app, told that its request came past ``MAX_CONNECTIONS`` (it answers 503 ``ServerBusy``)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request_state(scope).server_busy = True
+        await self.app(scope, receive, send)
 
 
 class _Bounded:
@@ -57,8 +74,9 @@ class _Bounded:
         self.header_timeout = header_timeout
         self.max_connections = max_connections
         self._own_app = self.app
+        self._busy_app = _MarkBusy(self.app)
         self._header_timer: asyncio.TimerHandle | None = None
-        self._received = False
+        self._received = b""  # the start of the request whose headers are on the clock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[misc]
@@ -67,14 +85,16 @@ class _Bounded:
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
-            # These bytes start a new request: its headers are on the clock.
-            self._received = True
+            # These bytes start a new request, or carry on its headers: they are on the clock.
+            if len(self._received) < 256:
+                self._received += data[:256]
             if self._header_timer is None:
                 self._arm()
-            self.app = _busy if len(self.connections) > self.max_connections else self._own_app
+            self.app = self._busy_app if len(self.connections) > self.max_connections else self._own_app
         super().data_received(data)  # type: ignore[misc]
         if self.cycle is not cycle:
             self._disarm()  # the headers are complete: the request has started
+            self._received = b""
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -94,7 +114,7 @@ class _Bounded:
         if self.transport.is_closing():
             return
         if self._received:
-            self.transport.write(_TIMEOUT_RESPONSE)
+            self.transport.write(timeout_response(self._received))
         self.transport.close()
 
 

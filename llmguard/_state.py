@@ -67,6 +67,8 @@ class RequestState:
     cost_usd: float | None = None
     budget: Budget | None = None
     error_code: str | None = None
+    #: Set by the bundled server when this request came past ``MAX_CONNECTIONS``.
+    server_busy: bool = False
 
 
 def request_state(scope: Scope) -> RequestState:
