@@ -73,6 +73,9 @@ Kind = Literal["client", "month-tokens", "month-spend"]
 # Tokens a provider may have produced past the last delta relayed before a stream was cut
 # (its generation continues while the cancellation travels back to it).
 IN_FLIGHT_TOKENS = 32
+# A settlement the storage did not take is tried again, after 0.5 s and 1 s.
+SETTLE_ATTEMPTS = 3
+SETTLE_RETRY_DELAY = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +392,9 @@ class Reservation:
                 cost = units(counter.kind, self.price, used.prompt_tokens, used.completion_tokens)
                 changes.append((counter.key, (cost, cost - held, cost - lowered, 0), counter.expiry))
             with anyio.CancelScope(shield=True):
-                await _step(self.storage, self.marker, changes, ("settled", "settled", "settled", ""), "settle")
+                await _step(
+                    self.storage, self.marker, changes, ("settled", "settled", "settled", ""), "settle", SETTLE_ATTEMPTS
+                )
         return self.charged
 
     @property
@@ -405,14 +410,28 @@ async def _step(
     changes: Sequence[tuple[str, Amounts, int]],
     next_states: tuple[str, str, str, str],
     what: str,
+    attempts: int = 1,
 ) -> bool:
-    """One step of a hold in the storage; False (and a log line) if the storage failed."""
-    try:
-        await storage.hold_step(marker, changes, next_states)
-    except StorageUnavailable:
-        logger.error("could not %s a budget reservation: the storage is unavailable", what)
-        return False
-    return True
+    """One step of a hold in the storage, tried ``attempts`` times; False (and a log line) if it failed.
+
+    Every step is safe to repeat (the hold's marker knows what was done), so a settlement is
+    retried through a short outage rather than left to the window's end.
+    """
+    for attempt in range(attempts):
+        try:
+            await storage.hold_step(marker, changes, next_states)
+        except StorageUnavailable:
+            if attempt + 1 < attempts:
+                await anyio.sleep(SETTLE_RETRY_DELAY * 2**attempt)
+        else:
+            return True
+    logger.error(
+        "could not %s a budget reservation (%d tries): the storage is unavailable; the step may still "
+        "land late, else the hold stays counted until its budget's period ends",
+        what,
+        attempts,
+    )
+    return False
 
 
 # -- the arithmetic: plain functions, no storage, no clock ------------------------------

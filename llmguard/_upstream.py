@@ -144,7 +144,7 @@ class Upstream:
         self.limits = httpx.Limits(
             max_connections=max_connections,
             max_keepalive_connections=min(100, max_connections),
-            keepalive_expiry=30,
+            keepalive_expiry=keepalive_expiry(base_url),
         )
         self.transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -300,11 +300,22 @@ class _MappedStream(httpx.AsyncByteStream):
             await self.inner.aclose()
 
 
+def keepalive_expiry(base_url: str) -> float:
+    """Seconds an idle provider connection is kept for reuse.
+
+    Shorter than the provider's own idle timeout, or a reused connection may be one it is closing
+    just then, and the request on it fails. OpenAI keeps connections for minutes; servers on
+    uvicorn (vLLM, most self-hosted ones) close them after 5 s.
+    """
+    return 30.0 if urlsplit(base_url).hostname == "api.openai.com" else 4.0
+
+
 def never_sent(error: httpx.TransportError) -> bool:
     """Whether the request provably never reached the provider (so it cannot have been billed)."""
     aiohttp_error = _aiohttp_cause(error)
     if aiohttp_error is not None:
-        return bool(aiohttp_error & {"ClientConnectorError", "ConnectionTimeoutError"})
+        # ClientConnectionResetError: "Cannot write to closing transport", the request went nowhere.
+        return bool(aiohttp_error & {"ClientConnectorError", "ConnectionTimeoutError", "ClientConnectionResetError"})
     return isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 

@@ -5,13 +5,25 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
+import aiohttp
 import anyio
 import httpx
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 from conftest import KEY
 
 from llmguard import UpstreamError
-from llmguard._upstream import MAX_RETRY_DELAY, ProviderRequest, Upstream, _backoff, _provider_code, _retry_after
+from llmguard._upstream import (
+    MAX_RETRY_DELAY,
+    ProviderRequest,
+    Upstream,
+    _backoff,
+    _provider_code,
+    _retry_after,
+    keepalive_expiry,
+    never_sent,
+    timed_out,
+)
 from llmguard.testing import FakeProvider, FakeReply
 
 BASE_URL = "https://provider.example/v1/"
@@ -389,3 +401,45 @@ def test_the_body_is_what_the_count_was_taken_over() -> None:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+# -- what may have reached the provider, through aiohttp's pool -----------------------------
+
+
+def through_httpx_aiohttp(error: Exception, mapped: type[httpx.TransportError]) -> httpx.TransportError:
+    """``error`` as httpx-aiohttp hands it on: an httpx error caused by aiohttp's own."""
+    request = httpx.Request("POST", "https://provider.example/v1/chat/completions")
+    try:
+        raise mapped("mapped", request=request) from error
+    except httpx.TransportError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("error", "sent", "timeout"),
+    [
+        pytest.param(
+            aiohttp.ClientConnectorError(ConnectionKey("p", 443, False, True, None, None, None), OSError(111, "x")),
+            False,
+            False,
+            id="refused",
+        ),
+        pytest.param(aiohttp.ClientConnectionResetError("Cannot write to closing transport"), False, False, id="reset"),
+        pytest.param(aiohttp.ServerDisconnectedError(), True, False, id="hung-up"),
+        pytest.param(aiohttp.SocketTimeoutError(), True, True, id="read-timeout"),
+    ],
+)
+def test_aiohttp_errors_are_judged_by_aiohttp_s_own_class(error: Exception, sent: bool, timeout: bool) -> None:
+    # httpx-aiohttp maps a refused connection and a hang-up alike (ConnectTimeout): only the cause tells.
+    mapped = through_httpx_aiohttp(error, httpx.ConnectTimeout)
+    assert never_sent(mapped) is not sent
+    assert timed_out(mapped) is timeout
+
+
+@pytest.mark.parametrize(
+    ("base_url", "seconds"),
+    [("https://api.openai.com/v1", 30.0), ("http://localhost:8000/v1", 4.0), ("https://api.groq.com/openai/v1", 4.0)],
+)
+def test_idle_connections_are_dropped_before_the_provider_drops_them(base_url: str, seconds: float) -> None:
+    # uvicorn-based providers close idle connections after 5 s: reusing one then fails the request.
+    assert keepalive_expiry(base_url) == seconds
