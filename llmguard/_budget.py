@@ -16,15 +16,22 @@ layer counts tokens. Every provider call goes through a :class:`Reservation`:
    the rest given back. What is charged when (see :func:`charge`):
 
    - the provider reported its usage: that usage;
-   - the provider refused, or was never reached: nothing;
-   - a reply without usage (a stream the client left, a provider that reports
-     none): the prompt's bound plus a bound of the text that came back, plus
-     the tokens that may have been in flight when the stream was cut; for a
-     reasoning model, whose hidden tokens come before any text, the whole
-     output cap;
-   - anything else (a timeout or a broken connection after the request was
-     sent, a crash): the whole reservation. A reservation nobody recorded
-     anything on is charged in full: the safe side for the bill.
+   - the provider refused, was never reached, or the deadline passed between
+     two attempts: nothing;
+   - a reply without usage (a stream the client left, or that the provider cut,
+     stalled or garbled; a provider that reports none): the prompt's bound plus
+     a bound of the text that came back, plus the tokens that may have been in
+     flight when the stream was cut; for a reasoning model, whose hidden tokens
+     come before any text, the whole output cap;
+   - anything else (no usable answer after the request was sent: a timeout, a
+     broken connection, a malformed body; a crash): the whole reservation. A
+     reservation nobody recorded anything on is charged in full: the safe side
+     for the bill.
+
+Every step of a hold (placed, lowered, settled) is marked in the storage by the
+reservation's own key, so it is safe to repeat and to arrive late: a hold that
+lands after its request gave up is given back by the settlement, a settlement
+after Redis lost its data adds only the charge (see ``Storage.hold_step``).
 
 Budgets, each optional:
 - per client (the ``sub`` claim of the token, else the client IP): tokens in a
