@@ -399,9 +399,10 @@ class Reservation:
                 cost = units(counter.kind, self.price, used.prompt_tokens, used.completion_tokens)
                 changes.append((counter.key, (cost, cost - held, cost - lowered, 0), counter.expiry))
             with anyio.CancelScope(shield=True):
-                await _step(
-                    self.storage, self.marker, changes, ("settled", "settled", "settled", ""), "settle", SETTLE_ATTEMPTS
-                )
+                # A refusal answers at once (one try); a charge is worth trying through a short outage.
+                attempts = 1 if charge_nothing else SETTLE_ATTEMPTS
+                settled = ("settled", "settled", "settled", "")
+                await _step(self.storage, self.marker, changes, settled, "settle", attempts)
         return self.charged
 
     @property

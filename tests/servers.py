@@ -13,11 +13,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import redis
 import uvicorn
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def free_port() -> int:
@@ -147,68 +150,24 @@ def closed_port_url(password: str = "") -> str:
     return f"redis://{credentials}127.0.0.1:{free_port()}/0"
 
 
-class HangUpProvider:
-    """A provider that reads each request in full, then hangs up without a word (on a thread).
-
-    What a provider that crashed, or a proxy that timed out, looks like after
-    the request was sent: the request may have been billed, and no answer says.
-    """
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.requests: list[bytes] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> HangUpProvider:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.listener.close()
-        self.thread.join(timeout=5)
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            with connection:
-                connection.settimeout(5)
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":", 1)[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                while len(body) < length:
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        break
-                    body += chunk
-                self.requests.append(body)
-
-
-def read_request(connection: socket.socket) -> bytes | None:
-    """Read one HTTP request with a Content-Length body; its body, or None if the peer left first."""
+def read_head(connection: socket.socket) -> tuple[bytes, bytes] | None:
+    """Read up to the end of an HTTP message's head: (the head, what came after it), or None if the peer left."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = connection.recv(65536)
         if not chunk:
             return None
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def read_request(connection: socket.socket) -> bytes | None:
+    """Read one HTTP request with a Content-Length body; its body, or None if the peer left first."""
+    read = read_head(connection)
+    if read is None:
+        return None
+    head, body = read
     length = next(
         (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
         0,
@@ -236,6 +195,33 @@ def _accepted(listener: socket.socket, closed: threading.Event) -> socket.socket
     return None
 
 
+class LoopbackServer:
+    """A TCP server on a free loopback port, accepting on a thread; ``handle`` each connection."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port: int = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.closed.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+    def handle(self, connection: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while (connection := _accepted(self.listener, self.closed)) is not None:
+            self.handle(connection)
+
+
 @dataclass(frozen=True)
 class RawReply:
     """What a ``RawProvider`` sends: ``pieces`` of bytes as they are (HTTP or not), ``pause`` seconds
@@ -246,41 +232,29 @@ class RawReply:
     pause: float = 0.1
 
 
-class RawProvider:
+class RawProvider(LoopbackServer):
     """A provider that answers with raw bytes: the faults no well-behaved server makes (on threads).
 
     Silence before the first byte, a stream that stalls, a body cut in the middle of a chunk,
-    bytes that are not SSE or not HTTP at all. Each connection's request is read in full and
-    recorded; the reply is the one of ``replies`` whose key occurs in the request body (keys
-    must not contain one another), else ``default``.
+    bytes that are not SSE or not HTTP at all; with no replies at all, it reads each request and
+    hangs up without a word, as a provider that crashed, or a proxy that timed out, does after
+    the request was sent. Each connection's request is read in full and recorded; the reply is
+    the one of ``replies`` whose key occurs in the request body (keys must not contain one
+    another), else ``default``.
     """
 
-    def __init__(self, replies: Mapping[bytes, RawReply], default: RawReply | None = None) -> None:
-        self.replies = dict(replies)
+    def __init__(self, replies: Mapping[bytes, RawReply] | None = None, default: RawReply | None = None) -> None:
+        super().__init__()
+        self.replies = dict(replies or {})
         self.default = default or RawReply()
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.port: int = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         #: The key of each request received (None: matched no key), in order of arrival.
         self.received: list[bytes | None] = []
-        self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> RawProvider:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.closed.set()
-        self.thread.join(timeout=5)
-        self.listener.close()
 
     def count(self, key: bytes) -> int:
         return self.received.count(key)
 
-    def _accept(self) -> None:
-        while (connection := _accepted(self.listener, self.closed)) is not None:
-            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+    def handle(self, connection: socket.socket) -> None:
+        threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
 
     def _answer(self, connection: socket.socket) -> None:
         with connection:
@@ -307,7 +281,7 @@ class RawProvider:
                 return
 
 
-class LatencyProxy:
+class LatencyProxy(LoopbackServer):
     """A TCP proxy on loopback that holds each forwarded chunk ``delay`` seconds (on threads).
 
     ``delay`` can be changed at any time; a chunk keeps the delay it arrived under, and chunks
@@ -318,40 +292,30 @@ class LatencyProxy:
     """
 
     def __init__(self, target_port: int, *, delay: float = 0.0, only: bytes | None = None) -> None:
+        super().__init__()
         self.target_port = target_port
         self.delay = delay
         self.only = only
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.port: int = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
-        self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> LatencyProxy:
-        self.thread.start()
-        return self
 
     def __exit__(self, *exc: object) -> None:
-        self.closed.set()
-        self.thread.join(timeout=5)
-        self.listener.close()
+        super().__exit__(*exc)
         for sock in list(self.sockets):
             with contextlib.suppress(OSError):
                 sock.close()
 
-    def _accept(self) -> None:
-        while (client := _accepted(self.listener, self.closed)) is not None:
-            try:
-                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            self.sockets += [client, server]
-            for source, destination in ((client, server), (server, client)):
-                chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
-                threading.Thread(target=self._read, args=(source, chunks), daemon=True).start()
-                threading.Thread(target=self._write, args=(chunks, destination), daemon=True).start()
+    def handle(self, client: socket.socket) -> None:
+        try:
+            server = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        server.settimeout(None)
+        self.sockets += [client, server]
+        for source, destination in ((client, server), (server, client)):
+            chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+            threading.Thread(target=self._read, args=(source, chunks), daemon=True).start()
+            threading.Thread(target=self._write, args=(chunks, destination), daemon=True).start()
 
     def _read(self, source: socket.socket, chunks: queue.Queue[tuple[float, bytes] | None]) -> None:
         try:

@@ -43,7 +43,7 @@ from conftest import KEY, ORIGIN, SECRET
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.meta import negated_parameters
-from servers import LLMGuardProcess, closed_port_url
+from servers import LLMGuardProcess, closed_port_url, read_head
 from starlette.routing import BaseRoute, Mount, Route, Router
 
 import llmguard._errors as errors
@@ -708,13 +708,9 @@ def test_refused_bodies_conform(serve: Callable[..., contextlib.AbstractContextM
 
 def _read_response(connection: socket.socket) -> tuple[int, list[tuple[str, str]], bytes]:
     """One HTTP/1.1 response with a Content-Length, read off a socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = connection.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    read = read_head(connection)
+    assert read is not None, "the server closed the connection without an answer"
+    head, body = read
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     headers = [(name.strip(), value.strip()) for name, _, value in (line.partition(":") for line in lines[1:])]
