@@ -4,7 +4,7 @@ import inspect
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -15,6 +15,8 @@ from llmguard import Settings, create_app
 from llmguard.testing import FakeProvider
 
 # Distinctive values, so a test can search any output for them (or a fragment of them).
+T = TypeVar("T")
+
 KEY = "sk-test-Q7vX2mN9pL4kR8sT1wY6zA3bC5dE0fG"
 SECRET = "test-secret-0123456789abcdefghijklmnopqrstuv"
 ORIGIN = "https://app.example.com"
@@ -62,6 +64,21 @@ def _no_request_gets_a_500(request: pytest.FixtureRequest) -> Iterator[None]:
         access.setLevel(previous)
     if request.node.get_closest_marker("crashes_on_purpose") is None:
         assert handler.seen == [], f"requests answered 500: {handler.seen}"
+
+
+def find(node: object, kind: type[T]) -> T:
+    """The first ``kind`` in an ASGI tree of apps, mounts, routers and middlewares."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if isinstance(current, kind):
+            return current
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        stack.extend(child for child in (getattr(current, "app", None), getattr(current, "router", None)) if child)
+        stack.extend(getattr(current, "routes", None) or [])
+    raise LookupError(f"no {kind.__name__} in the app")
 
 
 def make_settings(**overrides: Any) -> Settings:

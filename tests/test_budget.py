@@ -8,13 +8,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import httpx
 import pytest
-from conftest import KEY, ORIGIN, make_settings
+from conftest import KEY, ORIGIN, find, make_settings
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from servers import ThreadedServer
@@ -40,8 +40,6 @@ from llmguard._storage import Storage
 from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 from llmguard.testing import FakeProvider, FakeReply
 
-T = TypeVar("T")
-
 MODEL = make_settings().openai_model
 LIMIT_PARAM = make_settings().token_limit_param
 HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
@@ -57,21 +55,6 @@ def words(count: int) -> FakeReply:
 
 
 # -- an app with its storage in reach ------------------------------------------------
-
-
-def find(node: object, kind: type[T]) -> T:
-    """The first ``kind`` in an ASGI tree of apps, mounts, routers and middlewares."""
-    stack, seen = [node], set()
-    while stack:
-        current = stack.pop()
-        if isinstance(current, kind):
-            return current
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        stack.extend(child for child in (getattr(current, "app", None), getattr(current, "router", None)) if child)
-        stack.extend(getattr(current, "routes", None) or [])
-    raise LookupError(f"no {kind.__name__} in the app")
 
 
 class Guarded:

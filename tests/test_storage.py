@@ -9,10 +9,10 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import ORIGIN, make_settings
+from conftest import ORIGIN, find, make_settings
 from servers import RedisServer, RestartableRedis, closed_port_url
 
-from llmguard import StorageUnavailable, create_app
+from llmguard import IPRateLimit, StorageUnavailable, create_app
 from llmguard._storage import Storage
 from llmguard.testing import FakeProvider
 
@@ -245,7 +245,7 @@ async def test_shutting_the_app_down_closes_its_redis_connections(redis_server: 
             response = await client.post("/api/token", headers={"origin": ORIGIN})
         assert response.status_code == 200
         assert redis_server.connected_clients() > before
-    storage: Storage = app.routes[1].app.app.routes[0].app.storage  # type: ignore[attr-defined]
+    storage = find(app, IPRateLimit).storage
     try:
         assert redis_server.connected_clients() == before
     finally:
