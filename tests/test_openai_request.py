@@ -92,7 +92,7 @@ def test_stream_options_and_passed_through_parameters() -> None:
         pytest.param({"n": 2}, "n", id="n-2"),
         pytest.param({"stream": "yes"}, "stream", id="stream-string"),
         pytest.param({"stream_options": "usage"}, "stream_options", id="stream-options-string"),
-        pytest.param({"max_tokens": 0}, "max_completion_tokens", id="max-tokens-zero"),
+        pytest.param({"max_tokens": 0}, "max_tokens", id="max-tokens-zero"),
         pytest.param({"max_completion_tokens": True}, "max_completion_tokens", id="max-tokens-bool"),
         pytest.param({"temperature": 3}, "temperature", id="temperature-high"),
         pytest.param({"temperature": 10**400}, "temperature", id="temperature-huge-int"),
