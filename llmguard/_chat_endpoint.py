@@ -185,8 +185,8 @@ class ChatEndpoint:
         except LLMGuardError as error:
             await send_error(scope, send, error)
             return
-        body = request.body(output_tokens=reservation.output_tokens, token_param=self.max_tokens_param)
         try:
+            body = request.body(output_tokens=reservation.output_tokens, token_param=self.max_tokens_param)
             if request.stream:
                 # A stream the client left is cancelled at once: the provider stops generating.
                 async with anyio.create_task_group() as tasks:
