@@ -259,3 +259,40 @@ def test_demo_reply_echoes_the_last_user_message() -> None:
     assert "no model was called" in reply
     assert "You said" not in demo_reply([{"role": "assistant", "content": "hi"}])
     assert "..." in demo_reply([{"role": "user", "content": "x" * 500}])
+
+
+NESTED_960 = (
+    '{"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "Hi"}], "response_format": '
+    + '{"a": ' * 960
+    + "1"
+    + "}" * 961
+)
+
+
+async def test_a_body_nested_960_deep_is_a_400_not_a_crash(client: httpx.AsyncClient, provider: FakeProvider) -> None:
+    response = await client.post("/chat/completions", content=NESTED_960, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert provider.last_request.json is None  # recorded, unreadable
+    assert provider.billed_tokens == 0
+
+
+async def test_served_over_asgi_a_body_nested_960_deep_is_a_400_too(
+    asgi_client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    response = await asgi_client.post(
+        "/chat/completions", content=NESTED_960, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+
+
+async def test_billing_follows_what_a_provider_bills(client: httpx.AsyncClient, provider: FakeProvider) -> None:
+    provider.enqueue(FakeReply(chunks=["a", "b", "c"], reasoning_tokens=5))
+    schema = {"type": "json_schema", "json_schema": {"name": "x", "description": "word " * 100}}
+    response = await client.post("/chat/completions", json={**HELLO, "response_format": schema, "max_tokens": 6})
+    usage = response.json()["usage"]
+    # The schema is billed as input; hidden and visible output together stop at the output cap.
+    assert usage["prompt_tokens"] > 100
+    assert usage["completion_tokens"] == 6
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 5}
+    assert response.json()["choices"][0]["message"]["content"] == "a"
+    assert provider.last_request.billed_tokens == usage["total_tokens"]
