@@ -247,7 +247,8 @@ class ClientBudgets:
                 if not owner.storage.fail_open:
                     # The hold may still land, late: giving it back now (or marking it given back, so a
                     # late one changes nothing) keeps a refused request from costing anything.
-                    await reservation.settle(charge_nothing=True)
+                    reservation.refused()
+                    await reservation.settle(attempts=1)
                 owner.storage.unavailable(error)  # raises unless failing open
                 # Failing open: served unbudgeted; the settlement counts the charge whether or not
                 # the hold landed, once the storage answers again.
@@ -286,7 +287,8 @@ class ClientBudgets:
                 grant, binding = fits, (counter, others)
         floor = min(self.owner.min_output_tokens, wanted_output)
         if grant < floor and binding is not None:
-            await reservation.settle(charge_nothing=True)
+            reservation.refused()
+            await reservation.settle(attempts=1)
             raise refusal(*binding, now=now, needed=prompt + floor)
         # Shrink the hold to the granted output cap (if this fails, the larger hold stands until
         # settled: the settlement knows from the marker which one is in place).
@@ -352,10 +354,6 @@ class Reservation:
     def unbudgeted(cls, *, model: str, prompt_tokens: int, max_output_tokens: int) -> Reservation:
         return cls(model=model, prompt_tokens=prompt_tokens, output_tokens=max_output_tokens)
 
-    @property
-    def settled(self) -> bool:
-        return self.charged is not None
-
     def refused(self) -> None:
         """The provider refused the request or was never reached: it billed nothing."""
         self._refused = True
@@ -382,16 +380,17 @@ class Reservation:
             reasoning=self.reasoning,
         )
 
-    async def settle(self, *, charge_nothing: bool = False) -> Usage:
+    async def settle(self, *, attempts: int = SETTLE_ATTEMPTS) -> Usage:
         """Correct the hold to the charge and give back the rest; later calls return the same charge.
 
         Whichever state the hold is in (placed, lowered, lost with the storage's
-        data, never landed), the budgets end up holding the charge, once.
-        ``charge_nothing`` gives a refused request's hold back.
+        data, never landed), the budgets end up holding the charge, once. A
+        refusal settles with one attempt, so that it answers at once; a charge
+        is worth trying through a short outage.
         """
         if self.charged is not None:
             return self.charged
-        self.charged = Usage(0, 0, estimated=True) if charge_nothing else self.due()
+        self.charged = self.due()
         if self.storage is not None and self.holds:
             used = self.charged
             changes: list[tuple[str, Amounts, int]] = []
@@ -399,8 +398,6 @@ class Reservation:
                 cost = units(counter.kind, self.price, used.prompt_tokens, used.completion_tokens)
                 changes.append((counter.key, (cost, cost - held, cost - lowered, 0), counter.expiry))
             with anyio.CancelScope(shield=True):
-                # A refusal answers at once (one try); a charge is worth trying through a short outage.
-                attempts = 1 if charge_nothing else SETTLE_ATTEMPTS
                 settled = ("settled", "settled", "settled", "")
                 await _step(self.storage, self.marker, changes, settled, "settle", attempts)
         return self.charged

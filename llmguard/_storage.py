@@ -67,12 +67,11 @@ class Storage:
             self.backend = _backend(url, timeout, max_connections)
         except ValueError as exc:
             raise ValueError(self.scrub(str(exc))) from None
-        # On Redis, several counters change in one script; elsewhere, one operation at a time.
+        # On Redis, a hold's counters change in one script; elsewhere, one operation at a time.
         bridge = getattr(self.backend, "bridge", None)
         client = getattr(bridge, "storage", None)
         # A cluster spreads keys over nodes, where one script cannot reach them all: one by one there.
         scripted = client is not None and "cluster" not in url.split("://", 1)[0]
-        self._script = client.register_script(_ADD_SCRIPT) if scripted and client is not None else None
         self._hold_script = client.register_script(_HOLD_SCRIPT) if scripted and client is not None else None
         self._markers: dict[str, str] = {}  # in process: the markers of holds not yet settled
         self._prefixed = getattr(bridge, "prefixed_key", str)
@@ -112,23 +111,6 @@ class Storage:
         except Exception as exc:
             cause = getattr(exc, "storage_error", None) or exc
             raise self._failed(self.scrub(f"{type(exc).__name__}: {type(cause).__name__}: {cause}")[:300]) from None
-
-    async def add(self, changes: Sequence[tuple[str, int, int]]) -> list[int]:
-        """Apply ``(key, amount, expiry)`` changes at once and return each key's new total.
-
-        An amount of 0 only reads. On Redis it is one round trip and one atomic
-        script (a request's counters cost one command, not one each, and can
-        never half-apply); in memory, the same in order.
-        """
-        if not changes:
-            return []
-        if self._script is None:
-            return await self.guarded(self._add_in_order(changes))
-        # Named as the limits storage names its own keys (its prefix), so both see one counter.
-        keys = [self._prefixed(f"{KEY_PREFIX}:{key}") for key, _, _ in changes]
-        arguments = [value for _, amount, expiry in changes for value in (amount, max(1, expiry))]
-        totals = await self.guarded(self._script(keys=keys, args=arguments))
-        return [int(total) for total in totals]
 
     async def _add_in_order(self, changes: Sequence[tuple[str, int, int]]) -> list[int]:
         totals = []
@@ -213,26 +195,6 @@ class Storage:
         else:
             logger.debug("storage unavailable (%s)", reason)
         return StorageUnavailable(retry_after=5)
-
-
-# KEYS: the counters; ARGV: amount and expiry for each. An amount of 0 reads; a counter created
-# by this call expires after its expiry, as the limits storages' own incr does.
-_ADD_SCRIPT = """
-local totals = {}
-for index, key in ipairs(KEYS) do
-  local amount = tonumber(ARGV[index * 2 - 1])
-  if amount == 0 then
-    totals[index] = tonumber(redis.call('get', key) or '0')
-  else
-    local total = redis.call('incrby', key, amount)
-    if total == amount then
-      redis.call('expire', key, tonumber(ARGV[index * 2]))
-    end
-    totals[index] = total
-  end
-end
-return totals
-"""
 
 
 # KEYS[1]: a hold's marker; KEYS[2..]: counters. ARGV[1]: how long a settled marker stays; ARGV[2..5]:

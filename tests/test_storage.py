@@ -268,15 +268,20 @@ async def test_a_burst_of_concurrent_operations_waits_for_connections_instead_of
 
 
 @pytest.mark.parametrize("backend", ["memory", "redis"])
-async def test_add_changes_several_counters_at_once_and_reads_with_zero(
+async def test_a_hold_step_changes_several_counters_at_once_and_reads_with_zero(
     backend: str, redis_server: RedisServer
 ) -> None:
     storage = Storage("memory://" if backend == "memory" else redis_server.url, timeout=2)
-    assert await storage.add([("a", 5, 60), ("b", 3, 60), ("c", 0, 0)]) == [5, 3, 0]
-    assert await storage.add([("a", -2, 60), ("c", 0, 0), ("b", 0, 0)]) == [3, 0, 3]
+    place = ("held", "", "", "")
+    assert await storage.hold_step(
+        "hold:x", [("a", (5, 0, 0, 0), 60), ("b", (3, 0, 0, 0), 60), ("c", (0,) * 4, 0)], place
+    ) == [5, 3, 0]
+    assert await storage.hold_step(
+        "hold:y", [("a", (-2, 0, 0, 0), 60), ("c", (0,) * 4, 0), ("b", (0,) * 4, 0)], place
+    ) == [3, 0, 3]
     assert await storage.get("a") == 3  # the same counters as incr and get see
     assert await storage.incr("b", expiry=60, amount=1) == 4
-    assert await storage.add([]) == []
+    assert await storage.hold_step("hold:z", [], place) == []
     await storage.aclose()
 
 
