@@ -8,13 +8,13 @@ cannot have billed, and maps failures to errors that never relay its text.
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
 import json
 import logging
 import math
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -167,7 +167,7 @@ class Upstream:
         if not isinstance(self.transport, str):
             return type(self.transport).__name__
         if self.transport == "auto":
-            return "aiohttp" if _aiohttp_transport() is not None else "httpx"
+            return "aiohttp" if _aiohttp_installed() else "httpx"
         return self.transport
 
     def _make_transport(self) -> httpx.AsyncBaseTransport | None:
@@ -175,14 +175,13 @@ class Upstream:
             return self.transport
         if self.transport_name != "aiohttp":
             return None  # httpx's own
-        transport = _aiohttp_transport()
-        if transport is None:
+        if not _aiohttp_installed():
             raise ValueError("transport 'aiohttp' needs httpx-aiohttp: pip install 'llmguard[speed]'")
-        import aiohttp
+        from llmguard import _aiohttp
 
         # httpx's own pool slows down as concurrent requests grow (655 requests/s at 64 at once in
         # bench/, against 2231 for aiohttp's); through httpx-aiohttp the API stays httpx's.
-        return _MappedErrors(transport(limits=self.limits, trust_env=False), aiohttp.ClientError)
+        return _aiohttp.transport(self.limits)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -254,52 +253,6 @@ class ProviderCall:
     may_have_billed: bool = False
 
 
-class _MappedErrors(httpx.AsyncBaseTransport):
-    """A transport whose ``errors`` (httpx-aiohttp lets some of aiohttp's through) become httpx errors.
-
-    The original stays the ``__cause__``, which ``never_sent`` and ``timed_out`` read.
-    """
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, errors: type[Exception]) -> None:
-        self.inner = inner
-        self.errors = errors
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        try:
-            response = await self.inner.handle_async_request(request)
-        except self.errors as exc:
-            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=request) from exc
-        stream = _MappedStream(response.stream, self.errors, request)
-        return httpx.Response(
-            response.status_code, headers=response.headers, stream=stream, extensions=response.extensions
-        )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-class _MappedStream(httpx.AsyncByteStream):
-    def __init__(
-        self, inner: httpx.SyncByteStream | httpx.AsyncByteStream, errors: type[Exception], request: httpx.Request
-    ) -> None:
-        if not isinstance(inner, httpx.AsyncByteStream):
-            raise TypeError("expected an async byte stream")
-        self.inner = inner
-        self.errors = errors
-        self.request = request
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self.inner:
-                yield chunk
-        except self.errors as exc:
-            raise httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}", request=self.request) from exc
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(self.errors):  # closing a broken stream: nothing left to read or to tell
-            await self.inner.aclose()
-
-
 def keepalive_expiry(base_url: str) -> float:
     """Seconds an idle provider connection is kept for reuse.
 
@@ -312,41 +265,16 @@ def keepalive_expiry(base_url: str) -> float:
 
 def never_sent(error: httpx.TransportError) -> bool:
     """Whether the request provably never reached the provider (so it cannot have been billed)."""
-    aiohttp_error = _aiohttp_cause(error)
-    if aiohttp_error is not None:
-        # ClientConnectionResetError: "Cannot write to closing transport", the request went nowhere.
-        return bool(aiohttp_error & {"ClientConnectorError", "ConnectionTimeoutError", "ClientConnectionResetError"})
     return isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
 
 
 def timed_out(error: Exception) -> bool:
     """Whether a failed provider call ran out of time (504), rather than broke (502)."""
-    if isinstance(error, TimeoutError):
-        return True
-    aiohttp_error = _aiohttp_cause(error)
-    if aiohttp_error is not None:
-        return any("Timeout" in name for name in aiohttp_error)
-    return isinstance(error, httpx.TimeoutException)
+    return isinstance(error, (TimeoutError, httpx.TimeoutException))
 
 
-def _aiohttp_cause(error: Exception) -> set[str] | None:
-    """The class names of the aiohttp error behind an httpx one, if it came through httpx-aiohttp.
-
-    httpx-aiohttp maps aiohttp's errors loosely (a refused connection, or a server that hung up
-    after the request, both become a ConnectTimeout there): decisions are made on aiohttp's own.
-    """
-    cause = error.__cause__
-    if cause is None or not type(cause).__module__.startswith("aiohttp"):
-        return None
-    return {kind.__name__ for kind in type(cause).__mro__}
-
-
-def _aiohttp_transport() -> Callable[..., httpx.AsyncBaseTransport] | None:
-    try:
-        from httpx_aiohttp import AiohttpTransport
-    except ImportError:
-        return None
-    return AiohttpTransport
+def _aiohttp_installed() -> bool:
+    return importlib.util.find_spec("httpx_aiohttp") is not None
 
 
 def token_limit_param(base_url: str, choice: str = "auto") -> str:

@@ -9,10 +9,13 @@ import aiohttp
 import anyio
 import httpx
 import pytest
+import yarl
 from aiohttp.client_reqrep import ConnectionKey
 from conftest import KEY
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from llmguard import UpstreamError
+from llmguard._aiohttp import AiohttpErrors
 from llmguard._upstream import (
     MAX_RETRY_DELAY,
     ProviderRequest,
@@ -325,7 +328,7 @@ def test_auto_uses_aiohttps_pool_when_installed_and_httpx_otherwise(monkeypatch:
 
     assert Upstream(base_url=BASE_URL, api_key=KEY).transport_name == "aiohttp"  # the dev extras have it
     assert Upstream(base_url=BASE_URL, api_key=KEY, transport="httpx").transport_name == "httpx"
-    monkeypatch.setattr(upstream_module, "_aiohttp_transport", lambda: None)
+    monkeypatch.setattr(upstream_module, "_aiohttp_installed", lambda: False)
     assert Upstream(base_url=BASE_URL, api_key=KEY).transport_name == "httpx"
     with pytest.raises(ValueError, match="llmguard\\[speed\\]"):
         _ = Upstream(base_url=BASE_URL, api_key=KEY, transport="aiohttp").client
@@ -406,17 +409,25 @@ def test_the_body_is_what_the_count_was_taken_over() -> None:
 # -- what may have reached the provider, through aiohttp's pool -----------------------------
 
 
-def through_httpx_aiohttp(error: Exception, mapped: type[httpx.TransportError]) -> httpx.TransportError:
-    """``error`` as httpx-aiohttp hands it on: an httpx error caused by aiohttp's own."""
-    request = httpx.Request("POST", "https://provider.example/v1/chat/completions")
-    try:
-        raise mapped("mapped", request=request) from error
-    except httpx.TransportError as exc:
-        return exc
+PROVIDER_URL = yarl.URL("https://provider.example/")
+REQUEST_INFO = aiohttp.RequestInfo(PROVIDER_URL, "POST", CIMultiDictProxy(CIMultiDict()), PROVIDER_URL)
 
 
+def failing_with(error: Exception, *, mapped_by: type[httpx.TransportError] | None) -> AiohttpErrors:
+    """llmguard's aiohttp transport over one that raises ``error``: raw, as httpx-aiohttp lets some
+    through, or as the httpx error it maps it to (``mapped_by``)."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if mapped_by is None:
+            raise error
+        raise mapped_by("mapped", request=request) from error
+
+    return AiohttpErrors(httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize("mapped_by", [httpx.ConnectTimeout, None], ids=["as-httpx-aiohttp-maps-it", "raw"])
 @pytest.mark.parametrize(
-    ("error", "sent", "timeout"),
+    ("error", "sent", "out_of_time"),
     [
         pytest.param(
             aiohttp.ClientConnectorError(ConnectionKey("p", 443, False, True, None, None, None), OSError(111, "x")),
@@ -424,16 +435,29 @@ def through_httpx_aiohttp(error: Exception, mapped: type[httpx.TransportError]) 
             False,
             id="refused",
         ),
+        pytest.param(aiohttp.ConnectionTimeoutError(), False, True, id="connect-timeout"),
         pytest.param(aiohttp.ClientConnectionResetError("Cannot write to closing transport"), False, False, id="reset"),
         pytest.param(aiohttp.ServerDisconnectedError(), True, False, id="hung-up"),
         pytest.param(aiohttp.SocketTimeoutError(), True, True, id="read-timeout"),
+        pytest.param(
+            aiohttp.ClientResponseError(REQUEST_INFO, (), status=400, message="bad status line"),
+            True,
+            False,
+            id="bad-status-line",
+        ),  # type: ignore[arg-type]
     ],
 )
-def test_aiohttp_errors_are_judged_by_aiohttp_s_own_class(error: Exception, sent: bool, timeout: bool) -> None:
-    # httpx-aiohttp maps a refused connection and a hang-up alike (ConnectTimeout): only the cause tells.
-    mapped = through_httpx_aiohttp(error, httpx.ConnectTimeout)
-    assert never_sent(mapped) is not sent
-    assert timed_out(mapped) is timeout
+async def test_aiohttp_errors_are_judged_by_aiohttp_s_own_class(
+    error: Exception, sent: bool, out_of_time: bool, mapped_by: type[httpx.TransportError] | None
+) -> None:
+    # httpx-aiohttp maps a refused connection and a hang-up alike (ConnectTimeout), and lets some
+    # errors through unmapped: only aiohttp's own class says whether the request went out.
+    transport = failing_with(error, mapped_by=mapped_by)
+    with pytest.raises(httpx.TransportError) as caught:
+        await transport.handle_async_request(httpx.Request("POST", "https://provider.example/v1/chat/completions"))
+    assert never_sent(caught.value) is not sent
+    assert timed_out(caught.value) is out_of_time
+    assert caught.value.__cause__ is error
 
 
 @pytest.mark.parametrize(
