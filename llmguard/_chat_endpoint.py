@@ -34,8 +34,6 @@ logger = logging.getLogger("llmguard.chat")
 # Without a TokenBudget, prompts are counted (for the log line) up to about the largest context
 # window of a chat model; the provider refuses anything longer.
 UNBUDGETED_PROMPT_LIMIT = 131_072
-# Where providers put reasoning they show (DeepSeek, OpenRouter, vLLM...): a sign of hidden tokens too.
-REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
 class ChatEndpoint:
@@ -222,7 +220,9 @@ class ChatEndpoint:
             return
         if completion.reasoning:
             reservation.saw_reasoning()
-        reservation.answered(completion.usage, estimate_text_tokens(completion.content), complete=True)
+        # The reply is counted only when the provider did not say what it used.
+        output = 0 if completion.usage else estimate_text_tokens(completion.content)
+        reservation.answered(completion.usage, output, complete=True)
         reply = wire.reply(body, completion, reservation.due())
         headers = [
             (b"content-type", b"application/json"),
@@ -257,7 +257,8 @@ class ChatEndpoint:
             if streaming:
                 if progress.reasoning:
                     reservation.saw_reasoning()
-                output = max(progress.deltas, estimate_text_tokens("".join(progress.streamed)))
+                # What was relayed is counted only when the provider did not say what it used.
+                output = 0 if progress.usage else max(progress.deltas, estimate_text_tokens("".join(progress.streamed)))
                 reservation.answered(progress.usage, output, complete=progress.finish_reason is not None)
             elif not call.may_have_billed:
                 reservation.refused()  # refused by the provider, or never reached it
@@ -297,7 +298,7 @@ class ChatEndpoint:
                         content = text
                         progress.streamed.append(text)
                         progress.deltas += 1
-                    if any(delta.get(name) for name in REASONING_FIELDS):
+                    if not progress.reasoning and shows_reasoning(delta):
                         progress.reasoning = True
                 if isinstance(choice.get("finish_reason"), str):
                     progress.finish_reason = choice["finish_reason"]
@@ -382,8 +383,12 @@ def parse_completion(body: bytes) -> Completion:
     if not isinstance(content, str):
         raise UpstreamError("The AI provider sent a malformed reply.")
     finish = finish_reason if isinstance(finish_reason, str) else None
-    reasoning = any(message.get(name) for name in REASONING_FIELDS)
-    return Completion(content, finish, usage_from(data.get("usage")), reasoning)
+    return Completion(content, finish, usage_from(data.get("usage")), shows_reasoning(message))
+
+
+def shows_reasoning(message: Mapping[str, Any]) -> bool:
+    """Whether a reply (or a delta of one) carries reasoning, where providers that show it put it."""
+    return bool(message.get("reasoning_content") or message.get("reasoning"))
 
 
 def usage_from(value: object) -> Usage | None:

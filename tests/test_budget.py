@@ -341,6 +341,32 @@ async def test_the_counters_settle_to_what_the_reply_used(
     assert await app.counters() == (PROMPT + completion, PROMPT + completion, price.micro_usd(PROMPT, completion))
 
 
+def showing_reasoning(*, stream: bool) -> httpx.MockTransport:
+    """A provider whose reply shows reasoning (as DeepSeek-style providers do) and reports no usage,
+    for a model whose name says nothing of it; a stream of it is cut before it finishes."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not stream:
+            message = {"role": "assistant", "content": "Paris.", "reasoning_content": "The capital of France."}
+            return httpx.Response(200, json={"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+        events = [{"reasoning_content": "Thinking"}, {"content": "Par"}]
+        body = b"".join(
+            b"data: " + json.dumps({"choices": [{"index": 0, "delta": d}]}).encode() + b"\n\n" for d in events
+        )
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_reply_that_shows_reasoning_is_charged_as_a_reasoning_model(guarded: Factory, stream: bool) -> None:
+    # Its hidden tokens are not in the text: without the provider's usage, the whole output cap.
+    app = await guarded(tokens_per_ip="100000/day", max_tokens=300, transport=showing_reasoning(stream=stream))
+    response = await app.chat(STREAM if stream else HELLO)
+    assert response.status_code == 200, response.text
+    assert await app.client_tokens() == PROMPT + 300
+
+
 async def test_the_worst_case_is_held_while_the_provider_answers(guarded: Factory) -> None:
     app = await guarded(tokens_per_ip="100000/day", monthly_token_cap=1_000_000, max_tokens=300)
     app.provider.enqueue(FakeReply(chunks=["word "] * 5, first_byte_delay=0.3))
