@@ -8,7 +8,7 @@ import hashlib
 import logging
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -131,15 +131,15 @@ def create_app(
     # ServerBusy, inside its own layers: CORS on /api, OpenAI's error shape on /v1.
     openai = ServerBusyGate(guarded(OpenAICompatible(chat)))
     routes: list[BaseRoute] = [
-        Route("/healthz", ServerBusyGate(request_response(healthz)), methods=["GET"]),
+        _page("/healthz", healthz),
         Mount("/api", app=OriginFilter(api, allow_origins=origins)),
         # The official OpenAI SDKs, with the JWT as their key; refusals in OpenAI's shape.
         Mount("/v1", app=OpenAIErrors(OriginFilter(openai, allow_origins=settings.allowed_origins))),
-        Route("/sdk.js", ServerBusyGate(request_response(_SDK_JS.__call__)), methods=["GET"]),
-        Route("/widget.js", ServerBusyGate(request_response(_WIDGET_JS.__call__)), methods=["GET"]),
+        _page("/sdk.js", _SDK_JS.__call__),
+        _page("/widget.js", _WIDGET_JS.__call__),
     ]
     if settings.serves_demo_page:
-        routes.append(Route("/", ServerBusyGate(request_response(_demo_page)), methods=["GET"]))
+        routes.append(_page("/", _demo_page))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -177,6 +177,11 @@ class ServerBusyGate:
             await send_error(scope, send, ServerBusy(retry_after=1, headers={"connection": "close"}))
             return
         await self.app(scope, receive, send)
+
+
+def _page(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A GET route to a request/response endpoint, behind the ServerBusyGate."""
+    return Route(path, ServerBusyGate(request_response(endpoint)), methods=["GET"])
 
 
 def _ephemeral_secret() -> str:
