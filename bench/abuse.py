@@ -24,9 +24,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ class Result:
     cap: str
     limit: int
     billed: int
+    calls: int
     statuses: Counter[int]
 
     @property
@@ -84,6 +85,34 @@ class ThreadedProvider:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def billed(self) -> int:
+        return self.provider.billed_tokens
+
+    @property
+    def calls(self) -> int:
+        return len(self.provider.requests)
+
+    def script(self, reply: FakeReply, count: int) -> None:
+        self.provider.reset()
+        self.provider.enqueue(*[reply] * count)
+
+    async def settled(self, quiet: float = 1.5) -> None:
+        """Until every call is finished (or cut off), and no new one came for a while.
+
+        A client that left does not mean the call is over: llmguard carries a JSON call on to its end.
+        """
+        deadline = time.monotonic() + 60
+        seen, since = -1, time.monotonic()
+        requests = self.provider.requests
+        while time.monotonic() < deadline:
+            if len(requests) != seen:
+                seen, since = len(requests), time.monotonic()
+            done = all(request.finished or request.disconnected_at is not None for request in requests)
+            if done and time.monotonic() - since >= quiet:
+                return
+            await asyncio.sleep(0.05)
+
 
 class HangUpProvider:
     """Reads each request, bills its worst case (prompt and the whole output cap), then hangs up."""
@@ -92,11 +121,20 @@ class HangUpProvider:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/v1"
         self.billed = 0
-        self.requests = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.calls = 0
 
-    def close(self) -> None:
+    def __enter__(self) -> HangUpProvider:
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.listener.close()
+
+    def script(self, reply: FakeReply, count: int) -> None:
+        self.billed = self.calls = 0  # it says nothing, whatever the script
+
+    async def settled(self) -> None:
+        return  # every call ends when it hangs up
 
     def _serve(self) -> None:
         while True:
@@ -116,7 +154,7 @@ class HangUpProvider:
                 while len(body) < length and (chunk := connection.recv(65536)):
                     body += chunk
                 payload = json.loads(body)
-                self.requests += 1
+                self.calls += 1
                 self.billed += billable_prompt_tokens(payload) + int(payload.get("max_tokens", 0))
 
 
@@ -222,186 +260,156 @@ async def in_parallel(tasks: list[Callable[[], Awaitable[None]]], width: int) ->
     await asyncio.gather(*(one(task) for task in tasks))
 
 
-async def settled(provider: FakeProvider, quiet: float = 1.5) -> None:
-    """Until the provider has finished (or been cut off from) every call, and no new one came for a while.
-
-    A client that left does not mean the call is over: llmguard carries a JSON call on to its end.
-    """
-    deadline = time.monotonic() + 60
-    seen, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        if len(provider.requests) != seen:
-            seen, since = len(provider.requests), time.monotonic()
-        done = all(request.finished or request.disconnected_at is not None for request in provider.requests)
-        if done and time.monotonic() - since >= quiet:
-            return
-        await asyncio.sleep(0.05)
-
-
 # -- the scenarios -------------------------------------------------------------------------
-
-
-async def botnet(url: str, provider: FakeProvider, scale: float) -> list[Result]:
-    ips = [f"198.51.{index // 250}.{index % 250 + 1}" for index in range(int(300 * scale))]
-    attacker = Attacker(url)
-    provider.enqueue(*[FakeReply(chunks=["word "] * 500) for _ in range(len(ips) * 2)])
-    tasks = [lambda ip=ip: attacker.chat(ip, {"messages": HELLO}) for ip in ips for _ in range(2)]
-    await in_parallel(tasks, width=40)
-    await settled(provider)
-    await attacker.aclose()
-    return [
-        Result(
-            "botnet through a trusted proxy",
-            f"{len(ips)} IPs × 2 chats, 40 at a time",
-            "MONTHLY_TOKEN_CAP",
-            BOTNET_MONTHLY_CAP,
-            provider.billed_tokens,
-            attacker.statuses,
-        )
-    ]
-
-
-async def one_ip_window(url: str, provider: FakeProvider, scale: float) -> list[Result]:
-    attacker = Attacker(url)
-    provider.enqueue(*[FakeReply(chunks=["word "] * 500) for _ in range(int(40 * scale))])
-    await in_parallel([lambda: attacker.chat("203.0.113.9", {"messages": HELLO})] * int(40 * scale), width=20)
-    await settled(provider)
-    await attacker.aclose()
-    return [
-        Result(
-            "one IP, 20 at a time",
-            f"{int(40 * scale)} chats",
-            "TOKENS_PER_IP",
-            WINDOW,
-            provider.billed_tokens,
-            attacker.statuses,
-        )
-    ]
-
-
-async def abandoned_json(url: str, provider: FakeProvider, scale: float) -> list[Result]:
-    attacker = Attacker(url)
-    count = int(30 * scale)
-    provider.enqueue(*[FakeReply(chunks=["word "] * 500, first_byte_delay=0.5) for _ in range(count)])
-    await in_parallel([lambda: attacker.abandon_json("203.0.113.10", after=0.1)] * count, width=5)
-    await settled(provider)
-    await attacker.aclose()
-    return [
-        Result(
-            "abandoned JSON calls",
-            f"{count} chats, each left after 0.1 s",
-            "TOKENS_PER_IP",
-            WINDOW,
-            provider.billed_tokens,
-            attacker.statuses,
-        )
-    ]
-
-
-async def abandoned_streams(url: str, provider: FakeProvider, scale: float, *, reasoning: bool) -> list[Result]:
-    attacker = Attacker(url)
-    count = int((30 if reasoning else 120) * scale)
-    reply = FakeReply(chunks=["word "] * 500, delay=0.01, reasoning_tokens=1500 if reasoning else 0)
-    provider.enqueue(*[reply] * count)
-    await in_parallel([lambda: attacker.abandon_stream("203.0.113.11", deltas=2)] * count, width=5)
-    await settled(provider)
-    await attacker.aclose()
-    name = "reasoning model, streams closed mid-reply" if reasoning else "streams closed after 2 deltas"
-    return [Result(name, f"{count} streams", "TOKENS_PER_IP", WINDOW, provider.billed_tokens, attacker.statuses)]
-
-
-async def schema_stuffing(url: str, provider: FakeProvider, scale: float) -> list[Result]:
-    attacker = Attacker(url)
-    count = int(20 * scale)
-    schema = {"type": "object", "description": "word " * 1500, "properties": {"a": {"type": "string"}}}
-    body = {
-        "model": "gpt-4.1-mini",
-        "messages": [{"role": "user", "content": "Hi"}],
-        "response_format": {"type": "json_schema", "json_schema": {"name": "stuffed", "schema": schema}},
-    }
-    provider.enqueue(*[FakeReply(chunks=["{}"])] * count)
-    await in_parallel([lambda: attacker.chat("203.0.113.12", body, "/v1/chat/completions")] * count, width=count)
-    await settled(provider)
-    await attacker.aclose()
-    return [
-        Result(
-            "response_format schema stuffing",
-            f"{count} parallel /v1 calls, ~1.5k-token schemas",
-            "TOKENS_PER_IP",
-            WINDOW,
-            provider.billed_tokens,
-            attacker.statuses,
-        )
-    ]
-
-
-async def retries(url: str, hang_up: HangUpProvider, scale: float) -> list[Result]:
-    attacker = Attacker(url)
-    count = int(20 * scale)
-    for _ in range(count):
-        await attacker.chat("203.0.113.13", {"messages": HELLO})
-    await attacker.aclose()
-    return [
-        Result(
-            "a provider that hangs up after reading",
-            f"{count} chats, UPSTREAM_RETRIES=2 ({hang_up.requests} reached it)",
-            "TOKENS_PER_IP",
-            WINDOW,
-            hang_up.billed,
-            attacker.statuses,
-        )
-    ]
-
 
 WINDOW = 5_000
 BOTNET_MONTHLY_CAP = 20_000
+A_WINDOW = {"TOKENS_PER_IP": f"{WINDOW}/day", "MAX_TOKENS": "500"}
+SCHEMA = {"type": "object", "description": "word " * 1500, "properties": {"a": {"type": "string"}}}
+STUFFED = {
+    "model": "gpt-4.1-mini",
+    "messages": [{"role": "user", "content": "Hi"}],
+    "response_format": {"type": "json_schema", "json_schema": {"name": "stuffed", "schema": SCHEMA}},
+}
+Call = Callable[[Attacker], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One way a script tried to spend past a cap: ``count`` calls, ``width`` at a time."""
+
+    name: str
+    attempt: str  # what the script does, ``{count}`` filled in
+    cap: str
+    limit: int
+    settings: Mapping[str, str]
+    count: int
+    width: int
+    call: Callable[[int], Call]  # the i-th call
+    reply: FakeReply = field(default_factory=lambda: FakeReply(chunks=["word "] * 500))
+    hangs_up: bool = False  # the provider reads each request and hangs up, instead of the fake
+
+
+SCENARIOS = [
+    Scenario(
+        "botnet through a trusted proxy",
+        "{count} chats, two from each IP, 40 at a time",
+        "MONTHLY_TOKEN_CAP",
+        BOTNET_MONTHLY_CAP,
+        {**A_WINDOW, "TOKENS_PER_IP": "3000/day", "MONTHLY_TOKEN_CAP": str(BOTNET_MONTHLY_CAP)},
+        count=600,
+        width=40,
+        call=lambda i: lambda a: a.chat(f"198.51.{i // 500}.{i // 2 % 250 + 1}", {"messages": HELLO}),
+    ),
+    Scenario(
+        "one IP, 20 at a time",
+        "{count} chats",
+        "TOKENS_PER_IP",
+        WINDOW,
+        A_WINDOW,
+        count=40,
+        width=20,
+        call=lambda i: lambda a: a.chat("203.0.113.9", {"messages": HELLO}),
+    ),
+    Scenario(
+        "abandoned JSON calls",
+        "{count} chats, each left after 0.1 s",
+        "TOKENS_PER_IP",
+        WINDOW,
+        A_WINDOW,
+        count=30,
+        width=5,
+        call=lambda i: lambda a: a.abandon_json("203.0.113.10", after=0.1),
+        reply=FakeReply(chunks=["word "] * 500, first_byte_delay=0.5),
+    ),
+    Scenario(
+        "streams closed after 2 deltas",
+        "{count} streams",
+        "TOKENS_PER_IP",
+        WINDOW,
+        A_WINDOW,
+        count=120,
+        width=5,
+        call=lambda i: lambda a: a.abandon_stream("203.0.113.11", deltas=2),
+        reply=FakeReply(chunks=["word "] * 500, delay=0.01),
+    ),
+    Scenario(
+        "reasoning model, streams closed mid-reply",
+        "{count} streams",
+        "TOKENS_PER_IP",
+        WINDOW,
+        {**A_WINDOW, "OPENAI_MODEL": "o4-mini", "MAX_TOKENS": "2000"},
+        count=30,
+        width=5,
+        call=lambda i: lambda a: a.abandon_stream("203.0.113.11", deltas=2),
+        reply=FakeReply(chunks=["word "] * 500, delay=0.01, reasoning_tokens=1500),
+    ),
+    Scenario(
+        "response_format schema stuffing",
+        "{count} parallel /v1 calls, ~1.5k-token schemas",
+        "TOKENS_PER_IP",
+        WINDOW,
+        {**A_WINDOW, "MAX_TOKENS": "50"},
+        count=20,
+        width=20,
+        call=lambda i: lambda a: a.chat("203.0.113.12", STUFFED, "/v1/chat/completions"),
+        reply=FakeReply(chunks=["{}"]),
+    ),
+    Scenario(
+        "a provider that hangs up after reading",
+        "{count} chats, UPSTREAM_RETRIES=2",
+        "TOKENS_PER_IP",
+        WINDOW,
+        A_WINDOW,
+        count=20,
+        width=1,
+        call=lambda i: lambda a: a.chat("203.0.113.13", {"messages": HELLO}),
+        hangs_up=True,
+    ),
+]
+
+
+async def play(scenario: Scenario, provider: ThreadedProvider | HangUpProvider, url: str, scale: float) -> Result:
+    """Run the scenario's calls against llmguard at ``url``; what its provider billed for them."""
+    count = max(1, int(scenario.count * scale))
+    provider.script(scenario.reply, count)
+    attacker = Attacker(url)
+    calls = [scenario.call(index) for index in range(count)]
+    await in_parallel([lambda call=call: call(attacker) for call in calls], width=scenario.width)
+    await provider.settled()
+    await attacker.aclose()
+    attempt = scenario.attempt.format(count=count)
+    return Result(
+        scenario.name, attempt, scenario.cap, scenario.limit, provider.billed, provider.calls, attacker.statuses
+    )
 
 
 async def run(quick: bool) -> list[Result]:
     scale = 0.3 if quick else 1.0
     results: list[Result] = []
     redis_port = free_port()
-    window = {"TOKENS_PER_IP": f"{WINDOW}/day", "MAX_TOKENS": "500"}
     with ExitStack() as stack:
         stack.enter_context(service(redis_command(redis_port), redis_port))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         fake = stack.enter_context(ThreadedProvider())
-
-        async def scenario(settings: dict[str, str], play: Callable[[str], Awaitable[list[Result]]]) -> None:
+        hang_up = stack.enter_context(HangUpProvider())
+        for scenario in SCENARIOS:
+            provider = hang_up if scenario.hangs_up else fake
             flush(redis_port)
-            fake.provider.reset()
-            with llmguard(redis_url, fake.url, **settings) as url:
-                results.extend(await play(url))
-
-        botnet_settings = {
-            "TOKENS_PER_IP": "3000/day",
-            "MONTHLY_TOKEN_CAP": str(BOTNET_MONTHLY_CAP),
-            "MAX_TOKENS": "500",
-        }
-        await scenario(botnet_settings, lambda url: botnet(url, fake.provider, scale))
-        await scenario(window, lambda url: one_ip_window(url, fake.provider, scale))
-        await scenario(window, lambda url: abandoned_json(url, fake.provider, scale))
-        await scenario(window, lambda url: abandoned_streams(url, fake.provider, scale, reasoning=False))
-        reasoning = {**window, "OPENAI_MODEL": "o4-mini", "MAX_TOKENS": "2000"}
-        await scenario(reasoning, lambda url: abandoned_streams(url, fake.provider, scale, reasoning=True))
-        await scenario({**window, "MAX_TOKENS": "50"}, lambda url: schema_stuffing(url, fake.provider, scale))
-        hang_up = HangUpProvider()
-        flush(redis_port)
-        with llmguard(redis_url, hang_up.url, **window) as url:
-            results.extend(await retries(url, hang_up, scale))
-        hang_up.close()
+            with llmguard(redis_url, provider.url, **scenario.settings) as url:
+                results.append(await play(scenario, provider, url, scale))
     return results
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| scenario | what the script did | answers | cap | cap (tokens) | provider billed | held |",
-        "| --- | --- | --- | --- | ---: | ---: | --- |",
+        "| scenario | what the script did | answers | provider calls | cap | cap (tokens) | provider billed | held |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: | --- |",
     ]
     for result in results:
         answers = ", ".join(f"{status}×{count}" for status, count in sorted(result.statuses.items()))
         lines.append(
-            f"| {result.scenario} | {result.attempt} | {answers} | `{result.cap}` | {result.limit:,} "
+            f"| {result.scenario} | {result.attempt} | {answers} | {result.calls} | `{result.cap}` | {result.limit:,} "
             f"| {result.billed:,} | {'yes' if result.held else '**NO**'} |"
         )
     return "\n".join(lines)
