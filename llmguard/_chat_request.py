@@ -116,7 +116,7 @@ def _reject_constant(name: str) -> None:
 
 
 def parse_chat_request(data: Any, *, server_model: str, models: Collection[str] = ()) -> ChatRequest:
-    """Validate the ``/api/chat`` body; plain ``content`` and AI SDK ``parts`` both work.
+    """Validate the ``/api/chat`` body (as ``parse_json`` gave it); plain ``content`` and AI SDK ``parts`` both work.
 
     ``model`` may be left out, or name the server's model or one of ``models``.
     """
@@ -130,8 +130,6 @@ def parse_chat_request(data: Any, *, server_model: str, models: Collection[str] 
     system = data.get("system")
     if system is not None and not isinstance(system, str):
         raise InvalidRequest("'system' must be a string.", param="system")
-    if system is not None:
-        check_text(system, "system")
 
     # The AI SDK's useChat (DefaultChatTransport) sends {id, messages, trigger} and expects its
     # stream without asking for it: a body of that shape streams unless it says otherwise.
@@ -175,7 +173,6 @@ def _message(item: Any, where: str) -> ChatMessage:
         content = _parts_text(item["parts"], f"{where}.parts")
     else:
         raise InvalidRequest(f"{where} needs 'content' (a string) or 'parts'.", param=where)
-    check_text(content, f"{where}.content")
     return ChatMessage(role=role, content=content)
 
 

@@ -12,7 +12,6 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmguard._chat_request import check_text
 from llmguard._errors import InvalidRequest
 
 # Forwarded as the client sent them, once checked.
@@ -39,7 +38,8 @@ class OpenAIRequest:
 
 
 def parse_openai_request(data: Any, *, server_model: str, models: Collection[str]) -> OpenAIRequest:
-    """Validate an OpenAI chat completion request; every refusal is a 400 naming the parameter."""
+    """Validate an OpenAI chat completion request (as ``parse_json`` gave it: valid Unicode, sane
+    nesting); every refusal is a 400 naming the parameter."""
     if not isinstance(data, dict):
         raise _bad("The request body must be a JSON object.")
     unknown = sorted(set(data) - PASSED_THROUGH - HANDLED)
@@ -99,10 +99,6 @@ def _message(item: Any, where: str) -> dict[str, str]:
         content = _text_parts(content, f"{where}.content")
     elif not isinstance(content, str):
         raise _bad(f"{where}.content must be a string or an array of text parts.", f"{where}.content")
-    try:
-        check_text(content, f"{where}.content")
-    except InvalidRequest as error:
-        raise _bad(error.message, error.param) from None
     # The provider gets "system" whichever the client used: llmguard decides if it may.
     return {"role": "system" if role in SYSTEM_ROLES else role, "content": content}
 

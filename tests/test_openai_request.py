@@ -22,7 +22,9 @@ ROLES = {"role", "content", "system", "user", "assistant"}  # structure, counted
 
 
 def parse(**body: Any) -> Any:
-    return parse_openai_request({"messages": [USER], **body}, server_model=SERVER_MODEL, models=MODELS)
+    """The body as the route reads it: through parse_json (which refuses invalid Unicode) first."""
+    data = parse_json(json.dumps({"messages": [USER], **body}).encode())
+    return parse_openai_request(data, server_model=SERVER_MODEL, models=MODELS)
 
 
 def test_a_minimal_request_uses_the_server_model() -> None:
