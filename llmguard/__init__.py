@@ -3,6 +3,7 @@
 from llmguard._app import create_app
 from llmguard._budget import TokenBudget
 from llmguard._chat_endpoint import ChatEndpoint
+from llmguard._client_ip import ClientIP
 from llmguard._errors import (
     Forbidden,
     InvalidRequest,
@@ -33,6 +34,7 @@ from llmguard._version import __version__
 
 __all__ = [
     "ChatEndpoint",
+    "ClientIP",
     "Forbidden",
     "IPRateLimit",
     "InvalidRequest",

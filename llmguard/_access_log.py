@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -31,20 +30,17 @@ def escape(text: str, limit: int = 200) -> str:
 
 
 class AccessLog:
-    def __init__(
-        self, app: ASGIApp, *, logger: logging.Logger = logger, client_ip: Callable[[Scope], str] | None = None
-    ) -> None:
+    """One record per request on ``logger``, when it ends (the client's key as ``ClientIP`` in front resolved it)."""
+
+    def __init__(self, app: ASGIApp, *, logger: logging.Logger = logger) -> None:
         self.app = app
         self.logger = logger
-        self.client_ip = client_ip
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         state = request_state(scope)
-        if self.client_ip is not None:
-            self.client_ip(scope)  # resolved once, here, so refused requests log the real client too
         started = time.perf_counter()
         path = scope["path"]  # before routing rewrites the scope
         # Logged when the client went away before any response (nginx's "client closed request").

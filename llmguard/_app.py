@@ -87,7 +87,6 @@ def create_app(
         transport=transport or settings.upstream_transport,
     )
     storage = Storage(settings.storage_url, failure=settings.storage_failure, timeout=settings.storage_timeout)
-    client_ip = ClientIP(trusted_proxies=settings.trusted_proxies, header=settings.client_ip_header)
     issuer, audience = settings.jwt_issuer, settings.jwt_audience
     token = TokenEndpoint(
         secret=secret,
@@ -103,7 +102,6 @@ def create_app(
         budget = TokenBudget(
             endpoint,
             storage=storage,
-            client_ip=client_ip,
             max_prompt_tokens=settings.max_prompt_tokens,
             tokens_per_client=settings.tokens_per_ip,
             monthly_token_cap=settings.monthly_token_cap,
@@ -113,12 +111,10 @@ def create_app(
         auth = JWTAuth(
             budget, secret=secret, issuer=issuer, audience=audience, max_uses=settings.jwt_max_uses, storage=storage
         )
-        return IPRateLimit(auth, limit=settings.rate_limit, name="chat", storage=storage, client_ip=client_ip)
+        return IPRateLimit(auth, limit=settings.rate_limit, name="chat", storage=storage)
 
     chat_stack = guarded(chat)
-    token_stack = IPRateLimit(
-        token, limit=settings.token_rate_limit, name="token", storage=storage, client_ip=client_ip
-    )
+    token_stack = IPRateLimit(token, limit=settings.token_rate_limit, name="token", storage=storage)
     api = ServerBusyGate(Router(routes=[Route("/token", token_stack), Route("/chat", chat_stack)]))
 
     async def healthz(request: Request) -> Response:
@@ -158,7 +154,11 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessLog, client_ip=client_ip)],
+        # The client is resolved once, outermost, so refused requests log the real client too.
+        middleware=[
+            Middleware(ClientIP, trusted_proxies=settings.trusted_proxies, header=settings.client_ip_header),
+            Middleware(AccessLog),
+        ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )

@@ -60,7 +60,7 @@ import anyio
 import limits
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmguard._client_ip import ClientIP
+from llmguard._client_ip import client_key
 from llmguard._errors import (
     LLMGuardError,
     PromptTooLarge,
@@ -120,9 +120,6 @@ class TokenBudget:
         monthly_spend_cap_usd: float | None = None,
         prices: Mapping[str, Price] = DEFAULT_PRICES,
         min_output_tokens: int = 16,
-        trusted_proxies: Sequence[str] = (),
-        client_ip_header: str | None = None,
-        client_ip: ClientIP | None = None,
     ) -> None:
         for name, value in (
             ("max_prompt_tokens", max_prompt_tokens),
@@ -145,7 +142,6 @@ class TokenBudget:
                 ) from None
         self.app = app
         self.storage = storage if isinstance(storage, Storage) else Storage(storage, failure=failure)
-        self.client_ip = client_ip or ClientIP(trusted_proxies=trusted_proxies, header=client_ip_header)
         self.max_prompt_tokens = max_prompt_tokens
         self.monthly_token_cap = monthly_token_cap
         self.monthly_spend_micro = None if monthly_spend_cap_usd is None else round(monthly_spend_cap_usd * 1e6)
@@ -174,7 +170,7 @@ class TokenBudget:
             if len(subject) > 64:
                 subject = hashlib.sha256(subject.encode()).hexdigest()
             return f"user:{subject}"
-        return f"ip:{self.client_ip(scope)}"
+        return f"ip:{client_key(scope)}"
 
     def price(self, model: str) -> Price | None:
         """The model's price; under a spend cap a model with no price is refused, never guessed."""
@@ -243,13 +239,13 @@ class ClientBudgets:
         if counters:
             try:
                 await self._hold(reservation, counters, now)
-            except StorageUnavailable as error:
+            except StorageUnavailable:
                 if not owner.storage.fail_open:
                     # The hold may still land, late: giving it back now (or marking it given back, so a
                     # late one changes nothing) keeps a refused request from costing anything.
                     reservation.refused()
                     await reservation.settle(attempts=1)
-                owner.storage.unavailable(error)  # raises unless failing open
+                    raise
                 # Failing open: served unbudgeted; the settlement counts the charge whether or not
                 # the hold landed, once the storage answers again.
         self.reservations.append(reservation)

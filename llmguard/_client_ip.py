@@ -1,11 +1,16 @@
-"""Who is asking: the client IP every guard keys on, spoof-proof by construction.
+"""Who is asking: the client every guard keys on, resolved once at the edge, spoof-proof by construction.
 
-The socket peer is the client, unless the peer is a configured trusted proxy:
-then the forwarding header is read right to left, skipping trusted hops, and
-the first untrusted address is the client (what a client writes on the left is
-never believed). IPv6 clients are grouped by /64, the block one subscriber
-usually holds; ``::ffff:a.b.c.d`` counts as ``a.b.c.d``. A value that is not an
-IP address never becomes a key.
+``ClientIP`` goes outermost, as uvicorn's ``ProxyHeadersMiddleware`` does: it
+resolves the client once and writes the key into ``scope["llmguard"]``, where
+every guard reads it with :func:`client_key`. The socket peer is the client,
+unless the peer is a configured trusted proxy: then the forwarding header is
+read right to left, skipping trusted hops, and the first untrusted address is
+the client (what a client writes on the left is never believed). IPv6 clients
+are grouped by /64, the block one subscriber usually holds; ``::ffff:a.b.c.d``
+counts as ``a.b.c.d``. A value that is not an IP address never becomes a key.
+
+A guard used without ``ClientIP`` in front keys on the socket peer and never on
+a forwarding header: the safe default, like uvicorn without its middleware.
 """
 
 from __future__ import annotations
@@ -15,51 +20,87 @@ import logging
 import re
 from collections.abc import Sequence
 
-from starlette.types import Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._state import request_state
 
 logger = logging.getLogger("llmguard.client_ip")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Clients with no IP at all (a Unix socket) share one bucket rather than none.
 UNKNOWN = "unknown"
 MAX_HOPS = 32
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
+def trusted_networks(proxies: Sequence[str], *, option: str = "trusted_proxies") -> tuple[IPNetwork, ...]:
+    """The networks of ``proxies`` (IPs or CIDRs); ``ValueError`` naming ``option`` and the bad value."""
+    if isinstance(proxies, str):
+        raise ValueError(f"{option} has value {proxies!r}: expected a list of IPs or CIDRs")
+    networks = []
+    for proxy in proxies:
+        try:
+            networks.append(ipaddress.ip_network(str(proxy).strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{option} has value {proxy!r}: not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def header_name(name: str, *, option: str = "header") -> bytes:
+    """A platform header's name as ASGI spells it (``b"fly-client-ip"``); ``ValueError`` naming ``option``."""
+    text = name.strip() if isinstance(name, str) else ""
+    if not _HEADER_NAME.fullmatch(text):
+        raise ValueError(f"{option} has value {name!r}: name a platform header such as Fly-Client-IP")
+    if text.lower() == "x-forwarded-for":
+        raise ValueError(
+            f"{option} has value {name!r}: X-Forwarded-For is always read from trusted proxies; "
+            "name a platform header such as Fly-Client-IP"
+        )
+    return text.lower().encode("latin-1")
+
+
+def client_key(scope: Scope) -> str:
+    """The client's key for this request: what ``ClientIP`` resolved, else the socket peer's."""
+    state = request_state(scope)
+    if state.client_ip is None:
+        state.client_ip = _PEER_ONLY.resolve(scope)
+    return state.client_ip
+
+
 class ClientIP:
-    """Resolve the rate-limit key of a request: an IPv4 address or an IPv6 /64."""
+    """Resolve the client once, at the edge: an IPv4 address or an IPv6 /64 in ``scope["llmguard"]``.
+
+    Put it outside every guard (and outside the access log, so refused requests
+    log the real client too)::
+
+        app = ClientIP(AccessLog(guarded_app), trusted_proxies=["10.0.0.0/8"])
+
+    ``trusted_proxies`` are the IPs or CIDRs whose forwarding headers are
+    believed; ``header`` names a platform header (``Fly-Client-IP``,
+    ``CF-Connecting-IP``) read before ``X-Forwarded-For`` from those proxies.
+    """
 
     def __init__(
         self,
+        app: ASGIApp,
         *,
         trusted_proxies: Sequence[str] = (),
         header: str | None = None,
         ipv6_prefix: int = 64,
     ) -> None:
-        if isinstance(trusted_proxies, str):
-            raise ValueError(f"trusted_proxies has value {trusted_proxies!r}: expected a list of IPs or CIDRs")
-        try:
-            self.trusted = tuple(ipaddress.ip_network(proxy.strip(), strict=False) for proxy in trusted_proxies)
-        except ValueError as exc:
-            raise ValueError(f"trusted_proxies: {exc}") from None
-        if header is not None and (
-            not _HEADER_NAME.fullmatch(header.strip()) or header.strip().lower() == "x-forwarded-for"
-        ):
-            raise ValueError(f"header has value {header!r}: name a platform header such as Fly-Client-IP")
         if not 1 <= ipv6_prefix <= 128:
             raise ValueError(f"ipv6_prefix has value {ipv6_prefix!r}: expected 1 to 128")
-        self.header = header.strip().lower().encode("latin-1") if header else None
+        self.app = app
+        self.trusted = trusted_networks(trusted_proxies)
+        self.header = header_name(header) if header is not None else None
         self.ipv6_prefix = ipv6_prefix
         self._warned = False
 
-    def __call__(self, scope: Scope) -> str:
-        """The client's key, computed once per request and kept in ``scope["llmguard"]``."""
-        state = request_state(scope)
-        if state.client_ip is None:
-            state.client_ip = self.resolve(scope)
-        return state.client_ip
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            request_state(scope).client_ip = self.resolve(scope)
+        await self.app(scope, receive, send)
 
     def resolve(self, scope: Scope) -> str:
         client = scope.get("client")
@@ -71,7 +112,8 @@ class ClientIP:
                 self._warned = True
                 logger.warning(
                     "requests from %s carry forwarding headers, but %s is not in TRUSTED_PROXIES: every client "
-                    "behind that proxy shares one rate-limit bucket. If the proxy is yours, trust it.",
+                    "behind that proxy shares one rate-limit bucket. If the proxy is yours, trust it "
+                    "(ClientIP(trusted_proxies=...) in front of the guards).",
                     peer,
                     peer,
                 )
@@ -132,3 +174,12 @@ def parse_ip(text: str) -> IPAddress | None:
         if ip.scope_id:
             ip = ipaddress.IPv6Address(value.split("%", 1)[0])
     return ip
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise RuntimeError("only ClientIP.resolve is used without an app")
+
+
+# What a guard with no ClientIP in front keys on: the socket peer, never a forwarding header
+# (and one warning if forwarding headers arrive, since the operator probably meant to trust a proxy).
+_PEER_ONLY = ClientIP(_no_app)

@@ -76,9 +76,10 @@ class JWTAuth:
         expires_in = int(exp if isinstance(exp, (int, float)) else 0) - int(time.time()) + self.leeway
         try:
             uses = await self.storage.incr(f"jti:{claims['jti']}", expiry=max(1, expires_in))
-        except StorageUnavailable as error:
-            self.storage.unavailable(error)
-            return
+        except StorageUnavailable:
+            if not self.storage.fail_open:
+                raise
+            return  # failing open: served without counting this use
         if self.max_uses is not None and uses > self.max_uses:
             times = "once" if self.max_uses == 1 else f"{self.max_uses} times"
             raise Unauthorized(f"This token can be used {times} and has been used up. Get a new one.")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from typing import Literal
 
 import limits
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmguard._client_ip import ClientIP
+from llmguard._client_ip import client_key
 from llmguard._errors import RateLimitExceeded, StorageUnavailable, send_error
 from llmguard._storage import KEY_PREFIX, Storage
 
@@ -25,6 +24,9 @@ class IPRateLimit:
     routes apart and names the policy in the ``RateLimit-Policy`` field. Pass the
     same ``storage`` to every guard; ``redis://`` shares the counts between
     processes.
+
+    The client is what ``ClientIP`` in front resolved (trusted proxies, IPv6
+    /64), else the socket peer.
     """
 
     def __init__(
@@ -35,9 +37,6 @@ class IPRateLimit:
         name: str = "chat",
         storage: Storage | str = "memory://",
         failure: Literal["closed", "open"] = "closed",
-        trusted_proxies: Sequence[str] = (),
-        client_ip_header: str | None = None,
-        client_ip: ClientIP | None = None,
     ) -> None:
         try:
             self.item = limits.parse(limit)
@@ -50,7 +49,6 @@ class IPRateLimit:
         self.app = app
         self.name = name
         self.storage = storage if isinstance(storage, Storage) else Storage(storage, failure=failure)
-        self.client_ip = client_ip or ClientIP(trusted_proxies=trusted_proxies, header=client_ip_header)
         self.window = self.item.get_expiry()
         self.policy = f'"{name}";q={self.item.amount};w={self.window}'
 
@@ -58,16 +56,14 @@ class IPRateLimit:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
-        key = self.client_ip(scope)
+        key = client_key(scope)
         try:
             allowed = await self.storage.guarded(self.storage.limiter.hit(self.item, KEY_PREFIX, self.name, key))
             if not allowed:
                 await send_error(scope, send, await self.refusal(key))
                 return
         except StorageUnavailable as error:
-            try:
-                self.storage.unavailable(error)
-            except StorageUnavailable:
+            if not self.storage.fail_open:
                 await send_error(scope, send, error)
                 return
 

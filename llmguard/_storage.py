@@ -4,7 +4,9 @@ Request limits, token windows, the monthly caps and single-use token ids all go
 through one ``Storage``, so with ``redis://`` every process and worker shares
 them. A storage that errors or hangs turns into ``StorageUnavailable`` within
 ``timeout`` seconds; each guard then refuses (``failure="closed"``, 503) or lets
-the request through with a warning (``failure="open"``) — never a 500.
+the request through with a warning (``failure="open"``) — never a 500. The
+failure is logged where it happens (a warning when open, an error when closed,
+then one line a minute while it lasts); the guard only reads ``fail_open``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ class Storage:
         if max_connections < 1:
             raise ValueError(f"max_connections has value {max_connections!r}: must be at least 1")
         self.url = url
+        #: What a guard does when this storage fails (``StorageUnavailable``, already logged):
+        #: serve the request anyway (True) or refuse it with the 503 (False). Callers read::
+        #:
+        #:     except StorageUnavailable as error:
+        #:         if not storage.fail_open:
+        #:             await send_error(scope, send, error)
+        #:             return
         self.fail_open = failure == "open"
         self.timeout = timeout
         self._secrets = _credentials(url)
@@ -177,11 +186,6 @@ class Storage:
             pool = getattr(client, "connection_pool", None)
             if pool is not None:
                 await pool.disconnect()
-
-    def unavailable(self, error: StorageUnavailable) -> None:
-        """Handle a storage failure by policy: raise when closed, go on without limits when open."""
-        if not self.fail_open:
-            raise error
 
     def _failed(self, reason: str) -> StorageUnavailable:
         # One line a minute while the storage stays down, not one per request and guard.

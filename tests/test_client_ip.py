@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -7,9 +8,11 @@ from typing import Any
 import httpx
 import pytest
 from conftest import ORIGIN, Harness
-from starlette.types import Scope
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
 
-from llmguard._client_ip import ClientIP, parse_ip
+from llmguard._client_ip import ClientIP, client_key, header_name, parse_ip, trusted_networks
+from llmguard._rate_limit import IPRateLimit
 
 PEER = "203.0.113.7"  # the harness client's socket peer
 PROXY = "10.0.0.2"
@@ -51,8 +54,12 @@ def make_scope(peer: str | None = PEER, headers: Sequence[Header] = ()) -> Scope
     }
 
 
+async def unreachable(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("resolve() never calls the app")
+
+
 def key_of(peer: str | None, headers: Sequence[Header] = (), **options: Any) -> str:
-    return ClientIP(**options).resolve(make_scope(peer, headers))
+    return ClientIP(unreachable, **options).resolve(make_scope(peer, headers))
 
 
 # -- parse_ip ---------------------------------------------------------------------------
@@ -265,7 +272,7 @@ def test_forwarding_headers_from_an_untrusted_peer_are_warned_about_once(
     header: Header, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="llmguard.client_ip")
-    client_ip = ClientIP(trusted_proxies=TRUSTED, header="Fly-Client-IP")
+    client_ip = ClientIP(unreachable, trusted_proxies=TRUSTED, header="Fly-Client-IP")
     for _ in range(5):
         assert client_ip.resolve(make_scope(PEER, [header])) == PEER
 
@@ -287,7 +294,7 @@ def test_no_warning_when_nothing_is_misconfigured(
     peer: str, headers: list[Header], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="llmguard.client_ip")
-    ClientIP(trusted_proxies=TRUSTED).resolve(make_scope(peer, headers))
+    ClientIP(unreachable, trusted_proxies=TRUSTED).resolve(make_scope(peer, headers))
     assert warnings_of(caplog) == []
 
 
@@ -311,7 +318,7 @@ def test_no_warning_when_nothing_is_misconfigured(
 )
 def test_bad_options_raise_a_value_error_naming_the_option(options: dict[str, Any], option: str) -> None:
     with pytest.raises(ValueError, match=option):
-        ClientIP(**options)
+        ClientIP(unreachable, **options)
 
 
 # -- through the app --------------------------------------------------------------------
@@ -392,3 +399,65 @@ async def test_junk_forwarding_headers_through_the_app_are_served(
     response = await harness.client.post("/api/token", headers=headers)
     assert response.status_code == 200
     assert [fields["client_ip"] for fields in access_fields(caplog)] == [PEER]
+
+
+# -- at the edge, read by every guard -------------------------------------------------------
+
+
+class Endpoint:
+    """Remembers the key the guards would use."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.keys.append(client_key(scope))
+        await PlainTextResponse("served")(scope, receive, send)
+
+
+async def test_client_ip_resolves_once_at_the_edge_for_every_layer_behind_it() -> None:
+    endpoint = Endpoint()
+    app = ClientIP(endpoint, trusted_proxies=[PEER])
+    transport = httpx.ASGITransport(app=app, client=(PEER, 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        await client.get("/", headers={"x-forwarded-for": "6.6.6.6, 2001:db8:1:2::7"})
+    assert endpoint.keys == ["2001:db8:1:2::/64"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-forwarded-for": "198.51.100.9"},
+        {"forwarded": "for=198.51.100.9"},
+        {"fly-client-ip": "198.51.100.9"},
+    ],
+)
+async def test_without_client_ip_in_front_the_socket_peer_is_the_client(headers: dict[str, str]) -> None:
+    endpoint = Endpoint()
+    transport = httpx.ASGITransport(app=endpoint, client=("2001:db8:1:2::1", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        await client.get("/", headers=headers)
+    assert endpoint.keys == ["2001:db8:1:2::/64"]
+
+
+async def test_a_standalone_rate_limit_behind_client_ip_counts_the_forwarded_clients() -> None:
+    app = ClientIP(IPRateLimit(PlainTextResponse("served"), limit="1/minute"), trusted_proxies=TRUSTED)
+    transport = httpx.ASGITransport(app=app, client=(PROXY, 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        statuses = [
+            (await client.post("/", headers={"x-forwarded-for": forwarded})).status_code
+            for forwarded in ["198.51.100.1", "198.51.100.2", "6.6.6.6, 198.51.100.1"]
+        ]
+    assert statuses == [200, 200, 429]
+
+
+def test_the_option_checks_are_functions_for_the_settings_to_share() -> None:
+    assert trusted_networks(["10.0.0.0/8", " 2001:db8::1 "]) == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("2001:db8::1/128"),
+    )
+    assert header_name(" Fly-Client-IP ") == b"fly-client-ip"
+    with pytest.raises(ValueError, match=r"TRUSTED_PROXIES has value 'nope'"):
+        trusted_networks(["nope"], option="TRUSTED_PROXIES")
+    with pytest.raises(ValueError, match=r"CLIENT_IP_HEADER has value 'X-Forwarded-For'"):
+        header_name("X-Forwarded-For", option="CLIENT_IP_HEADER")

@@ -4,6 +4,7 @@ import llmguard
 def test_all_is_pinned_and_sorted() -> None:
     assert llmguard.__all__ == [
         "ChatEndpoint",
+        "ClientIP",
         "Forbidden",
         "IPRateLimit",
         "InvalidRequest",

@@ -163,18 +163,15 @@ async def test_failures_never_log_the_redis_password(caplog: pytest.LogCaptureFi
     storage = Storage(closed_port_url("secretpw"), failure="open", timeout=0.5)
     with pytest.raises(StorageUnavailable) as caught:
         await storage.incr("tokens", expiry=60)
-    storage.unavailable(caught.value)
     assert await storage.check() is False
     assert "secretpw" not in caplog.text
     assert "secretpw" not in str(caught.value)
     await storage.aclose()
 
 
-def test_unavailable_raises_when_the_storage_fails_closed() -> None:
-    error = StorageUnavailable(retry_after=5)
-    with pytest.raises(StorageUnavailable) as caught:
-        Storage(failure="closed").unavailable(error)
-    assert caught.value is error
+@pytest.mark.parametrize(("failure", "fail_open"), [("closed", False), ("open", True)])
+def test_the_failure_policy_is_a_plain_decision_the_guards_read(failure: Any, fail_open: bool) -> None:
+    assert Storage(failure=failure).fail_open is fail_open
 
 
 async def test_failures_are_logged_now_and_then_not_per_request(
@@ -192,7 +189,6 @@ async def test_failures_are_logged_now_and_then_not_per_request(
         now[0] += seconds
         with pytest.raises(StorageUnavailable):
             await storage.guarded(broken())
-        storage.unavailable(StorageUnavailable(retry_after=5))  # failing open: no raise
         return sum(r.levelno == logging.WARNING for r in caplog.records if r.name == "llmguard.storage")
 
     assert [await warnings_after(s) for s in (0, 1, 10, 30)] == [1, 1, 1, 1]
