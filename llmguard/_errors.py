@@ -247,7 +247,10 @@ def error_response(scope: Scope, error: LLMGuardError) -> Response:
     state = request_state(scope)
     state.error_code = error.code
     body = error_body(error, style=state.error_style, request_id=state.request_id)
-    response = Response(body, status_code=error.status_code)
+    status = error.status_code
+    if state.error_style == "openai" and status == 422:
+        status = 400  # what OpenAI answers a request it cannot use, and what its SDKs expect
+    response = Response(body, status_code=status)
     response.raw_headers = error_headers(error, len(body))
     return response
 

@@ -33,7 +33,6 @@ class OpenAIRequest:
     stream: bool = False
     max_tokens: int | None = None
     include_usage: bool = False
-    has_system: bool = False
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,7 +82,6 @@ def parse_openai_request(data: Any, *, server_model: str, models: Collection[str
         stream=stream,
         max_tokens=min(caps) if caps else None,
         include_usage=include_usage,
-        has_system=any(message["role"] == "system" for message in messages),
         params=params,
     )
 

@@ -11,22 +11,16 @@ through; errors are in OpenAI's shape so the SDKs raise their own typed errors.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmguard._chat_endpoint import ChatEndpoint, Completion
+from llmguard._chat_endpoint import ChatEndpoint
 from llmguard._chat_request import parse_json
-from llmguard._errors import InvalidRequest, LLMGuardError, MethodNotAllowed, send_error
+from llmguard._errors import LLMGuardError, MethodNotAllowed, send_error
 from llmguard._openai_request import parse_openai_request
-from llmguard._state import Usage, request_state
-
-_STREAM_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
+from llmguard._state import request_state
+from llmguard._wire import OpenAIWire
 
 
 class OpenAIErrors:
@@ -58,7 +52,7 @@ class OpenAICompatible(Router):
 
 
 class ChatCompletions:
-    """``POST /chat/completions`` in OpenAI's shapes, through ``ChatEndpoint``'s provider call."""
+    """``POST /chat/completions`` in OpenAI's shapes, answered by ``ChatEndpoint``'s chat service."""
 
     def __init__(self, chat: ChatEndpoint) -> None:
         self.chat = chat
@@ -67,29 +61,24 @@ class ChatCompletions:
         if scope["type"] != "http":
             return
         request_state(scope).error_style = "openai"
-        chat = self.chat
+        service = self.chat.service
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"allow": "POST"})
-            body = await chat.read_body(scope, receive)
-            request = parse_openai_request(parse_json(body), server_model=chat.model, models=chat.models)
-            if request.has_system and not chat.allow_client_system:
-                raise InvalidRequest(
-                    "This server sets the system prompt; send no system or developer message.",
-                    status_code=400,
-                    param="messages",
-                )
-            provider_request = chat.provider_request(
+            body = await self.chat.read_body(scope, receive)
+            request = parse_openai_request(parse_json(body), server_model=service.model, models=service.models)
+            provider_request = service.provider_request(
                 model=request.model,
                 messages=request.messages,
                 max_tokens=request.max_tokens,
                 stream=request.stream,
-                **request.params,
+                params=request.params,
+                system_param="messages",
             )
         except LLMGuardError as error:
             await send_error(scope, send, error)
             return
-        await chat.complete(scope, receive, send, provider_request, OpenAIWire(include_usage=request.include_usage))
+        await service.answer(scope, receive, send, provider_request, OpenAIWire(include_usage=request.include_usage))
 
 
 class ModelList:
@@ -109,32 +98,3 @@ class ModelList:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": self.body if scope["method"] == "GET" else b""})
-
-
-class OpenAIWire:
-    """The provider's own objects and events, passed through (llmguard's usage chunk only when asked for)."""
-
-    stream_headers = _STREAM_HEADERS
-
-    def __init__(self, *, include_usage: bool) -> None:
-        # The provider is always asked for usage (budgets settle on it); the client sees it if it asked.
-        self.include_usage = include_usage
-
-    def reply(self, body: bytes, completion: Completion, usage: Usage) -> bytes:
-        return body
-
-    def start(self) -> bytes:
-        return b""
-
-    def event(self, data: bytes, chunk: dict[str, Any], content: str) -> bytes:
-        if not self.include_usage and not chunk.get("choices") and chunk.get("usage"):
-            return b""
-        return b"data: " + data + b"\n\n"
-
-    def finish(self, finish_reason: str | None, usage: Usage) -> bytes:
-        return b"data: [DONE]\n\n"
-
-    def error(self, error: LLMGuardError) -> bytes:
-        # What OpenAI sends when a stream fails: the SDKs raise it as an APIError.
-        body = {"error": {"message": error.message, "type": error.openai_type, "code": error.code}}
-        return b"data: " + json.dumps(body).encode() + b"\n\n"

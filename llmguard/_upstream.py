@@ -1,9 +1,14 @@
-"""The provider conversation: what is sent (one payload builder), and one pooled client to send it.
+"""The provider conversation: what is sent, how, and what comes back.
 
-``ProviderRequest`` is the only place a provider payload is built, on every
-route, and the prompt's token bound is taken over exactly that payload.
-``Upstream`` sends it with the server's key, retries only what the provider
-cannot have billed, and maps failures to errors that never relay its text.
+- ``ProviderRequest`` is the only place a provider payload is built, on every
+  route, and the prompt's token bound is taken over exactly that payload.
+- ``Upstream`` sends it with the server's key through one pooled client,
+  retries only what the provider cannot have billed, and maps failures to
+  errors that never relay the provider's text.
+- ``Completion`` (a whole reply) and ``ProviderStream`` (a streamed one, read
+  event by event) say what the provider answered: its text, how it finished,
+  the usage it reported, whether it reasoned. Nothing here knows the client's
+  wire format (``_wire``) or the budget (``_chat_service`` records on it).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import anyio
 import httpx
 
 from llmguard._errors import UpstreamError
+from llmguard._state import Usage
 from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 from llmguard._version import __version__
 
@@ -370,3 +376,160 @@ def _provider_code(body: bytes) -> str | None:
     if isinstance(code, str) and _SAFE_CODE.match(code) and not _KEY_LIKE.search(code):
         return code
     return None
+
+
+# -- what the provider answered -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A whole (non-streamed) provider reply."""
+
+    content: str
+    finish_reason: str | None
+    usage: Usage | None
+    #: The reply shows hidden reasoning (``reasoning_content`` and the like).
+    reasoning: bool = False
+    #: A whole reply is complete, whatever its finish reason says.
+    finished: bool = True
+
+    def output_tokens(self) -> int:
+        """The reply's tokens as counted here, needed only when the provider did not say its usage."""
+        return 0 if self.usage else estimate_text_tokens(self.content)
+
+
+def parse_completion(body: bytes) -> Completion:
+    """The provider's ``chat.completion`` object, or ``UpstreamError`` if it is not one."""
+    try:
+        data = json.loads(body)
+        choice = data["choices"][0]
+        message = choice["message"]
+        content = message.get("content") or ""
+        finish_reason = choice.get("finish_reason")
+    except (ValueError, RecursionError, LookupError, TypeError, AttributeError):
+        raise UpstreamError("The AI provider sent a malformed reply.") from None
+    if not isinstance(content, str):
+        raise UpstreamError("The AI provider sent a malformed reply.")
+    finish = finish_reason if isinstance(finish_reason, str) else None
+    return Completion(content, finish, usage_from(data.get("usage")), shows_reasoning(message))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One ``chat.completion.chunk`` of a provider stream."""
+
+    #: The event's data as the provider sent it (the OpenAI route forwards it unchanged).
+    data: bytes
+    chunk: dict[str, Any]
+    #: Its text delta, ``""`` when it has none.
+    text: str
+
+
+class ProviderStream:
+    """A provider's streamed reply, read event by event.
+
+    What the stream said so far (its text, finish reason, usage, reasoning)
+    stays readable after whatever cut it short: the client leaving, the
+    deadline, the provider breaking off. ``events()`` raises ``UpstreamError``
+    for a stream that is malformed, reports an error, or ends unfinished.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            # Billed, maybe (a whole reply where a stream was asked): the caller charges the worst case.
+            raise UpstreamError("The AI provider did not answer with a stream.")
+        self.response = response
+        self.text: list[str] = []
+        self.deltas = 0
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.reasoning = False
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def output_tokens(self) -> int:
+        """The tokens relayed so far as counted here, needed only when the provider did not say its usage."""
+        return 0 if self.usage else max(self.deltas, estimate_text_tokens("".join(self.text)))
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        async for data in _sse_data(self.response):
+            if data == b"[DONE]":
+                return
+            chunk = _stream_chunk(data)
+            yield StreamEvent(data, chunk, self._read(chunk))
+        if self.finish_reason is None:
+            raise UpstreamError("The AI provider's stream ended before the reply was complete.")
+
+    def _read(self, chunk: dict[str, Any]) -> str:
+        """Take note of what one chunk says; its text delta."""
+        text = ""
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            choice = choices[0]
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    text = content
+                    self.text.append(content)
+                    self.deltas += 1
+                if not self.reasoning and shows_reasoning(delta):
+                    self.reasoning = True
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish_reason = choice["finish_reason"]
+        self.usage = usage_from(chunk.get("usage")) or self.usage
+        return text
+
+
+def _stream_chunk(data: bytes) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        raise UpstreamError("The AI provider sent a malformed stream.") from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError("The AI provider sent a malformed stream.")
+    if "error" in chunk:
+        raise UpstreamError("The AI provider failed mid-reply.")
+    return chunk
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The ``data`` of each Server-Sent Event, as bytes (multi-line data joined, comments skipped).
+
+    Read from the raw bytes, not through text lines: on a busy stream this loop is the
+    proxy's per-event cost, and the OpenAI route forwards the bytes as they came.
+    """
+    pending = b""
+    lines: list[bytes] = []
+    async for block in response.aiter_bytes():
+        pending += block
+        *complete, pending = pending.split(b"\n")
+        for raw in complete:
+            line = raw[:-1] if raw.endswith(b"\r") else raw
+            if not line:
+                if lines:
+                    yield b"\n".join(lines)
+                    lines = []
+            elif line.startswith(b"data:"):
+                lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
+    if pending.startswith(b"data:"):
+        lines.append(pending[6:] if pending.startswith(b"data: ") else pending[5:])
+    if lines:
+        yield b"\n".join(lines)
+
+
+def shows_reasoning(message: Mapping[str, Any]) -> bool:
+    """Whether a reply (or a delta of one) carries reasoning, where providers that show it put it."""
+    return bool(message.get("reasoning_content") or message.get("reasoning"))
+
+
+def usage_from(value: object) -> Usage | None:
+    """The provider's ``usage`` object, if it is a well-formed one."""
+    if not isinstance(value, dict):
+        return None
+    prompt, completion = value.get("prompt_tokens"), value.get("completion_tokens")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (prompt, completion)):
+        return None
+    return Usage(prompt, completion)  # type: ignore[arg-type]

@@ -33,7 +33,6 @@ def test_a_minimal_request_uses_the_server_model() -> None:
     assert request.messages == [USER]
     assert request.stream is False
     assert request.max_tokens is None
-    assert request.has_system is False
 
 
 def test_an_allowed_model_is_kept() -> None:
@@ -43,7 +42,6 @@ def test_an_allowed_model_is_kept() -> None:
 def test_system_and_developer_messages_reach_the_provider_as_system() -> None:
     request = parse(messages=[{"role": "developer", "content": "Be brief."}, USER])
     assert request.messages[0] == {"role": "system", "content": "Be brief."}
-    assert request.has_system is True
 
 
 def test_text_parts_are_joined() -> None:

@@ -1,0 +1,263 @@
+"""The chat service: the server's policy, applied once for every route, and one call's life.
+
+Both chat routes (``ChatEndpoint`` for ``/api/chat``, the OpenAI-compatible
+``/v1/chat/completions``) only parse; this service does the rest, the same way
+for both:
+
+1. **policy** — the server's model (or one of ``models`` the client names), its
+   system prompt when the client sends none (and none at all from the client
+   when it forbids them), its output cap (:meth:`ChatService.provider_request`);
+2. **reserve** the worst case on the budget (``scope["llmguard"].budget``, from
+   ``TokenBudget``), which may lower the output cap or refuse;
+3. **call** the provider (``_upstream``) and answer in the route's format
+   (``_wire``): a JSON reply, or a stream relayed event by event;
+4. **record** what the provider answered on the reservation and **settle** it,
+   on every exit path (see ``_budget`` for what is charged when).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import anyio
+import httpx
+from starlette.types import Message, Receive, Scope, Send
+
+from llmguard._budget import Reservation
+from llmguard._errors import InvalidRequest, LLMGuardError, UpstreamError, send_error
+from llmguard._state import Usage, request_state
+from llmguard._upstream import (
+    ProviderCall,
+    ProviderRequest,
+    ProviderStream,
+    Upstream,
+    parse_completion,
+    timed_out,
+    token_limit_param,
+)
+from llmguard._wire import Wire
+
+logger = logging.getLogger("llmguard.chat")
+
+DEFAULT_MODEL = "gpt-4.1-mini"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Without a TokenBudget, prompts are counted (for the log line) up to about the largest context
+# window of a chat model; the provider refuses anything longer.
+UNBUDGETED_PROMPT_LIMIT = 131_072
+
+
+class ChatService:
+    """Turns a parsed chat request into a provider call under the server's policy, and answers it."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        model: str = DEFAULT_MODEL,
+        models: Sequence[str] = (),
+        system_prompt: str = "",
+        allow_client_system: bool = True,
+        max_tokens: int = 2000,
+        max_tokens_param: str = "auto",
+        request_timeout: float = 120,
+        retries: int = 2,
+        transport: httpx.AsyncBaseTransport | Literal["auto", "httpx", "aiohttp"] = "auto",
+    ) -> None:
+        if not api_key:
+            raise ValueError("api_key is empty: the provider key is required")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens has value {max_tokens!r}: must be at least 1")
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout has value {request_timeout!r}: must be positive")
+        if max_tokens_param not in ("auto", "max_tokens", "max_completion_tokens"):
+            raise ValueError(
+                f"max_tokens_param has value {max_tokens_param!r}: "
+                "expected 'auto', 'max_tokens' or 'max_completion_tokens'"
+            )
+        self.model = model
+        #: The models clients may ask for: the server's first.
+        self.models = tuple(dict.fromkeys((model, *models)))
+        self.system_prompt = system_prompt
+        self.allow_client_system = allow_client_system
+        self.max_tokens = max_tokens
+        self.token_param = token_limit_param(base_url, max_tokens_param)
+        self.request_timeout = request_timeout
+        self.upstream = Upstream(
+            base_url=base_url, api_key=api_key, retries=retries, read_timeout=request_timeout, transport=transport
+        )
+
+    def provider_request(
+        self,
+        *,
+        model: str | None,
+        messages: Sequence[Mapping[str, str]],
+        max_tokens: int | None,
+        stream: bool,
+        params: Mapping[str, Any],
+        system_param: str,
+    ) -> ProviderRequest:
+        """The call the provider will get for a parsed request, under the server's policy.
+
+        ``messages`` carry the client's own system prompt, if any, as ``system``
+        messages; ``system_param`` names where the client put it, for the 422
+        when the server forbids one.
+        """
+        if any(message["role"] == "system" for message in messages):
+            if not self.allow_client_system:
+                raise InvalidRequest("This server sets the system prompt; send none.", param=system_param)
+        elif self.system_prompt:
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return ProviderRequest(
+            model=model or self.model,
+            messages=tuple(messages),
+            max_output_tokens=min(max_tokens or self.max_tokens, self.max_tokens),
+            stream=stream,
+            params=params,
+        )
+
+    async def answer(self, scope: Scope, receive: Receive, send: Send, request: ProviderRequest, wire: Wire) -> None:
+        """Reserve the budget, call the provider, answer in ``wire``'s format, settle."""
+        state = request_state(scope)
+        state.model = request.model
+        # Counting stops past what can be served: a hostile megabyte costs milliseconds, not seconds.
+        limit = UNBUDGETED_PROMPT_LIMIT if state.budget is None else state.budget.max_prompt_tokens
+        prompt_tokens = request.prompt_tokens(stop_above=limit)
+        model, output_cap = request.model, request.max_output_tokens
+        try:
+            if state.budget is None:
+                reservation = Reservation.unbudgeted(
+                    model=model, prompt_tokens=prompt_tokens, max_output_tokens=output_cap
+                )
+            else:
+                reservation = await state.budget.reserve(
+                    model=model, prompt_tokens=prompt_tokens, max_output_tokens=output_cap
+                )
+        except LLMGuardError as error:
+            await send_error(scope, send, error)
+            return
+        try:
+            payload = request.body(output_tokens=reservation.output_tokens, token_param=self.token_param)
+            if request.stream:
+                # A stream the client left is cancelled at once: the provider stops generating.
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(_cancel_on_disconnect, receive, tasks.cancel_scope)
+                    await self._stream_reply(scope, send, payload, reservation, wire)
+                    tasks.cancel_scope.cancel()
+            else:
+                # Not cancelled when the client leaves: the provider bills a call it received whether or not
+                # anyone waits for the answer, so the call runs to its end (REQUEST_TIMEOUT at most) and is
+                # charged what the provider reports.
+                await self._json_reply(scope, send, payload, reservation, wire)
+        finally:
+            with anyio.CancelScope(shield=True):
+                state.usage = await reservation.settle()
+            state.cost_usd = reservation.cost_usd
+
+    async def _json_reply(self, scope: Scope, send: Send, payload: bytes, reservation: Reservation, wire: Wire) -> None:
+        call = ProviderCall()
+        try:
+            with anyio.fail_after(self.request_timeout):
+                async with self.upstream.chat(payload, call) as response:
+                    body = await response.aread()
+            completion = parse_completion(body)
+        except (UpstreamError, TimeoutError, httpx.HTTPError) as exc:
+            if not call.may_have_billed:
+                reservation.refused()  # refused, never reached, or the deadline came between attempts
+            await send_error(scope, send, _failure(exc))
+            return
+        _record(reservation, completion)
+        reply = wire.reply(body, completion, reservation.due())
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(reply)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": reply})
+
+    async def _stream_reply(
+        self, scope: Scope, send: Send, payload: bytes, reservation: Reservation, wire: Wire
+    ) -> None:
+        call = ProviderCall()
+        stream: ProviderStream | None = None
+        started = False
+        error: LLMGuardError | None = None
+        try:
+            with anyio.fail_after(self.request_timeout):
+                async with self.upstream.chat(payload, call) as response:
+                    stream = ProviderStream(response)
+                    await send({"type": "http.response.start", "status": 200, "headers": wire.stream_headers})
+                    started = True
+                    await _send_chunk(send, wire.start())
+                    async for event in stream.events():
+                        out = wire.event(event)
+                        if out:
+                            await _send_chunk(send, out)
+        except (UpstreamError, TimeoutError, httpx.HTTPError) as exc:
+            error = _failure(exc)
+        finally:
+            # Runs when the client went away too (cancelled): what was streamed is what gets charged.
+            if stream is not None:
+                _record(reservation, stream)
+            elif not call.may_have_billed:
+                reservation.refused()  # refused by the provider, or never reached it
+        if error is None:
+            await _send_chunk(send, wire.finish(stream.finish_reason if stream else None, reservation.due()))
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if not started:
+            await send_error(scope, send, error)
+            return
+        request_state(scope).error_code = error.code
+        logger.warning("stream ended with %s: %s", error.code, error.message)
+        await _send_chunk(send, wire.error(error))
+        await send({"type": "http.response.body", "body": b""})
+
+    def open(self) -> None:
+        """Make the pooled provider client now rather than on the first request."""
+        self.upstream.open()
+
+    async def aclose(self) -> None:
+        await self.upstream.aclose()
+
+
+class _Reply(Protocol):
+    """What the provider answered, whole (``Completion``) or so far (``ProviderStream``)."""
+
+    @property
+    def usage(self) -> Usage | None: ...
+    @property
+    def reasoning(self) -> bool: ...
+    @property
+    def finished(self) -> bool: ...
+    def output_tokens(self) -> int: ...
+
+
+def _record(reservation: Reservation, reply: _Reply) -> None:
+    if reply.reasoning:
+        reservation.saw_reasoning()
+    reservation.answered(reply.usage, reply.output_tokens(), complete=reply.finished)
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _send_chunk(send: Send, data: bytes) -> None:
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+def _failure(error: Exception) -> LLMGuardError:
+    """What to tell the client when the provider call failed."""
+    if isinstance(error, LLMGuardError):
+        return error
+    if timed_out(error):
+        return UpstreamError("The AI provider took too long to answer.", status_code=504)
+    return UpstreamError("The connection to the AI provider broke.")
