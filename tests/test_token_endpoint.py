@@ -1,21 +1,17 @@
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from conftest import ORIGIN, SECRET, Harness, make_settings
+from harness import HELLO, SECRET, CountingApp, Harness, assert_error, running
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
 
-from llmguard import Forbidden, JWTAuth, TokenEndpoint, create_app
+from llmguard import Forbidden, JWTAuth, TokenEndpoint
 from llmguard.testing import FakeProvider
 
 REGISTERED = ["iss", "aud", "iat", "nbf", "exp", "jti"]
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
 def decode(token: str, *, issuer: str = "llmguard", audience: str = "llmguard") -> dict[str, Any]:
@@ -23,18 +19,6 @@ def decode(token: str, *, issuer: str = "llmguard", audience: str = "llmguard") 
         token, SECRET, algorithms=["HS256"], issuer=issuer, audience=audience, options={"require": REGISTERED}
     )
     return claims
-
-
-@asynccontextmanager
-async def bundled_app(provider: FakeProvider, authenticate: Callable[..., Any]) -> AsyncIterator[Harness]:
-    """Like the ``harness`` fixture, with an ``authenticate`` hook."""
-    app = create_app(make_settings(), authenticate=authenticate, transport=provider.transport())
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://testserver", headers={"origin": ORIGIN}
-        ) as client:
-            yield Harness(app, provider, client)
 
 
 def user_from_header(request: Request) -> Mapping[str, Any] | None:
@@ -91,23 +75,21 @@ async def test_every_token_has_its_own_jti(harness: Harness) -> None:
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
 async def test_only_post_mints(harness: Harness, method: str) -> None:
     response = await harness.client.request(method, "/api/token")
-    assert response.status_code == 405
-    assert response.json()["error"] == "MethodNotAllowed"
+    body = assert_error(response, 405, "MethodNotAllowed")
     assert response.headers["allow"] == "POST"
-    assert "token" not in response.json()
+    assert "token" not in body
 
 
 async def test_a_token_needs_an_allowed_origin(harness: Harness) -> None:
     response = await harness.client.post("/api/token", headers={"origin": "https://evil.example.net"})
-    assert response.status_code == 403
-    assert "token" not in response.json()
+    assert "token" not in assert_error(response, 403, "Forbidden")
 
 
 @pytest.mark.parametrize("hook", HOOKS)
 async def test_claims_from_the_authenticate_hook_are_in_the_token(
     provider: FakeProvider, hook: Callable[..., Any]
 ) -> None:
-    async with bundled_app(provider, hook) as harness:
+    async with running(provider, authenticate=hook) as harness:
         response = await harness.client.post("/api/token", headers={"x-user": "user-42"})
     assert response.status_code == 200
     claims = decode(response.json()["token"])
@@ -116,11 +98,9 @@ async def test_claims_from_the_authenticate_hook_are_in_the_token(
 
 @pytest.mark.parametrize("hook", HOOKS)
 async def test_a_hook_returning_none_refuses_with_401(provider: FakeProvider, hook: Callable[..., Any]) -> None:
-    async with bundled_app(provider, hook) as harness:
+    async with running(provider, authenticate=hook) as harness:
         response = await harness.client.post("/api/token")
-    assert response.status_code == 401
-    assert response.json()["error"] == "Unauthorized"
-    assert "token" not in response.json()
+    assert "token" not in assert_error(response, 401, "Unauthorized")
 
 
 async def test_the_hook_can_read_the_request_body(provider: FakeProvider) -> None:
@@ -128,11 +108,11 @@ async def test_the_hook_can_read_the_request_body(provider: FakeProvider) -> Non
         body = await request.json()
         return {"sub": body["user"]} if body.get("password") == "open sesame" else None
 
-    async with bundled_app(provider, login) as harness:
+    async with running(provider, authenticate=login) as harness:
         accepted = await harness.client.post("/api/token", json={"user": "ada", "password": "open sesame"})
         refused = await harness.client.post("/api/token", json={"user": "ada", "password": "guess"})
     assert decode(accepted.json()["token"])["sub"] == "ada"
-    assert refused.status_code == 401
+    assert "token" not in assert_error(refused, 401, "Unauthorized")
 
 
 async def test_reserved_claims_from_the_hook_are_the_servers(provider: FakeProvider) -> None:
@@ -140,7 +120,7 @@ async def test_reserved_claims_from_the_hook_are_the_servers(provider: FakeProvi
         return {"sub": "user-1", "iss": "evil", "aud": "evil", "iat": 0, "nbf": 0, "exp": 4102444800, "jti": "fixed"}
 
     before = int(time.time())
-    async with bundled_app(provider, overreach) as harness:
+    async with running(provider, authenticate=overreach) as harness:
         response = await harness.client.post("/api/token")
     claims = decode(response.json()["token"])
     assert claims["sub"] == "user-1"
@@ -162,11 +142,9 @@ async def forbid_async(request: Request) -> Mapping[str, Any]:
 async def test_a_hook_raising_an_llmguard_error_refuses_with_it(
     provider: FakeProvider, hook: Callable[..., Any]
 ) -> None:
-    async with bundled_app(provider, hook) as harness:
+    async with running(provider, authenticate=hook) as harness:
         response = await harness.client.post("/api/token")
-    assert response.status_code == 403
-    assert response.json()["error"] == "Forbidden"
-    assert response.json()["message"] == "Your plan does not include the assistant."
+    assert assert_error(response, 403, "Forbidden")["message"] == "Your plan does not include the assistant."
 
 
 @pytest.mark.parametrize("user", ["user-42", 42])
@@ -174,29 +152,33 @@ async def test_a_token_from_the_hook_works_for_chat(provider: FakeProvider, user
     async def hook(request: Request) -> Mapping[str, Any]:
         return {"sub": user}
 
-    async with bundled_app(provider, hook) as harness:
+    async with running(provider, authenticate=hook) as harness:
         token = await harness.token()
         response = await harness.chat(HELLO, token=token)
     assert response.status_code == 200, response.text
     assert response.json()["role"] == "assistant"
 
 
-async def echo_claims(scope: Scope, receive: Receive, send: Send) -> None:
-    await JSONResponse(scope["llmguard"].claims)(scope, receive, send)
-
-
 async def test_standalone_it_pairs_with_jwt_auth() -> None:
-    options = {"secret": SECRET, "issuer": "my-app", "audience": "my-app-chat"}
-    endpoint = TokenEndpoint(ttl=60, **options)
+    endpoint = TokenEndpoint(secret=SECRET, ttl=60, issuer="my-app", audience="my-app-chat")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=endpoint), base_url="http://t") as client:
         body = (await client.post("/")).json()
     assert body["expires_in"] == 60
-    assert decode(body["token"], issuer="my-app", audience="my-app-chat")["iss"] == "my-app"
+    claims = decode(body["token"], issuer="my-app", audience="my-app-chat")
+    assert claims["iss"] == "my-app"
 
     headers = {"authorization": f"Bearer {body['token']}"}
-    for guard, status in [(JWTAuth(echo_claims, **options), 200), (JWTAuth(echo_claims, secret=SECRET), 401)]:
+    paired, default = CountingApp(), CountingApp()
+    guards = [JWTAuth(paired, secret=SECRET, issuer="my-app", audience="my-app-chat"), JWTAuth(default, secret=SECRET)]
+    responses = []
+    for guard in guards:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guard), base_url="http://t") as client:
-            assert (await client.post("/", headers=headers)).status_code == status
+            responses.append(await client.post("/", headers=headers))
+    accepted, refused = responses
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json() == claims
+    assert_error(refused, 401, "Unauthorized")  # another issuer and audience than the default's
+    assert (paired.calls, default.calls) == (1, 0)
 
 
 def test_a_short_secret_is_refused_without_being_shown() -> None:

@@ -1,0 +1,229 @@
+"""What the tests share: distinctive values, the bundled app in-process, an app to put behind a
+middleware, and one reader each for an error, a stream and a log.
+
+Plain functions and classes; the fixtures built on them live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
+from llmguard import Settings, create_app
+from llmguard._token_endpoint import Authenticate
+from llmguard.testing import FakeProvider
+
+T = TypeVar("T")
+
+# Distinctive values, so a test can search any output for them (or a fragment of them).
+KEY = "sk-test-Q7vX2mN9pL4kR8sT1wY6zA3bC5dE0fG"
+SECRET = "test-secret-0123456789abcdefghijklmnopqrstuv"
+ORIGIN = "https://app.example.com"
+#: The socket peer of the in-process clients unless a test picks another.
+PEER = "203.0.113.7"
+
+HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "Hello"}]}
+STREAM: dict[str, Any] = {**HELLO, "stream": True}
+#: The last event of a UI message stream; ``sse_events`` gives it as this string.
+DONE = "[DONE]"
+
+
+# -- settings and the ASGI tree --------------------------------------------------------
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for tests: the values above, no retries, and limits out of the way."""
+    values: dict[str, Any] = {
+        "openai_api_key": KEY,
+        "jwt_secret": SECRET,
+        "allowed_origins": (ORIGIN,),
+        "upstream_retries": 0,
+        # Limits are tested where they are the subject; elsewhere they stay out of the way.
+        "rate_limit_max": 100_000,
+        "token_rate_limit": "100000/minute",
+        "tokens_per_ip": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def find(node: object, kind: type[T]) -> T:
+    """The first ``kind`` in an ASGI tree of apps, mounts, routers and middlewares."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if isinstance(current, kind):
+            return current
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        stack.extend(child for child in (getattr(current, "app", None), getattr(current, "router", None)) if child)
+        stack.extend(getattr(current, "routes", None) or [])
+    raise LookupError(f"no {kind.__name__} in the app")
+
+
+# -- the bundled app in-process ----------------------------------------------------------
+
+
+def assert_not_500(response: httpx.Response) -> None:
+    # A 500 is always a bug: every failure llmguard knows of has its own status and code.
+    assert response.status_code != 500, f"500 from {response.request.url}"
+
+
+async def _not_500(response: httpx.Response) -> None:
+    assert_not_500(response)
+
+
+class Harness:
+    """The bundled app in-process and its fake provider, with clients from any IP on an allowed origin.
+
+    ``client`` comes from ``PEER``; ``client_from(ip)`` opens another. All are closed by ``aclose``.
+    """
+
+    def __init__(self, app: Starlette, provider: FakeProvider) -> None:
+        self.app = app
+        self.provider = provider
+        self._clients: list[httpx.AsyncClient] = []
+        self.client = self.client_from(PEER)
+
+    def client_from(self, ip: str, *, origin: str | None = ORIGIN) -> httpx.AsyncClient:
+        """A client whose requests come from ``ip`` (the socket peer), with ``origin`` unless None."""
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app, client=(ip, 50000)),
+            base_url="http://testserver",
+            headers={} if origin is None else {"origin": origin},
+            event_hooks={"response": [_not_500]},
+        )
+        self._clients.append(client)
+        return client
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+    async def token(self, client: httpx.AsyncClient | None = None, headers: dict[str, str] | None = None) -> str:
+        """A token minted by ``client`` (the default one unless given)."""
+        response = await (client or self.client).post("/api/token", headers=headers or {})
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
+    async def chat(
+        self,
+        body: Any = HELLO,
+        *,
+        token: str | None = None,
+        client: httpx.AsyncClient | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """POST ``body`` (JSON, or bytes/str as they are) to /api/chat with a token (a fresh one unless given)."""
+        client = client or self.client
+        token = token or await self.token(client)
+        headers = {"authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        if isinstance(body, (bytes, str)):
+            return await client.post("/api/chat", content=body, headers=headers, **kwargs)
+        return await client.post("/api/chat", json=body, headers=headers, **kwargs)
+
+
+@asynccontextmanager
+async def running(
+    provider: FakeProvider,
+    *,
+    authenticate: Authenticate | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Harness]:
+    """``create_app(make_settings(**overrides))`` with its lifespan running, in front of ``provider``."""
+    app = create_app(make_settings(**overrides), authenticate=authenticate, transport=transport or provider.transport())
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        harness = Harness(app, provider)
+        stack.push_async_callback(harness.aclose)
+        yield harness
+
+
+# -- an app behind a middleware ---------------------------------------------------------
+
+
+class CountingApp:
+    """The app behind a middleware under test: remembers the scopes that reached it; answers 200 JSON.
+
+    The JSON is the claims JWTAuth verified, when the scope carries some, else ``{"ok": true}``.
+    """
+
+    def __init__(self, *, headers: dict[str, str] | None = None) -> None:
+        self.headers = headers
+        self.scopes: list[Scope] = []
+
+    @property
+    def calls(self) -> int:
+        """HTTP requests that reached the app."""
+        return sum(1 for scope in self.scopes if scope["type"] == "http")
+
+    @property
+    def scope_types(self) -> list[str]:
+        return [scope["type"] for scope in self.scopes]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scopes.append(scope)
+        if scope["type"] != "http":
+            return
+        state = scope.get("llmguard")
+        claims = getattr(state, "claims", None)
+        body = claims if claims is not None else {"ok": True}
+        await JSONResponse(body, headers=self.headers)(scope, receive, send)
+
+
+# -- reading answers ----------------------------------------------------------------------
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Check ``response`` is llmguard's JSON error ``code`` with ``status`` and a message; return the body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].split(";")[0] == "application/json", response.headers["content-type"]
+    body = response.json()
+    assert isinstance(body, dict), body
+    assert body["error"] == code, body
+    assert isinstance(body["message"], str), body
+    assert body["message"].strip(), body
+    return body
+
+
+def sse_events(stream: httpx.Response | str | bytes) -> list[Any]:
+    """The ``data`` of each event of an AI SDK stream, JSON-decoded; ``DONE`` stays the string ``"[DONE]"``.
+
+    Checks the framing on the way: each event is one ``data:`` line, then a blank line.
+    """
+    if isinstance(stream, httpx.Response):
+        text = stream.text
+    elif isinstance(stream, bytes):
+        text = stream.decode()
+    else:
+        text = stream
+    assert text.endswith("\n\n"), text[-80:]
+    events: list[Any] = []
+    for block in text.split("\n\n")[:-1]:
+        assert block.startswith("data: "), block
+        assert "\n" not in block, block
+        data = block.removeprefix("data: ")
+        events.append(data if data == DONE else json.loads(data))
+    return events
+
+
+def assert_no_secrets(text: str, tokens: Iterable[str] = ()) -> None:
+    """Neither the provider key (nor a telling piece of it), the JWT secret, nor any of ``tokens`` is in ``text``."""
+    assert KEY not in text
+    assert KEY[-6:] not in text
+    assert KEY[:12] not in text
+    assert SECRET not in text
+    for token in tokens:
+        assert token not in text
+        signature = token.split(".")[-1]
+        assert not signature or signature not in text  # not even the signature
