@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import gc
-import hashlib
 import logging
-import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from importlib import resources
 
 import httpx
 from starlette.applications import Starlette
@@ -26,17 +22,18 @@ from llmguard._budget import TokenBudget
 from llmguard._chat_endpoint import ChatEndpoint
 from llmguard._client_ip import ClientIP
 from llmguard._errors import LLMGuardError, MethodNotAllowed, NotFound, ServerBusy, error_response, send_error
+from llmguard._fake_provider import FakeProvider
 from llmguard._jwt_auth import JWTAuth
 from llmguard._openai_route import OpenAICompatible, OpenAIErrors
 from llmguard._origin import OriginFilter
 from llmguard._rate_limit import IPRateLimit
 from llmguard._settings import Settings
 from llmguard._state import request_state
+from llmguard._static import Script, demo_page
 from llmguard._storage import Storage
 from llmguard._token_endpoint import Authenticate, TokenEndpoint
 from llmguard._tokens import load as load_tokenizer
 from llmguard._version import __version__
-from llmguard.testing import FakeProvider
 
 logger = logging.getLogger("llmguard")
 
@@ -63,29 +60,7 @@ def create_app(
     """
     settings = settings or Settings.from_env()
     secret = settings.jwt_secret or _ephemeral_secret()
-    api_key, base_url = settings.openai_api_key, settings.openai_base_url
-    if settings.demo:
-        base_url = DEMO_BASE_URL if transport is None else base_url
-        transport = transport or FakeProvider(model=settings.openai_model, delay=DEMO_WORD_DELAY).transport()
-        api_key = api_key or "sk-offline-demo"
-    if api_key is None:
-        raise ValueError("openai_api_key is required outside the demo")
-
-    chat = ChatEndpoint(
-        api_key=api_key,
-        base_url=base_url,
-        model=settings.openai_model,
-        system_prompt=settings.system_prompt,
-        allow_client_system=settings.allow_client_system,
-        max_tokens=settings.max_tokens,
-        max_tokens_param=settings.max_tokens_param,
-        max_body_bytes=settings.max_body_bytes,
-        body_timeout=settings.body_timeout,
-        request_timeout=settings.request_timeout,
-        retries=settings.upstream_retries,
-        models=settings.allowed_models,
-        transport=transport or settings.upstream_transport,
-    )
+    chat = _chat_endpoint(settings, transport)
     storage = Storage(settings.storage_url, failure=settings.storage_failure, timeout=settings.storage_timeout)
     issuer, audience = settings.jwt_issuer, settings.jwt_audience
     token = TokenEndpoint(
@@ -131,11 +106,11 @@ def create_app(
         Mount("/api", app=OriginFilter(api, allow_origins=origins)),
         # The official OpenAI SDKs, with the JWT as their key; refusals in OpenAI's shape.
         Mount("/v1", app=OpenAIErrors(OriginFilter(openai, allow_origins=settings.allowed_origins))),
-        _page("/sdk.js", _SDK_JS.__call__),
-        _page("/widget.js", _WIDGET_JS.__call__),
+        _page("/sdk.js", Script("sdk.js").__call__),
+        _page("/widget.js", Script("widget.js").__call__),
     ]
     if settings.serves_demo_page:
-        routes.append(_page("/", _demo_page))
+        routes.append(_page("/", demo_page))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -164,6 +139,32 @@ def create_app(
     )
     app.state.settings = settings
     return app
+
+
+def _chat_endpoint(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> ChatEndpoint:
+    """The provider side: the real provider, or in demo mode the fake one, offline."""
+    api_key, base_url = settings.openai_api_key, settings.openai_base_url
+    if settings.demo:
+        base_url = DEMO_BASE_URL if transport is None else base_url
+        transport = transport or FakeProvider(model=settings.openai_model, delay=DEMO_WORD_DELAY).transport()
+        api_key = api_key or "sk-offline-demo"
+    if api_key is None:
+        raise ValueError("openai_api_key is required outside the demo")
+    return ChatEndpoint(
+        api_key=api_key,
+        base_url=base_url,
+        model=settings.openai_model,
+        system_prompt=settings.system_prompt,
+        allow_client_system=settings.allow_client_system,
+        max_tokens=settings.max_tokens,
+        max_tokens_param=settings.max_tokens_param,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout=settings.body_timeout,
+        request_timeout=settings.request_timeout,
+        retries=settings.upstream_retries,
+        models=settings.allowed_models,
+        transport=transport or settings.upstream_transport,
+    )
 
 
 class ServerBusyGate:
@@ -208,54 +209,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # Starlette re-raises after this, so the server logs the traceback; the client gets no trace.
     return error_response(request.scope, LLMGuardError())
-
-
-def _load_demo_page() -> tuple[bytes, str]:
-    page = resources.files("llmguard").joinpath("static/demo.html").read_bytes()
-    scripts = re.findall(rb"<script[^>]*>(.*?)</script>", page, flags=re.DOTALL)
-    hashes = " ".join(
-        "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'" for script in scripts
-    )
-    policy = (
-        f"default-src 'none'; script-src 'self' {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
-        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    )
-    return page, policy
-
-
-_DEMO_PAGE, _DEMO_POLICY = _load_demo_page()
-
-
-async def _demo_page(request: Request) -> Response:
-    headers = {
-        "content-security-policy": _DEMO_POLICY,
-        "cache-control": "no-cache",
-        "x-content-type-options": "nosniff",
-        "referrer-policy": "no-referrer",
-    }
-    return Response(_DEMO_PAGE, media_type="text/html; charset=utf-8", headers=headers)
-
-
-# The browser builds of @llmguard/sdk (js/, committed by `npm run sync:browser-build`): /sdk.js
-# for pages that `import { chat } from "https://your-proxy/sdk.js"`, /widget.js for
-# <llmguard-chat>. Module scripts load with CORS, hence `*`.
-class _Script:
-    def __init__(self, name: str) -> None:
-        self.body = resources.files("llmguard").joinpath(f"static/{name}").read_bytes()
-        etag = '"' + hashlib.sha256(self.body).hexdigest()[:20] + '"'
-        self.headers = {
-            "cache-control": "public, max-age=300",
-            "etag": etag,
-            "access-control-allow-origin": "*",
-            "cross-origin-resource-policy": "cross-origin",
-            "x-content-type-options": "nosniff",
-        }
-
-    async def __call__(self, request: Request) -> Response:
-        if self.headers["etag"] in request.headers.get("if-none-match", ""):
-            return Response(status_code=304, headers=self.headers)
-        return Response(self.body, media_type="text/javascript; charset=utf-8", headers=self.headers)
-
-
-_SDK_JS = _Script("sdk.js")
-_WIDGET_JS = _Script("widget.js")
