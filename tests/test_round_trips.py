@@ -1,0 +1,120 @@
+"""What one request costs in Redis round trips, end to end through ``create_app``, pinned.
+
+Every guard that counts talks to the storage, and with ``redis://`` each round
+trip is a network wait on the request's path. The counts below are what the
+stack costs today, watched from the server's side (``MONITOR``: the commands
+clients sent, not the ones a script ran inside Redis). A change that adds a
+round trip fails here; one that saves a round trip updates the number.
+
+- ``/api/token``: the token route's rate limit (one `limits` script).
+- ``/api/chat``: the rate limit (one `limits` script), the budget hold (one
+  script for every budget, the client window's last period read in it) and the
+  settlement (one script). A hold lowered to the room left costs one more; a
+  single-use token one more (its ``jti`` count).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from servers import RedisServer
+
+from llmguard import Settings, create_app
+from llmguard.testing import FakeProvider
+
+ORIGIN = "https://app.example.com"
+KEY = "sk-test-round-trips-0123456789"
+HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
+END = "llmguard-round-trips-end"
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@contextmanager
+def watching(server: RedisServer) -> Iterator[list[str]]:
+    """The commands clients send to ``server`` inside the block (what scripts run inside is left out)."""
+    commands: list[str] = []
+    marker = redis.Redis(port=server.port, socket_timeout=5)
+    marker.ping()  # its handshake happens now, not inside the block
+    with redis.Redis(port=server.port, socket_timeout=5).monitor() as monitor:
+
+        def listen() -> None:
+            for event in monitor.listen():
+                if event["command"] == f"ECHO {END}":
+                    return
+                if event["client_type"] != "lua":
+                    commands.append(event["command"].split(" ", 1)[0].upper())
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        yield commands
+        marker.echo(END)
+        listener.join(timeout=5)
+    marker.close()
+
+
+@asynccontextmanager
+async def client_of(server: RedisServer, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    server.flush()
+    values: dict[str, Any] = {
+        "openai_api_key": KEY,
+        "jwt_secret": "round-trips-secret-0123456789abcdefghijklmnop",
+        "allowed_origins": (ORIGIN,),
+        "storage_url": server.url,
+        "upstream_retries": 0,
+        "tokens_per_ip": "100000/day",
+        "monthly_token_cap": 10_000_000,
+        "monthly_spend_cap_usd": 1000.0,
+    }
+    app = create_app(Settings(**{**values, **overrides}), transport=FakeProvider(api_key=KEY).transport())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", headers={"origin": ORIGIN}
+        ) as client:
+            # Warm: the scripts are loaded and the pool's connections open before anything is counted.
+            token = (await client.post("/api/token")).json()["token"]
+            response = await client.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"})
+            assert response.status_code == 200, response.text
+            yield client
+
+
+async def test_minting_a_token_is_one_round_trip(redis_server: RedisServer) -> None:
+    async with client_of(redis_server) as client:
+        with watching(redis_server) as commands:
+            assert (await client.post("/api/token")).status_code == 200
+    assert commands == ["EVALSHA"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({}, 3, id="every-budget-on"),
+        pytest.param(
+            {"tokens_per_ip": None, "monthly_token_cap": None, "monthly_spend_cap_usd": None}, 1, id="no-budget"
+        ),
+        pytest.param({"jwt_max_uses": 1}, 4, id="single-use-tokens"),
+        pytest.param({"tokens_per_ip": "1000/day"}, 4, id="hold-lowered-to-the-room-left"),
+    ],
+)
+async def test_one_chat_request_costs_a_pinned_number_of_round_trips(
+    redis_server: RedisServer, overrides: dict[str, Any], expected: int
+) -> None:
+    async with client_of(redis_server, **overrides) as client:
+        token = (await client.post("/api/token")).json()["token"]
+        with watching(redis_server) as commands:
+            response = await client.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+    assert len(commands) == expected, commands
+    assert set(commands) == {"EVALSHA"}, commands
