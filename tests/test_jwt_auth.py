@@ -8,9 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import SECRET
-from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from harness import SECRET, CountingApp, assert_error
 
 from llmguard import JWTAuth
 
@@ -41,19 +39,9 @@ def forge(
     return signing_input + "." + b64(mac.digest())
 
 
-class Echo:
-    """The app behind JWTAuth: answers with the claims it was given."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls += 1
-        await JSONResponse(scope["llmguard"].claims)(scope, receive, send)
-
-
-async def call(headers: list[tuple[str, str]], **options: Any) -> tuple[httpx.Response, Echo]:
-    echo = Echo()
+async def call(headers: list[tuple[str, str]], **options: Any) -> tuple[httpx.Response, CountingApp]:
+    """POST through JWTAuth to an app that answers with the claims it was given."""
+    echo = CountingApp()
     app = JWTAuth(echo, secret=SECRET, **options)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
         response = await client.post("/api/chat", headers=headers)
@@ -66,9 +54,7 @@ def bearer(token: str) -> list[tuple[str, str]]:
 
 async def assert_refused(headers: list[tuple[str, str]], **options: Any) -> httpx.Response:
     response, echo = await call(headers, **options)
-    assert response.status_code == 401
-    assert response.json()["error"] == "Unauthorized"
-    assert response.json()["message"]
+    assert_error(response, 401, "Unauthorized")
     assert response.headers["www-authenticate"].lower().startswith("bearer")
     for _, value in headers:
         credentials = value.partition(" ")[2].strip()
@@ -77,23 +63,28 @@ async def assert_refused(headers: list[tuple[str, str]], **options: Any) -> http
     return response
 
 
+async def accepted(headers: list[tuple[str, str]], payload: dict[str, Any], **options: Any) -> None:
+    """The request reached the app, once, with ``payload`` as its claims."""
+    response, echo = await call(headers, **options)
+    assert response.status_code == 200, response.text
+    assert response.json() == payload
+    assert echo.calls == 1
+
+
 async def test_a_valid_token_hands_its_claims_to_the_app() -> None:
     payload = claims(sub="user-42", scope="chat")
-    response, echo = await call(bearer(forge(payload)))
-    assert response.status_code == 200
-    assert echo.calls == 1
-    assert response.json() == payload
+    await accepted(bearer(forge(payload)), payload)
 
 
 async def test_the_scheme_is_case_insensitive() -> None:
-    response, _ = await call([("authorization", "bearer " + forge(claims()))])
-    assert response.status_code == 200
+    payload = claims()
+    await accepted([("authorization", "bearer " + forge(payload))], payload)
 
 
 async def test_a_token_expired_within_the_leeway_is_accepted() -> None:
     now = int(time.time())
-    response, _ = await call(bearer(forge(claims(iat=now - 900, nbf=now - 900, exp=now - 3))))
-    assert response.status_code == 200
+    payload = claims(iat=now - 900, nbf=now - 900, exp=now - 3)
+    await accepted(bearer(forge(payload)), payload)
 
 
 def alg_none(with_signature_part: bool) -> str:
@@ -166,9 +157,9 @@ async def test_a_missing_or_malformed_authorization_header_is_refused(headers: l
 
 
 async def test_issuer_and_audience_are_configurable() -> None:
-    token = forge(claims(iss="my-app", aud="my-app-chat"))
-    response, _ = await call(bearer(token), issuer="my-app", audience="my-app-chat")
-    assert response.status_code == 200
+    payload = claims(iss="my-app", aud="my-app-chat")
+    token = forge(payload)
+    await accepted(bearer(token), payload, issuer="my-app", audience="my-app-chat")
     await assert_refused(bearer(token))
 
 
@@ -178,10 +169,7 @@ async def test_leeway_zero_refuses_a_just_expired_token() -> None:
 
 
 async def test_other_scopes_pass_straight_through() -> None:
-    seen: list[str] = []
-
-    async def inner(scope: Scope, receive: Receive, send: Send) -> None:
-        seen.append(scope["type"])
+    inner = CountingApp()
 
     async def receive() -> Any:
         raise AssertionError("JWTAuth must not read")
@@ -190,21 +178,21 @@ async def test_other_scopes_pass_straight_through() -> None:
         raise AssertionError("JWTAuth must not answer")
 
     await JWTAuth(inner, secret=SECRET)({"type": "lifespan"}, receive, send)
-    assert seen == ["lifespan"]
+    assert inner.scope_types == ["lifespan"]
 
 
 def test_a_short_secret_is_refused_without_being_shown() -> None:
     secret = "short-secret-Kd8Wm3"
     with pytest.raises(ValueError, match="secret") as caught:
-        JWTAuth(Echo(), secret=secret)
+        JWTAuth(CountingApp(), secret=secret)
     assert secret not in str(caught.value)
 
 
 @pytest.mark.parametrize("leeway", [-1, 31, 3600])
 def test_leeway_is_bounded(leeway: int) -> None:
     with pytest.raises(ValueError, match="leeway"):
-        JWTAuth(Echo(), secret=SECRET, leeway=leeway)
+        JWTAuth(CountingApp(), secret=SECRET, leeway=leeway)
 
 
 def test_a_bytes_secret_of_32_bytes_is_accepted() -> None:
-    JWTAuth(Echo(), secret=b"\x00" * 32, leeway=30)
+    JWTAuth(CountingApp(), secret=b"\x00" * 32, leeway=30)

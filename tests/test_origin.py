@@ -3,27 +3,18 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ORIGIN
-from starlette.responses import PlainTextResponse
-from starlette.types import Receive, Scope, Send
+from harness import ORIGIN, CountingApp, assert_error
 
 from llmguard import OriginFilter
 from llmguard._origin import normalize_origin
 
 
-class Inner:
-    """The app behind the filter; remembers which scopes reached it."""
-
-    def __init__(self) -> None:
-        self.scopes: list[str] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.scopes.append(scope["type"])
-        if scope["type"] == "http":
-            await PlainTextResponse("inner", headers={"vary": "Accept-Encoding"})(scope, receive, send)
+def inner_app() -> CountingApp:
+    """The app behind the filter, with a Vary of its own for the filter to add to."""
+    return CountingApp(headers={"vary": "Accept-Encoding"})
 
 
-async def request(inner: Inner, method: str = "POST", headers: Any = (), **options: Any) -> httpx.Response:
+async def request(inner: CountingApp, method: str = "POST", headers: Any = (), **options: Any) -> httpx.Response:
     app = OriginFilter(inner, allow_origins=[ORIGIN], **options)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -35,11 +26,11 @@ def header_set(value: str) -> set[str]:
 
 
 async def test_an_allowed_origin_reaches_the_app_with_cors_headers() -> None:
-    inner = Inner()
+    inner = inner_app()
     response = await request(inner, headers=[("origin", ORIGIN)])
     assert response.status_code == 200
-    assert response.text == "inner"
-    assert inner.scopes == ["http"]
+    assert response.json() == {"ok": True}
+    assert inner.scope_types == ["http"]
     assert response.headers["access-control-allow-origin"] == ORIGIN
     assert header_set(response.headers["vary"]) == {"accept-encoding", "origin"}
     exposed = header_set(response.headers["access-control-expose-headers"])
@@ -62,18 +53,15 @@ async def test_an_allowed_origin_reaches_the_app_with_cors_headers() -> None:
     ],
 )
 async def test_other_origins_get_403_before_the_app_runs(origins: list[str]) -> None:
-    inner = Inner()
+    inner = inner_app()
     response = await request(inner, headers=[("origin", origin) for origin in origins])
-    assert response.status_code == 403
-    assert response.headers["content-type"] == "application/json"
-    assert response.json()["error"] == "Forbidden"
-    assert response.json()["message"]
+    assert_error(response, 403, "Forbidden")
     assert "access-control-allow-origin" not in response.headers
     assert inner.scopes == []
 
 
 async def test_a_preflight_from_an_allowed_origin_is_answered_here() -> None:
-    inner = Inner()
+    inner = inner_app()
     headers = [
         ("origin", ORIGIN),
         ("access-control-request-method", "POST"),
@@ -90,27 +78,28 @@ async def test_a_preflight_from_an_allowed_origin_is_answered_here() -> None:
 
 
 async def test_a_preflight_from_another_origin_is_refused() -> None:
-    inner = Inner()
+    inner = inner_app()
     headers = [("origin", "https://evil.example.net"), ("access-control-request-method", "POST")]
     response = await request(inner, "OPTIONS", headers)
-    assert response.status_code == 403
-    assert response.json()["error"] == "Forbidden"
+    assert_error(response, 403, "Forbidden")
     assert "access-control-allow-origin" not in response.headers
     assert inner.scopes == []
 
 
 async def test_configured_origins_are_normalised() -> None:
-    inner = Inner()
+    inner = inner_app()
     app = OriginFilter(inner, allow_origins=["HTTPS://App.Example.com:443/"])
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.post("/", headers={"origin": ORIGIN})
     assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert inner.calls == 1
 
 
 @pytest.mark.parametrize("scope_type", ["lifespan", "websocket"])
 async def test_other_scopes_pass_straight_through(scope_type: str) -> None:
-    inner = Inner()
+    inner = inner_app()
     app = OriginFilter(inner, allow_origins=[ORIGIN])
 
     async def receive() -> Any:
@@ -120,7 +109,7 @@ async def test_other_scopes_pass_straight_through(scope_type: str) -> None:
         raise AssertionError("the filter must not answer")
 
     await app({"type": scope_type, "headers": []}, receive, send)
-    assert inner.scopes == [scope_type]
+    assert inner.scope_types == [scope_type]
 
 
 @pytest.mark.parametrize(
@@ -162,9 +151,9 @@ def test_normalize_origin_rejects_what_is_not_one_origin(origin: str) -> None:
 )
 def test_bad_allow_origins_raise_naming_the_option(allow_origins: Any) -> None:
     with pytest.raises(ValueError, match="allow_origins"):
-        OriginFilter(Inner(), allow_origins=allow_origins)
+        OriginFilter(inner_app(), allow_origins=allow_origins)
 
 
 def test_a_negative_max_age_raises_naming_the_option() -> None:
     with pytest.raises(ValueError, match="max_age"):
-        OriginFilter(Inner(), allow_origins=[ORIGIN], max_age=-1)
+        OriginFilter(inner_app(), allow_origins=[ORIGIN], max_age=-1)

@@ -8,23 +8,17 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import SECRET, Harness
-from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from harness import HELLO, SECRET, CountingApp, Harness, assert_error
 
 from llmguard import JWTAuth, Settings, TokenEndpoint
 from llmguard._settings import SettingsError
 from llmguard._storage import Storage
 
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 Factory = Callable[..., Any]
 
 
 def assert_used_up(response: httpx.Response) -> None:
-    assert response.status_code == 401, response.text
-    body = response.json()
-    assert body["error"] == "Unauthorized"
-    assert "used up" in body["message"]
+    assert "used up" in assert_error(response, 401, "Unauthorized")["message"]
     assert response.headers["www-authenticate"].lower().startswith("bearer")
 
 
@@ -55,8 +49,9 @@ async def test_a_token_is_refused_once_its_uses_are_spent(harness_factory: Facto
 async def test_a_single_use_token_says_once(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(jwt_max_uses=1)
     token = await harness.token()
-    await harness.chat(HELLO, token=token)
-    assert "once" in (await harness.chat(HELLO, token=token)).json()["message"]
+    assert (await harness.chat(HELLO, token=token)).status_code == 200
+    refused = await harness.chat(HELLO, token=token)
+    assert "once" in assert_error(refused, 401, "Unauthorized")["message"]
 
 
 async def test_tokens_have_unlimited_uses_by_default(harness: Harness) -> None:
@@ -78,28 +73,21 @@ async def test_uses_are_counted_per_token(harness_factory: Factory) -> None:
 async def test_concurrent_replays_cannot_exceed_the_uses(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(jwt_max_uses=3)
     token = await harness.token()
-    statuses: list[int] = []
+    responses: list[httpx.Response] = []
 
     async def use() -> None:
-        statuses.append((await harness.chat(HELLO, token=token)).status_code)
+        responses.append(await harness.chat(HELLO, token=token))
 
     async with anyio.create_task_group() as tasks:
         for _ in range(10):
             tasks.start_soon(use)
-    assert sorted(statuses) == [200] * 3 + [401] * 7
+    assert sorted(r.status_code for r in responses) == [200] * 3 + [401] * 7
+    for refused in (r for r in responses if r.status_code == 401):
+        assert_used_up(refused)
     assert len(harness.provider.requests) == 3
 
 
 # -- the storage failing --------------------------------------------------------------
-
-
-class Echo:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls += 1
-        await JSONResponse({"ok": True})(scope, receive, send)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +95,7 @@ class Echo:
     [pytest.param("closed", [503, 503], id="closed"), pytest.param("open", [200, 200], id="open")],
 )
 async def test_a_storage_failure_follows_the_policy(broken_redis_url: str, failure: Any, statuses: list[int]) -> None:
-    echo = Echo()
+    echo = CountingApp()
     storage = Storage(broken_redis_url, failure=failure, timeout=0.2)
     app = JWTAuth(echo, secret=SECRET, max_uses=1, storage=storage)
     token, _ = TokenEndpoint(secret=SECRET, max_uses=1).mint()
@@ -117,9 +105,13 @@ async def test_a_storage_failure_follows_the_policy(broken_redis_url: str, failu
             responses = [await client.post("/api/chat", headers=headers) for _ in statuses]
     assert [r.status_code for r in responses] == statuses
     if failure == "closed":
-        assert all(r.json()["error"] == "StorageUnavailable" for r in responses)
+        for response in responses:
+            assert_error(response, 503, "StorageUnavailable")
         assert echo.calls == 0
     else:
+        claims = [r.json() for r in responses]
+        assert claims[0]["jti"]
+        assert claims == [claims[0]] * 2  # the one-use token, served twice
         assert echo.calls == 2
 
 
@@ -143,7 +135,7 @@ async def test_the_bundled_app_failing_open_serves_a_token_past_its_uses(
 @pytest.mark.parametrize(
     "build",
     [
-        pytest.param(lambda uses: JWTAuth(Echo(), secret=SECRET, max_uses=uses), id="JWTAuth"),
+        pytest.param(lambda uses: JWTAuth(CountingApp(), secret=SECRET, max_uses=uses), id="JWTAuth"),
         pytest.param(lambda uses: TokenEndpoint(secret=SECRET, max_uses=uses), id="TokenEndpoint"),
     ],
 )
