@@ -7,11 +7,13 @@ Plain functions and classes; the fixtures built on them live in conftest.py.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -227,3 +229,21 @@ def assert_no_secrets(text: str, tokens: Iterable[str] = ()) -> None:
         assert token not in text
         signature = token.split(".")[-1]
         assert not signature or signature not in text  # not even the signature
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The access log's records, oldest first (the test sets ``llmguard.access`` to INFO)."""
+    return [record for record in caplog.records if record.name == "llmguard.access"]
+
+
+def fields_of(record: logging.LogRecord) -> dict[str, Any]:
+    """The structured fields llmguard puts on an access record."""
+    fields: dict[str, Any] = record.llmguard  # type: ignore[attr-defined]
+    return fields
+
+
+def access_fields(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+    """The fields of the last access record."""
+    records = access_records(caplog)
+    assert records, "no access log record"
+    return fields_of(records[-1])

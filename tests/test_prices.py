@@ -6,13 +6,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import KEY, Harness
+from harness import HELLO, KEY, Harness, access_fields
 
 from llmguard import Settings, SettingsError
 from llmguard._prices import DEFAULT_PRICES, Price, parse_prices, price_of
-
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
-
 
 # -- Price ------------------------------------------------------------------------------
 
@@ -188,11 +185,10 @@ async def test_the_logged_cost_follows_model_prices(
     caplog.set_level(logging.INFO, logger="llmguard.access")
     harness: Harness = await harness_factory(model_prices={"gpt-4.1-mini": Price(1000.0, 2000.0)})
     response = await harness.chat(HELLO)
-    assert response.status_code == 200
+    assert response.status_code == 200, response.text
     usage = response.json()["usage"]
 
-    records = [r for r in caplog.records if r.name == "llmguard.access"]
-    fields: dict[str, Any] = records[-1].llmguard  # type: ignore[attr-defined]
+    fields = access_fields(caplog)
     assert fields["path"] == "/api/chat"
     expected = (usage["prompt_tokens"] * 1000 + usage["completion_tokens"] * 2000) / 1e6
     assert fields["cost_usd"] == pytest.approx(expected)
