@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 import strategies
-from conftest import Harness
+from harness import Harness, assert_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.types import Message, Receive, Scope
@@ -362,31 +362,39 @@ async def test_malformed_chat_is_refused_before_the_provider(
     harness: Harness, content: bytes, status: int, param: str | None
 ) -> None:
     response = await harness.chat(content, headers={"content-type": "application/json"})
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    data = response.json()
-    assert data["error"] == "InvalidRequest"
-    assert isinstance(data["message"], str)
-    assert data["message"]
-    assert data.get("param") == param
+    assert assert_error(response, status, "InvalidRequest").get("param") == param
     assert harness.provider.requests == []
 
 
-async def test_bad_content_length_is_refused(harness: Harness) -> None:
-    response = await harness.chat(VALID + b"}", headers={"content-length": "lots"})
-    assert response.status_code == 400
-    assert response.json()["error"] == "InvalidRequest"
-    assert "Content-Length" in response.json()["message"]
-    assert harness.provider.requests == []
-
-
-async def test_oversized_body_with_content_length_is_refused(harness_factory: Callable[..., Any]) -> None:
-    harness: Harness = await harness_factory(max_body_bytes=200)
-    content = {"messages": [{"role": "user", "content": "x" * 300}]}
-    response = await harness.chat(content)
-    assert response.status_code == 413
-    assert response.json()["error"] == "PayloadTooLarge"
-    assert "200 bytes" in response.json()["message"]
+@pytest.mark.parametrize(
+    ("settings", "content", "headers", "status", "code", "says"),
+    [
+        pytest.param(
+            {}, VALID + b"}", {"content-length": "lots"}, 400, "InvalidRequest", "Content-Length", id="bad-length"
+        ),
+        pytest.param(
+            {"max_body_bytes": 200},
+            json.dumps({"messages": [{"role": "user", "content": "x" * 300}]}).encode(),
+            {"content-type": "application/json"},
+            413,
+            "PayloadTooLarge",
+            "200 bytes",
+            id="oversized-with-content-length",
+        ),
+    ],
+)
+async def test_a_body_refused_for_its_content_length_never_reaches_the_provider(
+    harness_factory: Callable[..., Any],
+    settings: dict[str, Any],
+    content: bytes,
+    headers: dict[str, str],
+    status: int,
+    code: str,
+    says: str,
+) -> None:
+    harness: Harness = await harness_factory(**settings)
+    response = await harness.chat(content, headers=headers)
+    assert says in assert_error(response, status, code)["message"]
     assert harness.provider.requests == []
 
 
@@ -406,8 +414,7 @@ async def test_oversized_chunked_body_is_refused(harness_factory: Callable[..., 
         "/api/chat", content=chunks(), headers={"authorization": f"Bearer {token}", "content-type": "application/json"}
     )
     assert response.request.headers.get("content-length") is None
-    assert response.status_code == 413
-    assert response.json()["error"] == "PayloadTooLarge"
+    assert "200 bytes" in assert_error(response, 413, "PayloadTooLarge")["message"]
     assert len(sent) < 50  # the server stopped reading at the limit
     assert harness.provider.requests == []
 
