@@ -6,12 +6,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import KEY
+from harness import HELLO as CHAT
+from harness import KEY, sse_events
 
 from llmguard.testing import FakeProvider, FakeReply, demo_reply
 
 BASE_URL = "https://fake.example/v1"
-HELLO: dict[str, Any] = {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "Hello"}]}
+HELLO: dict[str, Any] = {"model": "gpt-4.1-mini", **CHAT}  # in OpenAI's shape: the model is named
 AUTH = {"authorization": f"Bearer {KEY}"}
 
 
@@ -26,16 +27,6 @@ async def asgi_client(provider: FakeProvider) -> AsyncIterator[httpx.AsyncClient
     transport = httpx.ASGITransport(app=provider)
     async with httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=AUTH) as client:
         yield client
-
-
-def sse_data(text: str) -> list[Any]:
-    events: list[Any] = []
-    for block in text.split("\n\n"):
-        if block:
-            assert block.startswith("data: "), block
-            data = block.removeprefix("data: ")
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
 
 
 @pytest.mark.parametrize("via", ["transport", "asgi"])
@@ -75,7 +66,7 @@ async def test_usage_can_be_left_out(client: httpx.AsyncClient, provider: FakePr
     streamed = await client.post(
         "/chat/completions", json={**HELLO, "stream": True, "stream_options": {"include_usage": True}}
     )
-    assert not [e for e in sse_data(streamed.text) if isinstance(e, dict) and e.get("usage")]
+    assert not [e for e in sse_events(streamed.text) if isinstance(e, dict) and e.get("usage")]
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
@@ -90,7 +81,7 @@ async def test_streamed_completion_in_openai_shape(
     response = await (client if via == "transport" else asgi_client).post("/chat/completions", json=body)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream"
-    events = sse_data(response.text)
+    events = sse_events(response.text)
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
@@ -161,6 +152,7 @@ async def test_wrong_key_gets_a_401_quoting_it_masked(provider: FakeProvider) ->
     assert wrong not in error["message"]
     assert "ABCDEFGHIJKLMNOP" not in error["message"]
     assert missing.status_code == 401
+    assert missing.json()["error"]["code"] == "invalid_api_key"
     assert provider.requests[0].finished
 
 
@@ -228,7 +220,7 @@ async def test_transport_keeps_streams_streaming(client: httpx.AsyncClient, prov
 async def test_cut_stream_has_no_finish_and_no_done(client: httpx.AsyncClient, provider: FakeProvider) -> None:
     provider.enqueue(FakeReply(chunks=["a", "b", "c"], cut_after=1))
     response = await client.post("/chat/completions", json={**HELLO, "stream": True})
-    events = sse_data(response.text)
+    events = sse_events(response.text)
     assert "[DONE]" not in events
     assert [e["choices"][0]["finish_reason"] for e in events] == [None, None]
     assert provider.last_request.deltas_sent == 1

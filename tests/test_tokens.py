@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import random
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -138,24 +139,22 @@ def test_long_mixed_text_is_estimated_at_least_at_its_exact_count(o200k: ExactCo
     assert estimate_text_tokens(text) >= o200k.count(text)
 
 
-@PROPERTY
-@given(st.one_of(texts, long_texts), st.data())
-def test_stopping_early_never_says_a_text_fits_when_it_does_not(text: str, data: st.DataObject) -> None:
-    full = estimate_text_tokens(text)
-    limit = data.draw(st.integers(min_value=0, max_value=full + 10))
-    early = estimate_text_tokens(text, stop_above=limit)
-    if full <= limit:
-        assert early == full
-    else:
-        assert limit < early <= full
+STOPPING_EARLY = [
+    pytest.param(st.one_of(texts, long_texts), estimate_text_tokens, id="one-text"),
+    pytest.param(st.lists(st.one_of(texts, long_texts), max_size=5), estimate_prompt_tokens, id="prompt-messages"),
+]
 
 
+@pytest.mark.parametrize(("subjects", "estimate"), STOPPING_EARLY)
 @PROPERTY
-@given(st.lists(st.one_of(texts, long_texts), max_size=5), st.data())
-def test_stopping_early_works_across_the_messages_of_a_prompt(messages: list[str], data: st.DataObject) -> None:
-    full = estimate_prompt_tokens(messages)
+@given(data=st.data())
+def test_stopping_early_never_says_a_prompt_fits_when_it_does_not(
+    subjects: st.SearchStrategy[Any], estimate: Callable[..., int], data: st.DataObject
+) -> None:
+    subject = data.draw(subjects)
+    full = estimate(subject)
     limit = data.draw(st.integers(min_value=0, max_value=full + 10))
-    early = estimate_prompt_tokens(messages, stop_above=limit)
+    early = estimate(subject, stop_above=limit)
     if full <= limit:
         assert early == full
     else:
