@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from llmguard._access_log import JSONFormatter, TextFormatter
 from llmguard._settings import Settings, SettingsError
+from llmguard._settings_docs import plain_text as settings_help
 from llmguard._version import __version__
 
 if TYPE_CHECKING:
@@ -26,7 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="llmguard", description="A safe LLM proxy for front-end apps.")
     parser.add_argument("--version", action="version", version=f"llmguard {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy server")
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy server",
+        description="Run the proxy server, configured by the environment variables below.",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", help="interface to bind (default: 127.0.0.1, or 0.0.0.0 when PORT is set)")
     serve.add_argument("--port", type=int, help=f"port to listen on (default: $PORT or {DEFAULT_PORT})")
     serve.add_argument("--demo", action="store_true", help="run offline against a built-in fake provider")

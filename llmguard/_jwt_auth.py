@@ -9,7 +9,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._errors import StorageUnavailable, Unauthorized, send_error
-from llmguard._jwt import ALGORITHM, MAX_LEEWAY, REQUIRED_CLAIMS, check_secret
+from llmguard._jwt import ALGORITHM, MAX_LEEWAY, REQUIRED_CLAIMS, check_max_uses, check_secret
 from llmguard._state import request_state
 from llmguard._storage import Storage
 
@@ -40,16 +40,14 @@ class JWTAuth:
         storage: Storage | str = "memory://",
     ) -> None:
         self.app = app
-        self.secret = check_secret("secret", secret)
+        self.secret = check_secret(secret)
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway has value {leeway!r}: must be between 0 and {MAX_LEEWAY} seconds")
         self.issuer = issuer
         self.audience = audience
         self.leeway = leeway
         self.options: jwt.types.Options = {"require": list(REQUIRED_CLAIMS)}
-        if max_uses is not None and max_uses < 1:
-            raise ValueError(f"max_uses has value {max_uses!r}: must be at least 1 (or None for unlimited)")
-        self.max_uses = max_uses
+        self.max_uses = check_max_uses(max_uses)
         # A browser sends the same token for its whole life: remember the ones already verified,
         # by their exact text, until they expire. Only a verified token ever gets in.
         self._verified: dict[str, tuple[float, dict[str, object]]] = {}

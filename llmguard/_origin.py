@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,6 +42,23 @@ def normalize_origin(origin: str) -> str:
     return f"{scheme}://{host}" + (f":{port}" if port else "")
 
 
+def check_origins(origins: Iterable[str], option: str = "allow_origins") -> tuple[str, ...]:
+    """The origins normalized, without repeats, or ValueError naming ``option`` and the bad origin."""
+    if isinstance(origins, (str, bytes)) or not isinstance(origins, Iterable):
+        raise ValueError(f"{option} has value {origins!r}: expected a list of origins")
+    normalized = []
+    for origin in origins:
+        if not isinstance(origin, str):
+            raise ValueError(
+                f"{option}: {origin!r} is not an origin; expected a string such as https://app.example.com"
+            )
+        try:
+            normalized.append(normalize_origin(origin))
+        except ValueError as exc:
+            raise ValueError(f"{option}: {exc}") from None
+    return tuple(dict.fromkeys(normalized))
+
+
 class OriginFilter:
     """Refuse requests whose ``Origin`` is missing, ``null`` or not listed; answer CORS.
 
@@ -62,12 +79,7 @@ class OriginFilter:
         allow_methods: Sequence[str] = ("GET", "POST"),
         max_age: int = 600,
     ) -> None:
-        if isinstance(allow_origins, str):
-            raise ValueError(f"allow_origins has value {allow_origins!r}: expected a list of origins")
-        try:
-            self.allow_origins = frozenset(normalize_origin(origin) for origin in allow_origins)
-        except ValueError as exc:
-            raise ValueError(f"allow_origins: {exc}") from None
+        self.allow_origins = frozenset(check_origins(allow_origins))
         if max_age < 0:
             raise ValueError(f"max_age has value {max_age!r}: must be 0 or more")
         self.app = app

@@ -95,7 +95,27 @@ def parse_prices(text: str) -> dict[str, Price]:
             price = Price(float(input_price), float(output_price))
         except ValueError:
             raise ValueError(f"{entry.strip()!r} is not model=input/output (US dollars per million tokens)") from None
-        if not model.strip() or not all(math.isfinite(p) and p >= 0 for p in (price.input, price.output)):
+        if not model.strip() or not _usable(price):
             raise ValueError(f"{entry.strip()!r} is not model=input/output (US dollars per million tokens)")
         prices[model.strip()] = price
     return prices
+
+
+def check_prices(prices: Mapping[str, Price], option: str = "prices") -> Mapping[str, Price]:
+    """``prices`` as given, or ValueError naming ``option`` and the entry that is not a usable price."""
+    if not isinstance(prices, Mapping):
+        raise ValueError(f"{option} has value {prices!r}: expected a mapping of model names to Price")
+    for model, price in prices.items():
+        if not (isinstance(model, str) and model.strip() and isinstance(price, Price) and _usable(price)):
+            raise ValueError(
+                f"{option}: {model!r}: {price!r} is not a model name with a Price "
+                "(finite, non-negative US dollars per million tokens)"
+            )
+    return prices
+
+
+def _usable(price: Price) -> bool:
+    return all(
+        not isinstance(p, bool) and isinstance(p, (int, float)) and math.isfinite(p) and p >= 0
+        for p in (price.input, price.output)
+    )

@@ -14,10 +14,18 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from llmguard._errors import LLMGuardError, MethodNotAllowed, Unauthorized, send_error
-from llmguard._jwt import ALGORITHM, RESERVED_CLAIMS, check_secret
+from llmguard._jwt import ALGORITHM, RESERVED_CLAIMS, check_max_uses, check_secret
 
 ClaimsResult = Mapping[str, Any] | None
 Authenticate = Callable[[Request], ClaimsResult | Awaitable[ClaimsResult]]
+MIN_TTL, MAX_TTL = 10, 86400
+
+
+def check_ttl(ttl: float, option: str = "ttl") -> float:
+    """``ttl`` as given, or ValueError naming ``option`` and the value: 10 seconds to a day."""
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not MIN_TTL <= ttl <= MAX_TTL:
+        raise ValueError(f"{option} has value {ttl!r}: must be between {MIN_TTL} and {MAX_TTL} seconds")
+    return ttl
 
 
 class TokenEndpoint:
@@ -44,16 +52,12 @@ class TokenEndpoint:
         authenticate: Authenticate | None = None,
         max_uses: int | None = None,
     ) -> None:
-        self.secret = check_secret("secret", secret)
-        if not 10 <= ttl <= 86400:
-            raise ValueError(f"ttl has value {ttl!r}: must be between 10 and 86400 seconds")
-        self.ttl = int(ttl)
+        self.secret = check_secret(secret)
+        self.ttl = int(check_ttl(ttl))
         self.issuer = issuer
         self.audience = audience
         self.authenticate = authenticate
-        if max_uses is not None and max_uses < 1:
-            raise ValueError(f"max_uses has value {max_uses!r}: must be at least 1 (or None for unlimited)")
-        self.max_uses = max_uses
+        self.max_uses = check_max_uses(max_uses)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
