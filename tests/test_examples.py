@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
+from harness import assert_error, sse_events
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 ORIGIN = "http://localhost:5173"
@@ -41,9 +41,9 @@ async def talk(app: Any, prefix: str, *, headers: dict[str, str] | None = None) 
             f"{prefix}/api/chat", json=body, headers={"authorization": f"Bearer {token.json()['token']}"}
         )
         assert reply.status_code == 200, reply.text
-        lines = reply.text.splitlines()
-        deltas = [json.loads(line[6:])["delta"] for line in lines if line.startswith('data: {"type":"text-delta"')]
-        return "".join(deltas)
+        events = sse_events(reply)
+        assert events[-1] == "[DONE]"
+        return "".join(event["delta"] for event in events[:-1] if event["type"] == "text-delta")
 
 
 @pytest.mark.parametrize("example_name", ["fastapi_app", "starlette_app"])
@@ -56,9 +56,7 @@ async def test_create_app_mounted_under_a_prefix(example_name: str, monkeypatch:
         # The host app's own routes are not behind llmguard's origin check.
         assert (await client.get("/")).status_code == 200
         # llmguard's routes are: no Origin, no token.
-        refused = await client.post("/llm/api/token")
-        assert refused.status_code == 403
-        assert refused.json()["error"] == "Forbidden"
+        assert_error(await client.post("/llm/api/token"), 403, "Forbidden")
         assert (await client.get("/llm/healthz")).json()["status"] == "ok"
 
 
@@ -77,5 +75,4 @@ async def test_composed_by_hand_with_an_authenticate_hook(monkeypatch: pytest.Mo
         transport=httpx.ASGITransport(app=example.app), base_url="http://testserver", headers={"origin": ORIGIN}
     ) as client:
         refused = await client.post("/api/token")
-        assert refused.status_code == 401
-        assert refused.json()["message"] == "Sign in first."
+        assert assert_error(refused, 401, "Unauthorized")["message"] == "Sign in first."
