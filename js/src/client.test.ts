@@ -132,6 +132,13 @@ describe("failures around the request", () => {
     expect((error as LLMGuardError).status).toBeUndefined();
   });
 
+  test("a fetch that fails for another reason than the network (a bug in a custom fetch): UnexpectedError, with the cause", async () => {
+    const bug = new TypeError("Cannot read properties of undefined (reading 'headers')");
+    const server = new FakeServer({ "/api/chat": () => Promise.reject(bug) });
+    const error = await rejectionOf(chat("Hello", { client: server.client() }));
+    expect(error).toMatchObject({ code: "UnexpectedError", cause: bug });
+  });
+
   test("a signal aborted while the chat request waits: Aborted, no retry, the fetch was given the signal", async () => {
     const server = new FakeServer({ "/api/chat": () => new Promise<Response>(() => undefined) });
     const controller = new AbortController();

@@ -1,11 +1,14 @@
-import { afterEach, describe, expect, test, vi } from "vitest";
+import { afterEach, describe, expect, expectTypeOf, test, vi } from "vitest";
 
+import type { ServerErrorCode } from "./error-codes.ts";
 import {
+  type ClientErrorCode,
   errorFromResponse,
   isAbortError,
   isLLMGuardError,
   isRateLimitError,
   LLMGuardError,
+  type LLMGuardErrorCode,
   parseRetryAfter,
   toLLMGuardError,
 } from "./errors.ts";
@@ -113,12 +116,62 @@ describe("errorFromResponse", () => {
   });
 });
 
+/** A TypeError as Safari throws it for a network failure: no stack. */
+function withoutStack(error: TypeError): TypeError {
+  Object.defineProperty(error, "stack", { value: undefined });
+  return error;
+}
+
 describe("toLLMGuardError", () => {
-  test("a network TypeError becomes NetworkError, keeping the original as its cause", () => {
-    const failure = new TypeError("fetch failed");
+  test.each([
+    ["Chrome", new TypeError("Failed to fetch")],
+    ["Chrome, with the host", new TypeError("Failed to fetch (proxy.example.com)")],
+    ["Chrome, a body cut short", new TypeError("network error")],
+    ["Firefox", new TypeError("NetworkError when attempting to fetch resource.")],
+    ["Safari 16", new TypeError("The Internet connection appears to be offline.")],
+    ["Safari 17+", withoutStack(new TypeError("Load failed"))],
+    ["Node (undici)", new TypeError("fetch failed")],
+    ["Node (undici), a body cut short", new TypeError("terminated")],
+  ])("fetch's network failure in %s becomes NetworkError, keeping the original as its cause", (_where, failure) => {
     const error = toLLMGuardError(failure);
     expect(error.code).toBe("NetworkError");
+    expect(error.message).toBe("Could not reach the server.");
     expect(error.status).toBeUndefined();
+    expect(error.cause).toBe(failure);
+  });
+
+  test.each([
+    ["a bug (TypeError)", new TypeError("Cannot read properties of undefined (reading 'body')")],
+    ["Safari's generic message with a stack (not fetch's)", new TypeError("Load failed")],
+    ["an Error that only says network", new Error("fetch failed")],
+    ["a RangeError", new RangeError("Invalid array length")],
+  ])("%s becomes UnexpectedError, not NetworkError, and names what was thrown", (_what, failure) => {
+    const error = toLLMGuardError(failure);
+    expect(error.code).toBe("UnexpectedError");
+    expect(error.message).toBe(`Something unexpected failed (${failure.name}: ${failure.message}).`);
+    expect(error.cause).toBe(failure);
+  });
+
+  test.each([
+    ["a string", "boom", "a thrown string"],
+    ["an object", { reason: "boom" }, "a thrown object"],
+    ["undefined", undefined, "a thrown undefined"],
+  ])("a thrown value that is not an Error (%s) becomes UnexpectedError", (_what, thrown, said) => {
+    const error = toLLMGuardError(thrown);
+    expect(error.code).toBe("UnexpectedError");
+    expect(error.message).toBe(`Something unexpected failed (${said}).`);
+    expect(error.cause).toBe(thrown);
+  });
+
+  test("a JSON parse error (SyntaxError) becomes InvalidResponse", () => {
+    let failure: unknown;
+    try {
+      JSON.parse("<html>");
+    } catch (thrown) {
+      failure = thrown;
+    }
+    const error = toLLMGuardError(failure);
+    expect(error.code).toBe("InvalidResponse");
     expect(error.cause).toBe(failure);
   });
 
@@ -147,6 +200,17 @@ describe("toLLMGuardError", () => {
     aborted.abort();
     expect(toLLMGuardError(original)).toBe(original);
     expect(toLLMGuardError(original, aborted.signal)).toBe(original);
+  });
+});
+
+describe("codes", () => {
+  test("the server's codes (generated from the Python package) and the SDK's own are separate, and both are codes", () => {
+    expectTypeOf<Extract<ClientErrorCode, ServerErrorCode>>().toBeNever();
+    expectTypeOf<ServerErrorCode>().toExtend<LLMGuardErrorCode>();
+    expectTypeOf<ClientErrorCode>().toExtend<LLMGuardErrorCode>();
+    expectTypeOf<"RateLimitExceeded" | "InternalError" | "UpstreamError">().toExtend<ServerErrorCode>();
+    expectTypeOf<"NetworkError" | "Aborted" | "InvalidResponse" | "ConfigurationError" | "UnexpectedError">().toExtend<ClientErrorCode>();
+    expect(isLLMGuardError(new LLMGuardError("UnexpectedError", "x"), "UnexpectedError")).toBe(true);
   });
 });
 

@@ -1,30 +1,25 @@
+import isNetworkError from "is-network-error";
+
+import type { ServerErrorCode } from "./error-codes.ts";
+
 /**
- * Error codes the llmguard server answers with, and the ones the SDK adds for
- * what happens before or around a response.
+ * Codes the SDK itself gives to what happens before or around a response (a server never sends
+ * them):
+ * - `NetworkError`: the request or the stream did not get through (offline, DNS, refused
+ *   connection, CORS, a connection cut mid-reply), as fetch reports it in each browser and runtime;
+ * - `Aborted`: cancelled, by `stop()` or an `AbortSignal`;
+ * - `InvalidResponse`: an answer that is not llmguard's (not JSON, no token, a broken stream);
+ * - `ConfigurationError`: the SDK's options failed (the `headers` function threw);
+ * - `UnexpectedError`: anything else thrown on the way (a bug, a non-`Error` value): not a network
+ *   problem, so retrying will not help.
  */
-export type LLMGuardErrorCode =
-  // From the server (`{"error": "<code>", "message": "..."}`).
-  | "Forbidden"
-  | "Unauthorized"
-  | "InvalidRequest"
-  | "RequestTimeout"
-  | "PayloadTooLarge"
-  | "PromptTooLarge"
-  | "RateLimitExceeded"
-  | "TokenBudgetExceeded"
-  | "SpendCapReached"
-  | "TokenCapReached"
-  | "UpstreamError"
-  | "ServerBusy"
-  | "StorageUnavailable"
-  | "NotFound"
-  | "MethodNotAllowed"
-  | "InternalError"
-  // From the SDK.
-  | "NetworkError"
-  | "Aborted"
-  | "InvalidResponse"
-  | "ConfigurationError";
+export type ClientErrorCode = "NetworkError" | "Aborted" | "InvalidResponse" | "ConfigurationError" | "UnexpectedError";
+
+/**
+ * Every code an {@link LLMGuardError} can have: the server's ({@link ServerErrorCode}, generated
+ * from the Python package) and the SDK's own ({@link ClientErrorCode}).
+ */
+export type LLMGuardErrorCode = ServerErrorCode | ClientErrorCode;
 
 export interface LLMGuardErrorOptions {
   status?: number | undefined;
@@ -36,7 +31,7 @@ export interface LLMGuardErrorOptions {
 /**
  * The one error the SDK throws. `code` says what happened, in the server's
  * stable words (`RateLimitExceeded`, `Unauthorized`, ...) or the SDK's own
- * (`NetworkError`, `Aborted`, `InvalidResponse`, `ConfigurationError`).
+ * (`NetworkError`, `Aborted`, `InvalidResponse`, `ConfigurationError`, `UnexpectedError`).
  *
  * @example
  * ```ts
@@ -114,13 +109,23 @@ export async function errorFromResponse(response: Response): Promise<LLMGuardErr
   return new LLMGuardError(code, message, { status: response.status, retryAfter, requestId });
 }
 
-/** An SDK error for anything thrown while talking to the server. */
+/**
+ * An SDK error for anything thrown while talking to the server: `Aborted` once `signal` is aborted
+ * (or for an `AbortError`), `NetworkError` only for what fetch throws when the network fails (the
+ * messages of each browser and runtime, as ky recognises them), `InvalidResponse` for a reply
+ * that cannot be parsed (a `SyntaxError`), and `UnexpectedError` for anything else, such as a bug
+ * or a thrown value that is not an `Error`. The original is kept as `cause`.
+ */
 export function toLLMGuardError(error: unknown, signal?: AbortSignal): LLMGuardError {
   if (error instanceof LLMGuardError) return error;
+  const options = { cause: error };
   if (signal?.aborted || (error instanceof Error && error.name === "AbortError")) {
-    return new LLMGuardError("Aborted", "The request was cancelled.", { cause: error });
+    return new LLMGuardError("Aborted", "The request was cancelled.", options);
   }
-  return new LLMGuardError("NetworkError", "Could not reach the server.", { cause: error });
+  if (isNetworkError(error)) return new LLMGuardError("NetworkError", "Could not reach the server.", options);
+  if (error instanceof SyntaxError) return new LLMGuardError("InvalidResponse", "The server's reply could not be read.", options);
+  const what = error instanceof Error ? `${error.name}: ${error.message}` : `a thrown ${typeof error}`;
+  return new LLMGuardError("UnexpectedError", `Something unexpected failed (${what}).`, options);
 }
 
 function stringOr<T extends string | undefined>(value: unknown, fallback: T): string | T {

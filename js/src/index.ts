@@ -5,6 +5,7 @@ export {
   isLLMGuardError,
   isRateLimitError,
   LLMGuardError,
+  type ClientErrorCode,
   type LLMGuardErrorCode,
   type LLMGuardErrorOptions,
 } from "./errors.ts";
@@ -16,4 +17,5 @@ export {
   createChatSession,
   type SessionMessage,
 } from "./session.ts";
+export type { ServerErrorCode } from "./error-codes.ts";
 export type { UIMessageChunk, Usage } from "./ui-stream.ts";
