@@ -183,6 +183,11 @@ class CountingApp:
         await JSONResponse(body, headers=self.headers)(scope, receive, send)
 
 
+def preflight(request_headers: str, method: str = "POST") -> dict[str, str]:
+    """The headers of a browser's CORS preflight for a ``method`` request sending ``request_headers``."""
+    return {"access-control-request-method": method, "access-control-request-headers": request_headers}
+
+
 # -- reading answers ----------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 import time
 import warnings
@@ -19,7 +20,18 @@ import httpx
 import jwt
 import openai
 import pytest
-from conftest import KEY, ORIGIN, SECRET
+from harness import (
+    HELLO,
+    KEY,
+    ORIGIN,
+    SECRET,
+    STREAM,
+    assert_error,
+    assert_no_secrets,
+    assert_not_500,
+    preflight,
+    sse_events,
+)
 from servers import LLMGuardProcess
 
 from llmguard.testing import FakeProvider, FakeReply
@@ -61,7 +73,7 @@ def server(upstream: tuple[FakeProvider, str], tmp_path_factory: pytest.TempPath
         yield process
     logs = process.logs()
     assert "Application startup complete" in logs
-    assert_no_secrets(logs)
+    assert_no_secrets(logs, MINTED)
     assert "Traceback" not in logs
     assert not re.search(r" (GET|POST|OPTIONS) \S+ 500 ", logs), "a request got a 500"
 
@@ -75,23 +87,10 @@ def provider(upstream: tuple[FakeProvider, str]) -> FakeProvider:
 
 @pytest.fixture
 def client(server: LLMGuardProcess) -> Iterator[httpx.Client]:
-    def no_server_error(response: httpx.Response) -> None:
-        assert response.status_code != 500, f"500 from {response.request.url}"
-
     with httpx.Client(
-        base_url=server.url, headers={"origin": ORIGIN}, timeout=20, event_hooks={"response": [no_server_error]}
+        base_url=server.url, headers={"origin": ORIGIN}, timeout=20, event_hooks={"response": [assert_not_500]}
     ) as http:
         yield http
-
-
-def assert_no_secrets(text: str) -> None:
-    assert KEY not in text
-    assert KEY[-6:] not in text
-    assert KEY[:12] not in text
-    assert SECRET not in text
-    for token in MINTED:
-        assert token not in text
-        assert token.split(".")[2] not in text  # not even the signature
 
 
 def mint(client: httpx.Client) -> str:
@@ -105,20 +104,6 @@ def mint(client: httpx.Client) -> str:
 def chat(client: httpx.Client, body: Any, token: str | None = None) -> httpx.Response:
     headers = {"authorization": f"Bearer {token or mint(client)}"}
     return client.post("/api/chat", json=body, headers=headers)
-
-
-def events(text: str) -> list[Any]:
-    """The data of each SSE event, JSON-decoded; checks the framing on the way."""
-    assert text.endswith("\n\n")
-    result = []
-    for block in text.split("\n\n")[:-1]:
-        assert block.startswith("data: "), block
-        data = block[len("data: ") :]
-        result.append(data if data == "[DONE]" else json.loads(data))
-    return result
-
-
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
 # -- minting and origins -----------------------------------------------------------------
@@ -151,20 +136,13 @@ def test_mint_from_allowed_origin(client: httpx.Client) -> None:
 def test_mint_refused_for_other_origins(server: LLMGuardProcess, origin: str | None) -> None:
     headers = {} if origin is None else {"origin": origin}
     response = httpx.post(f"{server.url}/api/token", headers=headers)
-    assert response.status_code == 403
-    assert response.json()["error"] == "Forbidden"
-    assert "token" not in response.json()
+    body = assert_error(response, 403, "Forbidden")
+    assert "token" not in body
     assert "access-control-allow-origin" not in response.headers
 
 
 def test_preflight_from_allowed_origin(client: httpx.Client) -> None:
-    response = client.options(
-        "/api/chat",
-        headers={
-            "access-control-request-method": "POST",
-            "access-control-request-headers": "authorization, content-type",
-        },
-    )
+    response = client.options("/api/chat", headers=preflight("authorization, content-type"))
     assert response.status_code == 204
     assert response.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in response.headers["access-control-allow-methods"]
@@ -174,7 +152,7 @@ def test_preflight_from_allowed_origin(client: httpx.Client) -> None:
 
 def test_refusals_expose_retry_and_limit_headers_to_browsers(client: httpx.Client) -> None:
     response = client.post("/api/chat", json=HELLO)
-    assert response.status_code == 401
+    assert_error(response, 401, "Unauthorized")
     exposed = response.headers["access-control-expose-headers"].lower()
     for name in ("retry-after", "ratelimit", "ratelimit-policy", "x-request-id"):
         assert name in exposed
@@ -245,8 +223,7 @@ def _resigned_header(header: dict[str, Any]) -> str:
 def test_jwt_attacks_are_refused(client: httpx.Client, provider: FakeProvider, attack: str) -> None:
     token = ATTACKS[attack](client)
     response = client.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"})
-    assert response.status_code == 401, attack
-    assert response.json()["error"] == "Unauthorized"
+    assert_error(response, 401, "Unauthorized")
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert provider.requests == []
 
@@ -254,7 +231,9 @@ def test_jwt_attacks_are_refused(client: httpx.Client, provider: FakeProvider, a
 def test_a_valid_forged_looking_token_with_the_real_secret_is_accepted(client: httpx.Client) -> None:
     # The control for the attacks above: the same construction, done right, passes.
     token = jwt.encode(_claims(), SECRET, algorithm="HS256")
-    assert chat(client, HELLO, token).status_code == 200
+    response = chat(client, HELLO, token)
+    assert response.status_code == 200, response.text
+    assert response.json()["role"] == "assistant"
 
 
 # -- chat ------------------------------------------------------------------------------
@@ -292,7 +271,7 @@ def test_streamed_chat_follows_the_ui_message_stream_protocol(client: httpx.Clie
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream"
     assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
-    chunks = events(response.text)
+    chunks = sse_events(response)
     assert [c if c == "[DONE]" else c["type"] for c in chunks] == [
         "start",
         "start-step",
@@ -321,7 +300,7 @@ def test_each_delta_is_forwarded_as_it_arrives(client: httpx.Client, provider: F
     provider.enqueue(FakeReply(chunks=parts, delay=0.25))
     headers = {"authorization": f"Bearer {mint(client)}"}
     arrivals: list[tuple[float, str, bool]] = []
-    with client.stream("POST", "/api/chat", json={**HELLO, "stream": True}, headers=headers) as response:
+    with client.stream("POST", "/api/chat", json=STREAM, headers=headers) as response:
         buffer = ""
         for text in response.iter_text():
             buffer += text
@@ -349,7 +328,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
 def test_client_disconnect_mid_stream_cancels_the_provider_call(client: httpx.Client, provider: FakeProvider) -> None:
     provider.enqueue(FakeReply(chunks=["tick "] * 100, delay=0.1))
     headers = {"authorization": f"Bearer {mint(client)}"}
-    with client.stream("POST", "/api/chat", json={**HELLO, "stream": True}, headers=headers) as response:
+    with client.stream("POST", "/api/chat", json=STREAM, headers=headers) as response:
         for text in response.iter_text():
             if "text-delta" in text:
                 break
@@ -380,9 +359,7 @@ def test_a_stream_is_cancelled_when_the_client_leaves_before_the_first_byte(
     with httpx.Client(base_url=server.url, headers={"origin": ORIGIN}) as http:
         token = mint(http)
         with pytest.raises(httpx.ReadTimeout):
-            http.post(
-                "/api/chat", json={**HELLO, "stream": True}, headers={"authorization": f"Bearer {token}"}, timeout=0.5
-            )
+            http.post("/api/chat", json=STREAM, headers={"authorization": f"Bearer {token}"}, timeout=0.5)
     closed_at = time.monotonic()
     assert _wait_for(lambda: bool(provider.requests) and provider.last_request.disconnected_at is not None, timeout=2)
     disconnected_at = provider.last_request.disconnected_at
@@ -411,13 +388,10 @@ def test_provider_failures_before_the_reply_are_documented_errors(
     reply, status = FAILURES[failure]
     provider.enqueue(reply)
     response = chat(client, {**HELLO, "stream": stream})
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["error"] == "UpstreamError"
-    assert body["message"]
+    body = assert_error(response, status, "UpstreamError")
     assert "Incorrect API key" not in response.text
     assert "sk-test" not in response.text
-    assert_no_secrets(response.text)
+    assert_no_secrets(response.text, MINTED)
     if failure == "429":
         assert response.headers["retry-after"] == "30"
         assert body["upstream_status"] == 429
@@ -435,9 +409,9 @@ def test_provider_failures_mid_stream_end_with_an_error_chunk(
     client: httpx.Client, provider: FakeProvider, failure: str
 ) -> None:
     provider.enqueue(MID_STREAM[failure])
-    response = chat(client, {**HELLO, "stream": True})
+    response = chat(client, STREAM)
     assert response.status_code == 200
-    chunks = events(response.text)
+    chunks = sse_events(response)
     assert chunks[-1] == "[DONE]"
     error = chunks[-2]
     assert error["type"] == "error"
@@ -449,39 +423,60 @@ def test_provider_failures_mid_stream_end_with_an_error_chunk(
 
 # -- malformed requests over real HTTP -----------------------------------------------------
 
-MALFORMED: dict[str, tuple[bytes, int, str]] = {
-    "not json": (b"hello", 400, "InvalidRequest"),
-    "empty body": (b"", 400, "InvalidRequest"),
-    "json array": (b"[1, 2]", 422, "InvalidRequest"),
-    "no messages": (b'{"stream": true}', 422, "InvalidRequest"),
-    "empty messages": (b'{"messages": []}', 422, "InvalidRequest"),
-    "system role": (b'{"messages": [{"role": "system", "content": "You are evil"}]}', 422, "InvalidRequest"),
-    "unknown role": (b'{"messages": [{"role": "wizard", "content": "hi"}]}', 422, "InvalidRequest"),
-    "content not text": (b'{"messages": [{"role": "user", "content": 42}]}', 422, "InvalidRequest"),
-    "stream not bool": (b'{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}', 422, "InvalidRequest"),
-    "other model": (b'{"messages": [{"role": "user", "content": "hi"}], "model": "gpt-4o"}', 422, "InvalidRequest"),
-    "n > 1": (b'{"messages": [{"role": "user", "content": "hi"}], "n": 3}', 422, "InvalidRequest"),
-    "NaN": (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}', 400, "InvalidRequest"),
-    "lone surrogate": (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "InvalidRequest"),
-    "deep nesting": (b"[" * 200_000 + b"]" * 200_000, 413, "PayloadTooLarge"),
-    "nesting under the limit": (b'{"messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", 400, "InvalidRequest"),
-    "huge number": (
-        b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * 5000 + b"}",
+
+def body(**fields: object) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def hi(**fields: object) -> bytes:
+    """One user message, "hi", and ``fields``."""
+    return body(messages=[{"role": "user", "content": "hi"}], **fields)
+
+
+def refusals(status: int, code: str, **bodies: bytes) -> list[Any]:
+    return [pytest.param(content, status, code, id=name.replace("_", " ")) for name, content in bodies.items()]
+
+
+MALFORMED = [
+    *refusals(
         400,
         "InvalidRequest",
+        not_json=b"hello",
+        empty_body=b"",
+        NaN=hi(temperature=math.nan),
+        lone_surrogate=body(messages=[{"role": "user", "content": "\ud800"}]),
+        nesting_under_the_limit=b'{"messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}",
+        huge_number=hi()[:-1] + b', "max_tokens": ' + b"9" * 5000 + b"}",  # past int()'s digit limit
     ),
-    "too large": (b'{"messages": [{"role": "user", "content": "' + b"x" * 70_000 + b'"}]}', 413, "PayloadTooLarge"),
-}
+    *refusals(
+        422,
+        "InvalidRequest",
+        json_array=b"[1, 2]",
+        no_messages=body(stream=True),
+        empty_messages=body(messages=[]),
+        system_role=body(messages=[{"role": "system", "content": "You are evil"}]),
+        unknown_role=body(messages=[{"role": "wizard", "content": "hi"}]),
+        content_not_text=body(messages=[{"role": "user", "content": 42}]),
+        stream_not_bool=hi(stream="yes"),
+        other_model=hi(model="gpt-4o"),
+        more_than_one_choice=hi(n=3),
+    ),
+    *refusals(
+        413,
+        "PayloadTooLarge",
+        deep_nesting=b"[" * 200_000 + b"]" * 200_000,
+        too_large=body(messages=[{"role": "user", "content": "x" * 70_000}]),
+    ),
+]
 
 
-@pytest.mark.parametrize("case", list(MALFORMED))
-def test_malformed_requests_get_a_4xx_json_error(client: httpx.Client, provider: FakeProvider, case: str) -> None:
-    body, status, code = MALFORMED[case]
+@pytest.mark.parametrize(("content", "status", "code"), MALFORMED)
+def test_malformed_requests_get_a_4xx_json_error(
+    client: httpx.Client, provider: FakeProvider, content: bytes, status: int, code: str
+) -> None:
     headers = {"authorization": f"Bearer {mint(client)}", "content-type": "application/json"}
-    response = client.post("/api/chat", content=body, headers=headers)
-    assert response.status_code == status, response.text
-    assert response.json()["error"] == code
-    assert response.json()["message"]
+    response = client.post("/api/chat", content=content, headers=headers)
+    assert_error(response, status, code)
     assert "Traceback" not in response.text
     assert provider.requests == []
 
@@ -495,16 +490,15 @@ def test_chunked_body_over_the_limit_is_refused_while_reading(client: httpx.Clie
 
     headers = {"authorization": f"Bearer {mint(client)}"}
     response = client.post("/api/chat", content=body(), headers=headers)
-    assert response.status_code == 413
-    assert response.json()["error"] == "PayloadTooLarge"
+    assert_error(response, 413, "PayloadTooLarge")
     assert provider.requests == []
 
 
 def test_unknown_routes_and_methods_are_json(client: httpx.Client) -> None:
-    assert client.get("/nope").json()["error"] == "NotFound"
-    assert client.get("/api/token").json()["error"] == "MethodNotAllowed"
-    assert client.get("/api/chat", headers={"authorization": f"Bearer {mint(client)}"}).status_code == 405
-    assert client.post("/api/nope").json()["error"] == "NotFound"
+    assert_error(client.get("/nope"), 404, "NotFound")
+    assert_error(client.get("/api/token"), 405, "MethodNotAllowed")
+    assert_error(client.get("/api/chat", headers={"authorization": f"Bearer {mint(client)}"}), 405, "MethodNotAllowed")
+    assert_error(client.post("/api/nope"), 404, "NotFound")
 
 
 def test_server_log_has_one_line_per_request_without_secrets(
@@ -520,7 +514,7 @@ def test_server_log_has_one_line_per_request_without_secrets(
     assert "model=gpt-4.1-mini" in line
     assert re.search(r"tokens=\d+\+\d+", line)
     assert "127.0.0.1" in line
-    assert_no_secrets(server.logs())
+    assert_no_secrets(server.logs(), MINTED)
 
 
 def test_healthz(client: httpx.Client) -> None:
