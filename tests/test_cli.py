@@ -17,6 +17,7 @@ from servers import LLMGuardProcess, free_port
 
 from llmguard import Settings
 from llmguard._cli import load_settings
+from llmguard._settings_docs import rows
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -55,6 +56,18 @@ def test_a_bad_setting_stops_start_up_naming_it(variable: str, value: str, shown
     assert variable in result.stderr
     assert (value in result.stderr) is shown
     assert "Traceback" not in result.stderr
+
+
+def test_serve_help_lists_every_variable_with_its_default_and_help() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    for row in rows():
+        line = " or ".join(row.variables) + f"  (default: {row.default.replace('`', '')})"
+        assert line in result.stdout
+        first_words = " ".join(row.help.replace("`", "").split()[:4])
+        assert first_words in " ".join(result.stdout.split())
+    for variable in ("OPENAI_API_KEY", "RATE_LIMIT", "TOKENS_PER_CLIENT", "STORAGE_URL", "JWT_MAX_USES"):
+        assert variable in result.stdout
 
 
 def test_version() -> None:

@@ -1,11 +1,37 @@
+import inspect
 import ipaddress
+import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import limits
 import pytest
+import uvicorn
 from conftest import KEY, SECRET
 
-from llmguard import Settings, SettingsError
+from llmguard import (
+    ChatEndpoint,
+    IPRateLimit,
+    JWTAuth,
+    OriginFilter,
+    Settings,
+    SettingsError,
+    TokenBudget,
+    TokenEndpoint,
+)
+from llmguard._app import create_app
+from llmguard._client_ip import ClientIP, header_name, trusted_networks
+from llmguard._jwt import check_max_uses, check_secret
+from llmguard._origin import check_origins
+from llmguard._prices import Price, check_prices
+from llmguard._server import protocol
+from llmguard._settings import SHORTHANDS, declarations
+from llmguard._settings_docs import REGENERATE, markdown, table_in
+from llmguard._storage import Storage
+from llmguard._token_endpoint import check_ttl
+
+README = Path(__file__).parent.parent / "README.md"
 
 # (variable, text in the environment, attribute, parsed value): every row of DESIGN's table, and the extras.
 ENVIRONMENT = [
@@ -39,6 +65,8 @@ ENVIRONMENT = [
     ("UPSTREAM_RETRIES", "0", "upstream_retries", 0),
     ("LLMGUARD_DEMO", "1", "demo", True),
     ("DEMO_PAGE", "no", "demo_page", False),
+    ("RATE_LIMIT", "30/minute", "rate_limit", "30 per 60 seconds"),
+    ("TOKENS_PER_CLIENT", "50000/day", "tokens_per_ip", "50000/day"),
 ]
 
 
@@ -283,3 +311,179 @@ def test_token_limit_param_follows_the_provider_unless_overridden(
 ) -> None:
     settings = Settings(openai_api_key=KEY, openai_base_url=base_url, max_tokens_param=max_tokens_param)
     assert settings.token_limit_param == expected
+
+
+# -- one declaration per setting ------------------------------------------------------------
+
+
+def test_every_setting_is_declared_once_with_a_parser_a_check_help_and_what_it_feeds() -> None:
+    variables: list[str] = [shorthand.env for shorthand in SHORTHANDS]
+    for item, declared in declarations():
+        assert callable(declared.parse), item.name
+        assert callable(declared.check), item.name
+        assert declared.help.strip(), item.name
+        assert declared.feeds.strip(), item.name
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*", declared.env), item.name
+        variables += declared.variables
+    assert len(variables) == len(set(variables)), "a variable is declared twice"
+    for shorthand in SHORTHANDS:
+        assert shorthand.help.strip()
+        assert set(shorthand.fields) <= {item.name for item, _ in declarations()}
+
+
+# Where each ``Name(argument=)`` of a declaration's ``feeds`` is looked up.
+FED = {
+    "ChatEndpoint": ChatEndpoint,
+    "ClientIP": ClientIP,
+    "IPRateLimit": IPRateLimit,
+    "JWTAuth": JWTAuth,
+    "OriginFilter": OriginFilter,
+    "Storage": Storage,
+    "TokenBudget": TokenBudget,
+    "TokenEndpoint": TokenEndpoint,
+    "create_app": create_app,
+    "protocol": protocol,
+    "uvicorn.run": uvicorn.run,
+}
+
+
+@pytest.mark.parametrize(("name", "declared"), [(item.name, declared) for item, declared in declarations()])
+def test_what_a_setting_feeds_is_a_real_argument(name: str, declared: Any) -> None:
+    """A renamed component argument fails here until the declaration says the new name."""
+    for callee, argument in re.findall(r"([\w.]+)\((\w*)=?\)", declared.feeds):
+        assert callee in FED, f"{name}: feeds {callee}, which this test does not know"
+        if argument:
+            assert argument in inspect.signature(FED[callee]).parameters, f"{name}: {callee} has no {argument}="
+
+
+def test_the_readme_table_is_generated_from_the_declarations() -> None:
+    assert table_in(README.read_text(encoding="utf-8")) == markdown(), (
+        f"README.md's settings table differs from the declarations in llmguard/_settings.py: run `{REGENERATE}`"
+    )
+
+
+def test_the_table_has_a_row_for_every_variable() -> None:
+    table = markdown()
+    for _, declared in declarations():
+        for variable in declared.variables:
+            assert f"`{variable}`" in table
+    assert "`RATE_LIMIT`" in table
+
+
+# -- aliases and the RATE_LIMIT shorthand --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "amount", "seconds"),
+    [("30/minute", 30, 60), ("1000 per day", 1000, 86400), ("100 per 2 hours", 100, 7200), ("5/second", 5, 1)],
+)
+def test_rate_limit_sets_the_maximum_and_the_window_at_once(text: str, amount: int, seconds: int) -> None:
+    settings = from_env(RATE_LIMIT=text)
+    assert (settings.rate_limit_max, settings.rate_limit_window) == (amount, seconds)
+    assert settings == from_env(RATE_LIMIT_MAX=str(amount), RATE_LIMIT_WINDOW=str(seconds))
+
+
+@pytest.mark.parametrize(
+    ("variables", "other"),
+    [
+        ({"RATE_LIMIT": "100/hour", "RATE_LIMIT_MAX": "60"}, "RATE_LIMIT_MAX"),
+        ({"RATE_LIMIT": "60/hour", "RATE_LIMIT_WINDOW": "1 minute"}, "RATE_LIMIT_WINDOW"),
+        ({"RATE_LIMIT": "100/hour", "RATE_LIMIT_MAX": "60", "RATE_LIMIT_WINDOW": "1 minute"}, "RATE_LIMIT_MAX"),
+        ({"TOKENS_PER_IP": "100000/day", "TOKENS_PER_CLIENT": "5000/day"}, "TOKENS_PER_IP"),
+    ],
+)
+def test_two_spellings_that_disagree_are_refused_naming_both(variables: dict[str, str], other: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_env(**variables)
+    message, named = str(caught.value), caught.value.name
+    assert named in variables
+    assert named != other
+    assert f"Setting {named} has value {variables[named]!r}" in message
+    assert f"{other} is also set, to {variables[other]!r}" in message
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"RATE_LIMIT": "60/minute", "RATE_LIMIT_MAX": "60", "RATE_LIMIT_WINDOW": "1 minute"},
+        {"RATE_LIMIT": "30/hour", "RATE_LIMIT_MAX": "30"},
+        {"TOKENS_PER_IP": "5000/day", "TOKENS_PER_CLIENT": "5000/day"},
+    ],
+)
+def test_two_spellings_that_agree_are_accepted(variables: dict[str, str]) -> None:
+    settings = from_env(**variables)
+    assert settings.to_env()["TOKENS_PER_IP"] == variables.get("TOKENS_PER_IP", "100000/day")
+    if "RATE_LIMIT" in variables:
+        written, used = limits.parse(variables["RATE_LIMIT"]), limits.parse(settings.rate_limit)
+        assert (used.amount, used.get_expiry()) == (written.amount, written.get_expiry())
+
+
+@pytest.mark.parametrize("text", ["lots", "0/minute", "10 per 400 days"])
+def test_a_bad_rate_limit_names_it_and_shows_the_text(text: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_env(RATE_LIMIT=text)
+    assert caught.value.name == "RATE_LIMIT"
+    assert repr(text) in str(caught.value)
+
+
+def test_a_bad_alias_is_named_as_the_user_wrote_it() -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_env(TOKENS_PER_CLIENT="many per day")
+    assert caught.value.name == "TOKENS_PER_CLIENT"
+    assert "'many per day'" in str(caught.value)
+
+
+def test_arguments_win_over_the_rate_limit_variable() -> None:
+    settings = Settings.from_env({"OPENAI_API_KEY": KEY, "RATE_LIMIT": "100/hour"}, rate_limit_max=5)
+    assert (settings.rate_limit_max, settings.rate_limit_window) == (5, 3600)
+
+
+def test_to_env_unsets_the_other_spellings_and_reads_back() -> None:
+    settings = from_env(RATE_LIMIT="100/hour", TOKENS_PER_CLIENT="5000/day")
+    environ = settings.to_env()
+    assert environ["RATE_LIMIT"] is None
+    assert environ["TOKENS_PER_CLIENT"] is None
+    assert (environ["RATE_LIMIT_MAX"], environ["TOKENS_PER_IP"]) == ("100", "5000/day")
+    assert Settings.from_env({k: v for k, v in environ.items() if v is not None}) == settings
+    assert "RATE_LIMIT" not in settings.describe()
+
+
+# -- the components' own checks, called by the settings ----------------------------------------
+
+
+def test_settings_report_a_components_check_in_their_own_words() -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_env(JWT_MAX_USES="0")
+    assert str(caught.value) == "Setting JWT_MAX_USES has value '0': must be at least 1 (or None for unlimited)"
+    with pytest.raises(SettingsError) as caught:
+        Settings(openai_api_key=KEY, jwt_ttl=5)
+    assert str(caught.value) == "Setting jwt_ttl has value 5: must be between 10 and 86400 seconds"
+
+
+@pytest.mark.parametrize(
+    ("check", "value", "option"),
+    [
+        (check_secret, "short", "secret"),
+        (check_max_uses, 0, "max_uses"),
+        (check_ttl, 5, "ttl"),
+        (check_origins, ["https://app.example.com/chat"], "allow_origins"),
+        (check_origins, "https://app.example.com", "allow_origins"),
+        (check_prices, {"my-model": Price(-1, 1)}, "prices"),
+        (check_prices, {"my-model": "1/2"}, "prices"),
+        (trusted_networks, ["my-proxy"], "trusted_proxies"),
+        (header_name, "X-Forwarded-For", "header"),
+    ],
+)
+def test_the_component_checks_the_settings_call_name_the_option(
+    check: Callable[..., object], value: object, option: str
+) -> None:
+    with pytest.raises(ValueError, match=option):
+        check(value)
+    with pytest.raises(ValueError, match="SOME_VARIABLE"):
+        check(value, option="SOME_VARIABLE")
+
+
+def test_single_strings_are_lists_of_one_as_keyword_arguments() -> None:
+    settings = Settings(openai_api_key=KEY, allowed_origins="https://App.example.com/", trusted_proxies="10.0.0.1")  # type: ignore[arg-type]
+    assert settings.allowed_origins == ("https://app.example.com",)
+    assert settings.trusted_proxies == ("10.0.0.1/32",)
