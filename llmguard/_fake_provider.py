@@ -254,28 +254,10 @@ class FakeProvider:
             record.finished = True
             return _error_response(400, "'messages' is required.", "invalid_request_error", None)
 
-        messages = payload["messages"]
-        if scripted.chunks is not None:
-            chunks = list(scripted.chunks)
-        else:
-            chunks = _WORDS.findall(scripted.text if scripted.text is not None else self.reply(messages))
-        finish_reason = scripted.finish_reason
-        reasoning_tokens = scripted.reasoning_tokens
-        cap = payload.get("max_completion_tokens") or payload.get("max_tokens")
-        if isinstance(cap, int) and cap > 0:
-            # Like a real model: the output cap counts hidden and visible tokens, and cuts the reply there.
-            reasoning_tokens = min(reasoning_tokens, cap)
-            if reasoning_tokens + len(chunks) > cap:
-                chunks, finish_reason = chunks[: cap - reasoning_tokens], "length"
-        prompt_tokens = billable_prompt_tokens(payload)
-        completion_tokens = reasoning_tokens + len(chunks)
-        usage: dict[str, Any] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        if reasoning_tokens:
-            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+        text = scripted.text if scripted.text is not None else self.reply(payload["messages"])
+        chunks, finish_reason, usage = _generate(payload, scripted, text)
+        prompt_tokens, completion_tokens = usage["prompt_tokens"], usage["completion_tokens"]
+        reasoning_tokens = completion_tokens - len(chunks)
         # Billed from the moment the model reads the prompt, whoever waits for the answer: a JSON
         # reply is generated whole, a stream token by token (its hidden tokens first) until cut off.
         record.prompt_tokens = prompt_tokens
@@ -284,9 +266,9 @@ class FakeProvider:
         model = str(payload.get("model", self.model))
         if payload.get("stream"):
             wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            stream = self._stream(
-                record, scripted, chunks, model, usage if wants_usage and scripted.usage else None, finish_reason
-            )
+            delay = self.delay if scripted.delay is None else scripted.delay
+            shown_usage = usage if wants_usage and scripted.usage else None
+            stream = _stream(record, scripted, chunks, model, shown_usage, finish_reason, delay)
             headers_out = {
                 "content-type": "text/event-stream",
                 "cache-control": "no-cache",
@@ -320,47 +302,70 @@ class FakeProvider:
                 record.disconnected_at = time.monotonic()
                 raise
 
-    async def _stream(
-        self,
-        record: RecordedRequest,
-        scripted: FakeReply,
-        chunks: list[str],
-        model: str,
-        usage: dict[str, int] | None,
-        finish_reason: str,
-    ) -> AsyncIterator[bytes | object]:
-        delay = self.delay if scripted.delay is None else scripted.delay
-        base = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": model,
-        }
 
-        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n"
+def _generate(payload: dict[str, Any], scripted: FakeReply, text: str) -> tuple[list[str], str, dict[str, Any]]:
+    """The reply's chunks, its finish reason and its usage, as a model with this output cap would bill them."""
+    chunks = list(scripted.chunks) if scripted.chunks is not None else _WORDS.findall(text)
+    finish_reason = scripted.finish_reason
+    reasoning_tokens = scripted.reasoning_tokens
+    cap = payload.get("max_completion_tokens") or payload.get("max_tokens")
+    if isinstance(cap, int) and cap > 0:
+        # Like a real model: the output cap counts hidden and visible tokens, and cuts the reply there.
+        reasoning_tokens = min(reasoning_tokens, cap)
+        if reasoning_tokens + len(chunks) > cap:
+            chunks, finish_reason = chunks[: cap - reasoning_tokens], "length"
+    prompt_tokens = billable_prompt_tokens(payload)
+    completion_tokens = reasoning_tokens + len(chunks)
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if reasoning_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+    return chunks, finish_reason, usage
 
-        try:
-            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            for index, chunk in enumerate(chunks):
-                if scripted.cut_after is not None and index >= scripted.cut_after:
-                    record.finished = True
-                    if scripted.abrupt:
-                        yield _ABORT
-                    return
-                if delay:
-                    await anyio.sleep(delay)
-                yield event([{"index": 0, "delta": {"content": chunk}, "finish_reason": None}])
-                record.deltas_sent += 1
-                record.completion_tokens += 1
-            yield event([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
-            if usage is not None:
-                yield event([], usage=usage)
-            yield b"data: [DONE]\n\n"
-            record.finished = True
-        finally:
-            if not record.finished and record.disconnected_at is None:
-                record.disconnected_at = time.monotonic()
+
+async def _stream(
+    record: RecordedRequest,
+    scripted: FakeReply,
+    chunks: list[str],
+    model: str,
+    usage: dict[str, int] | None,
+    finish_reason: str,
+    delay: float,
+) -> AsyncIterator[bytes | object]:
+    base = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + json.dumps({**base, "choices": choices, **extra}).encode() + b"\n\n"
+
+    try:
+        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        for index, chunk in enumerate(chunks):
+            if scripted.cut_after is not None and index >= scripted.cut_after:
+                record.finished = True
+                if scripted.abrupt:
+                    yield _ABORT
+                return
+            if delay:
+                await anyio.sleep(delay)
+            yield event([{"index": 0, "delta": {"content": chunk}, "finish_reason": None}])
+            record.deltas_sent += 1
+            record.completion_tokens += 1
+        yield event([{"index": 0, "delta": {}, "finish_reason": finish_reason}])
+        if usage is not None:
+            yield event([], usage=usage)
+        yield b"data: [DONE]\n\n"
+        record.finished = True
+    finally:
+        if not record.finished and record.disconnected_at is None:
+            record.disconnected_at = time.monotonic()
 
 
 class _FakeTransport(httpx.AsyncBaseTransport):
