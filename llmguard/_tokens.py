@@ -132,40 +132,10 @@ class _Budget:
     merged: int = 1 << 16  # bytes of pieces merged
 
 
-class _Encoding:
-    """o200k_base's pre-tokenizer and vocabulary."""
+class _Patterns:
+    """o200k_base's pre-tokenizer, and the patterns that find where a text can be cut and where it is unknown."""
 
-    def __init__(self, data: bytes) -> None:
-        header_end = data.index(b"\n")
-        header = json.loads(data[:header_end])
-        if header["format"] != 1:
-            raise RuntimeError(f"_o200k_base.xz has format {header['format']!r}; this llmguard reads format 1")
-        runs = struct.unpack_from(f"<{header['runs']}I", data, header_end + 1)
-        lengths_at = header_end + 1 + 4 * header["runs"]
-        lengths = data[lengths_at : lengths_at + header["tokens"]]
-        self._blob = data[lengths_at + header["tokens"] :]
-        self._offsets = array("I", accumulate(lengths, initial=0))
-        self._build_table(lengths)
-        self._build_patterns([(run >> 3, run & 7) for run in runs])
-        self._cache: dict[str, tuple[int, int]] = {}
-
-    def _build_table(self, lengths: bytes) -> None:
-        blob, offsets = self._blob, self._offsets
-        short = list(map(operator.le, lengths, repeat(_SHORT)))
-        self._short = dict(
-            zip(
-                map(blob.__getitem__, map(slice, compress(offsets, short), compress(offsets[1:], short))),
-                compress(range(len(lengths)), short),
-                strict=True,
-            )
-        )
-        # Every token's hash with its rank in the low bits, sorted: found by bisection, then compared.
-        tokens = map(blob.__getitem__, map(slice, offsets, offsets[1:]))
-        keys = list(map(operator.or_, map(operator.and_, map(hash, tokens), repeat(_HIGH)), range(len(lengths))))
-        keys.sort()
-        self._keys: array[int] = array("q", keys)
-
-    def _build_patterns(self, runs: list[tuple[int, int]]) -> None:
+    def __init__(self, runs: list[tuple[int, int]]) -> None:
         # Outside the BMP, Python's re tests a character against each range of a class in turn, and
         # there are hundreds: keep symbols (emoji) and the large ideograph blocks, make the rest unknown.
         classes = [
@@ -204,27 +174,61 @@ class _Encoding:
                 f"|[{space}]+"
             )
 
-        self._ascii_pieces = pre_tokenizer(0x80)  # the same pieces on ASCII text, and much faster
-        self._pieces = pre_tokenizer(_END)
+        self.ascii_pieces = pre_tokenizer(0x80)  # the same pieces on ASCII text, and much faster
+        self.pieces = pre_tokenizer(_END)
         unknown_bmp, unknown_astral = chars({_UNKNOWN}, 0, _ASTRAL), chars({_UNKNOWN}, _ASTRAL)
-        self._unknown_bmp = re.compile(f"[{unknown_bmp}]")
+        self.unknown_bmp = re.compile(f"[{unknown_bmp}]")
         # An emoji tested against the unknown astral ranges walks all of them: only when the text needs it.
-        self._unknown_any = re.compile(f"[{unknown_bmp}]|(?=[^\\x00-\\uffff])[{unknown_astral}]")
-        self._astral = re.compile("[^\\x00-\\uffff]")
-        self._unknown_starts = [start for start, _, klass in classes if klass == _UNKNOWN]
-        self._unknown_ends = [end for _, end, klass in classes if klass == _UNKNOWN]
+        self.unknown_any = re.compile(f"[{unknown_bmp}]|(?=[^\\x00-\\uffff])[{unknown_astral}]")
+        self.astral = re.compile("[^\\x00-\\uffff]")
+        self.unknown_starts = [start for start, _, klass in classes if klass == _UNKNOWN]
+        self.unknown_ends = [end for _, end, klass in classes if klass == _UNKNOWN]
         # Sure cuts (see the module's docstring), every character outside the BMP but emoji taken as unknown.
         letter, number = chars({_UPPER, _LOWER, _LETTER}, 0, _ASTRAL), chars({_NUMBER}, 0, _ASTRAL)
         letter_or_mark, space = chars({_UPPER, _LOWER, _LETTER, _MARK}, 0, _ASTRAL), chars({_SPACE})
         unknown = unknown_bmp + "\\U00010000-\\U0001f2ff\\U0001fb00-\\U0010ffff"  # all but the emoji blocks
-        self._clear = re.compile(f"[^{unknown}]{{{_CLEAR_RUN}}}")
-        self._cut = re.compile(
+        self.clear = re.compile(f"[^{unknown}]{{{_CLEAR_RUN}}}")
+        self.cut = re.compile(
             f"(?<=[^{space}{unknown}])(?![\\r\\n])(?=[{space}])"
             f"|(?<=[{number}])(?=[^{number}{unknown}])"
             f"|(?<=[^{number}{space}{unknown}])(?=[{number}])"
             f"|(?<=[\\r\\n])(?=[^{space}{unknown}/])"
             f"|(?<=[{letter}])(?=[^{letter_or_mark}{unknown}'])"
         )
+
+
+class _Encoding:
+    """o200k_base's pre-tokenizer and vocabulary."""
+
+    def __init__(self, data: bytes) -> None:
+        header_end = data.index(b"\n")
+        header = json.loads(data[:header_end])
+        if header["format"] != 1:
+            raise RuntimeError(f"_o200k_base.xz has format {header['format']!r}; this llmguard reads format 1")
+        runs = struct.unpack_from(f"<{header['runs']}I", data, header_end + 1)
+        lengths_at = header_end + 1 + 4 * header["runs"]
+        lengths = data[lengths_at : lengths_at + header["tokens"]]
+        self._blob = data[lengths_at + header["tokens"] :]
+        self._offsets = array("I", accumulate(lengths, initial=0))
+        self._build_table(lengths)
+        self.patterns = _Patterns([(run >> 3, run & 7) for run in runs])
+        self._cache: dict[str, tuple[int, int]] = {}
+
+    def _build_table(self, lengths: bytes) -> None:
+        blob, offsets = self._blob, self._offsets
+        short = list(map(operator.le, lengths, repeat(_SHORT)))
+        self._short = dict(
+            zip(
+                map(blob.__getitem__, map(slice, compress(offsets, short), compress(offsets[1:], short))),
+                compress(range(len(lengths)), short),
+                strict=True,
+            )
+        )
+        # Every token's hash with its rank in the low bits, sorted: found by bisection, then compared.
+        tokens = map(blob.__getitem__, map(slice, offsets, offsets[1:]))
+        keys = list(map(operator.or_, map(operator.and_, map(hash, tokens), repeat(_HIGH)), range(len(lengths))))
+        keys.sort()
+        self._keys: array[int] = array("q", keys)
 
     def rank(self, token: bytes) -> int:
         if len(token) <= _SHORT:
@@ -260,7 +264,7 @@ class _Encoding:
         while start < len(text):
             end = len(text)
             if end - start > _CHUNK:
-                cut = self._cut.search(text, start + _CHUNK, start + _CHUNK + _CUT_SEARCH)
+                cut = self.patterns.cut.search(text, start + _CHUNK, start + _CHUNK + _CUT_SEARCH)
                 if cut is None:  # no text to speak of goes that long without one: the rest counts in bytes
                     return total + len(text[start:].encode("utf-8", "surrogatepass"))
                 end = cut.start()
@@ -276,30 +280,30 @@ class _Encoding:
 
     def _count_chunk(self, text: str, budget: _Budget) -> int:
         if text.isascii():
-            return self._count_pieces(self._ascii_pieces.findall(text), budget)
-        astral = {ord(character) for character in self._astral.findall(text)}
-        finder = self._unknown_any if any(map(self._is_unknown, astral)) else self._unknown_bmp
+            return self._count_pieces(self.patterns.ascii_pieces.findall(text), budget)
+        astral = {ord(character) for character in self.patterns.astral.findall(text)}
+        finder = self.patterns.unknown_any if any(map(self._is_unknown, astral)) else self.patterns.unknown_bmp
         total, start = 0, 0
         while unknown := finder.search(text, start):
             zone_start = self._cut_before(text, unknown.start(), start)
             # Unknown characters close together share one zone: it ends after a run of certain ones.
-            clear = self._clear.search(text, unknown.end())
-            cut = self._cut.search(text, clear.start()) if clear else None
+            clear = self.patterns.clear.search(text, unknown.end())
+            cut = self.patterns.cut.search(text, clear.start()) if clear else None
             zone_end = cut.start() if cut else len(text)
-            total += self._count_pieces(self._pieces.findall(text, start, zone_start), budget)
+            total += self._count_pieces(self.patterns.pieces.findall(text, start, zone_start), budget)
             total += len(text[zone_start:zone_end].encode("utf-8", "surrogatepass"))
             budget.found -= _CLEAR_RUN  # a zone costs about as much as that many pieces
             start = zone_end
-        return total + self._count_pieces(self._pieces.findall(text, start), budget)
+        return total + self._count_pieces(self.patterns.pieces.findall(text, start), budget)
 
     def _is_unknown(self, code_point: int) -> bool:
-        index = bisect_right(self._unknown_starts, code_point) - 1
-        return index >= 0 and code_point < self._unknown_ends[index]
+        index = bisect_right(self.patterns.unknown_starts, code_point) - 1
+        return index >= 0 and code_point < self.patterns.unknown_ends[index]
 
     def _cut_before(self, text: str, position: int, floor: int) -> int:
         # The zone may start earlier than it must (at `floor`, a cut too): never later.
         for at in range(position, max(floor, position - 64), -1):
-            if self._cut.match(text, at):
+            if self.patterns.cut.match(text, at):
                 return at
         return floor
 
