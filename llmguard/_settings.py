@@ -106,8 +106,8 @@ class Shorthand:
     """One variable that sets several fields at once (``RATE_LIMIT`` for the max and the window)."""
 
     env: str
-    parse: Callable[[str], dict[str, Any]]
-    fields: tuple[str, ...]
+    parse: Callable[[str], tuple[Any, ...]]
+    fields: tuple[str, ...]  # the fields its parsed values go to, in order
     help: str
     feeds: str
     default: str
@@ -315,7 +315,7 @@ class Settings:
         for item, declared in declarations():
             if item.name not in overrides:
                 for variable in declared.variables:
-                    read.variable(variable, item.name, declared.parse, declared)
+                    read.variable(variable, item.name, declared)
         for shorthand in SHORTHANDS:
             text = environ.get(shorthand.env, "")
             if text.strip():
@@ -323,9 +323,9 @@ class Settings:
                     parsed = shorthand.parse(text)
                 except ValueError as exc:
                     raise SettingsError(shorthand.env, text, str(exc)) from None
-                for name in shorthand.fields:
+                for name, value in zip(shorthand.fields, parsed, strict=True):
                     if name not in overrides:
-                        read.value(shorthand.env, text, name, parsed[name], _DECLARED[name])
+                        read.value(shorthand.env, text, name, value, _DECLARED[name])
         values = {**read.values, **overrides}
         try:
             return cls(**values)
@@ -415,12 +415,12 @@ class _Reading:
         self.values: dict[str, Any] = {}
         self.sources: dict[str, tuple[str, str]] = {}
 
-    def variable(self, variable: str, name: str, parse: v.Parse, declared: Setting) -> None:
+    def variable(self, variable: str, name: str, declared: Setting) -> None:
         text = self.environ.get(variable, "")
         if not text.strip():
             return
         try:
-            value = parse(text)
+            value = declared.parse(text)
         except ValueError as exc:
             raise declared.error(variable, text, str(exc)) from None
         self.value(variable, text, name, value, declared)

@@ -91,13 +91,13 @@ def optional(parse: Parse) -> Parse:
     return parse_optional
 
 
-def parse_rate_window(text: str) -> dict[str, Any]:
-    """``"60/minute"`` → ``{"rate_limit_max": 60, "rate_limit_window": 60.0}``, for ``RATE_LIMIT``."""
+def parse_rate_window(text: str) -> tuple[int, float]:
+    """``"60/minute"`` → ``(60, 60.0)``: the amount and the window in seconds, for ``RATE_LIMIT``."""
     try:
         item = limits.parse(text)
     except ValueError:
         raise ValueError(f"expected {_RATE_EXAMPLE}") from None
-    return {"rate_limit_max": item.amount, "rate_limit_window": float(item.get_expiry())}
+    return item.amount, float(item.get_expiry())
 
 
 # -- checks: value → normalized value, or the reason it is refused ---------------------------
@@ -245,19 +245,6 @@ def one_or_more(what: str) -> Check:
     return check
 
 
-def rate(value: object) -> str:
-    """A rate in the ``limits`` notation, as ``IPRateLimit`` and ``TokenBudget`` read it."""
-    if not isinstance(value, str):
-        raise TypeError(f"expected {_RATE_EXAMPLE}")
-    try:
-        item = limits.parse(value)
-    except ValueError:
-        raise ValueError(f"expected {_RATE_EXAMPLE}") from None
-    if item.amount < 1:
-        raise ValueError("the amount must be at least 1")
-    return value.strip()
-
-
 def dollars(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError("expected an amount in US dollars")
@@ -286,6 +273,19 @@ def base_url(value: object) -> str:
 
 
 # -- checks that copy what a component checks again: to be replaced by the component's own ----
+
+
+def rate(value: object) -> str:
+    """A rate in the ``limits`` notation, as ``IPRateLimit(limit=)`` and ``TokenBudget(tokens_per_client=)`` read it."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected {_RATE_EXAMPLE}")
+    try:
+        item = limits.parse(value)
+    except ValueError:
+        raise ValueError(f"expected {_RATE_EXAMPLE}") from None
+    if item.amount < 1:
+        raise ValueError("the amount must be at least 1")
+    return value.strip()
 
 
 def storage_url(value: object) -> str:
