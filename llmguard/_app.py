@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -118,9 +117,6 @@ def create_app(
         # request (which would wait a second for them).
         load_tokenizer()
         chat.upstream.open()
-        # Everything loaded by now lives as long as the process: keep it out of the garbage
-        # collector's full passes, which otherwise walk it all, mid-stream (bench/: stream lag).
-        gc.freeze()
         try:
             yield
         finally:

@@ -18,7 +18,7 @@ from llmguard._settings_docs import plain_text as settings_help
 from llmguard._version import __version__
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
+    from starlette.types import ASGIApp
 
 DEFAULT_PORT = 8000
 
@@ -77,16 +77,16 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from llmguard._app import create_app
-    from llmguard._server import protocol
+    from llmguard._server import FreezeAfterStartup, protocol
 
     log = logging.getLogger("llmguard")
-    app: Starlette | str
+    app: ASGIApp | str
     if args.workers > 1:
         settings = _prepare_workers(settings, args.workers, log)
         app = "llmguard._cli:worker_app"
     else:
         try:
-            app = create_app(settings)
+            app = FreezeAfterStartup(create_app(settings))
         except ValueError as exc:
             return _fail(str(exc))
         log_settings(settings)
@@ -146,14 +146,15 @@ def _prepare_workers(settings: Settings, workers: int, log: logging.Logger) -> S
     return settings
 
 
-def worker_app() -> Starlette:
+def worker_app() -> ASGIApp:
     """The app of one worker process (``--workers N``), from the environment the CLI prepared."""
     from llmguard._app import create_app
+    from llmguard._server import FreezeAfterStartup
 
     settings = Settings.from_env()
     configure_logging(settings)
     log_settings(settings)
-    return create_app(settings)
+    return FreezeAfterStartup(create_app(settings))
 
 
 def log_settings(settings: Settings) -> None:

@@ -14,23 +14,51 @@ uvicorn with this protocol instead, so that:
   id, CORS, OpenAI's error shape on ``/v1``) but before any guard or endpoint.
 
 The body's own deadline is the app's (``BODY_TIMEOUT``, in ``ChatEndpoint``).
+
+:class:`FreezeAfterStartup` is the server's, not the library's: once the app
+has started, whatever it loaded is moved out of the garbage collector's way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import re
 from collections.abc import Callable
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from llmguard._errors import ErrorStyle, RequestTimeout, error_body, error_headers
 from llmguard._state import new_request_id, request_state
 
 _REQUEST_LINE = re.compile(rb"^[A-Z]+ (/[^ ?#\r\n]*)")
+
+
+class FreezeAfterStartup:
+    """Run ``gc.freeze()`` once the app has started: what it loaded lives as long as the process.
+
+    Kept out of the collector's full passes, which otherwise walk it all (the token counter's
+    vocabulary, the provider client, the imports) mid-stream: bench/ measured the stream lag.
+    A process-wide choice, so it is made by ``llmguard serve``, never by ``create_app``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_and_freeze(message: Message) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                gc.freeze()
+
+        await self.app(scope, receive, send_and_freeze)
 
 
 def timeout_response(received: bytes) -> bytes:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from llmguard import _settings_values as v
+from llmguard._chat_service import DEFAULT_BASE_URL, DEFAULT_MODEL
 from llmguard._client_ip import header_name, trusted_networks
 from llmguard._jwt import check_max_uses, check_secret
 from llmguard._origin import check_origins
@@ -30,8 +31,6 @@ from llmguard._storage import redact_url
 from llmguard._token_endpoint import check_ttl
 from llmguard._upstream import token_limit_param
 
-DEFAULT_MODEL = "gpt-4.1-mini"
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _DAY = 86400
 
 

@@ -183,7 +183,8 @@ async def test_the_system_prompt_policy(harness_factory: Factory, allowed: bool)
     if not allowed:
         with pytest.raises(openai.BadRequestError) as refused:
             await client.chat.completions.create(model="gpt-4.1-mini", messages=messages)
-        assert (refused.value.status_code, refused.value.code, refused.value.param) == (400, "InvalidRequest", "messages")
+        refusal = (refused.value.status_code, refused.value.code, refused.value.param)
+        assert refusal == (400, "InvalidRequest", "messages")
         assert harness.provider.requests == []
         return
     await client.chat.completions.create(model="gpt-4.1-mini", messages=messages)
