@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from starlette.types import Scope
 
 if TYPE_CHECKING:
-    from llmguard._budget import Reservation
+    from llmguard._reservation import Reservation
 
 SCOPE_KEY = "llmguard"
 

@@ -21,9 +21,9 @@ from servers import ThreadedServer
 from starlette.requests import Request
 
 from llmguard import ChatEndpoint, TokenBudget, create_app
-from llmguard._budget import (
+from llmguard._budget import ClientBudgets
+from llmguard._charges import (
     IN_FLIGHT_TOKENS,
-    ClientBudgets,
     Counter,
     charge,
     client_wait,
