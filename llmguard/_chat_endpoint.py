@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import anyio
 import httpx
@@ -13,7 +12,7 @@ from llmguard._chat_request import parse_chat_request, parse_json, read_body
 from llmguard._chat_service import DEFAULT_BASE_URL, DEFAULT_MODEL, ChatService
 from llmguard._errors import LLMGuardError, MethodNotAllowed, RequestTimeout, send_error
 from llmguard._tokens import load as load_tokenizer
-from llmguard._upstream import Upstream
+from llmguard._upstream import TransportName, Upstream
 from llmguard._wire import UIMessageWire
 
 
@@ -48,7 +47,7 @@ class ChatEndpoint:
         request_timeout: float = 120,
         retries: int = 2,
         models: Sequence[str] = (),
-        transport: httpx.AsyncBaseTransport | Literal["auto", "httpx", "aiohttp"] = "auto",
+        transport: httpx.AsyncBaseTransport | TransportName = "auto",
     ) -> None:
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes has value {max_body_bytes!r}: must be at least 1")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -32,7 +32,10 @@ from llmguard._upstream import (
     ProviderCall,
     ProviderRequest,
     ProviderStream,
+    TokenParam,
+    TransportName,
     Upstream,
+    check_choice,
     parse_completion,
     timed_out,
     token_limit_param,
@@ -64,7 +67,7 @@ class ChatService:
         max_tokens_param: str = "auto",
         request_timeout: float = 120,
         retries: int = 2,
-        transport: httpx.AsyncBaseTransport | Literal["auto", "httpx", "aiohttp"] = "auto",
+        transport: httpx.AsyncBaseTransport | TransportName = "auto",
     ) -> None:
         if not api_key:
             raise ValueError("api_key is empty: the provider key is required")
@@ -72,11 +75,7 @@ class ChatService:
             raise ValueError(f"max_tokens has value {max_tokens!r}: must be at least 1")
         if not request_timeout > 0:
             raise ValueError(f"request_timeout has value {request_timeout!r}: must be positive")
-        if max_tokens_param not in ("auto", "max_tokens", "max_completion_tokens"):
-            raise ValueError(
-                f"max_tokens_param has value {max_tokens_param!r}: "
-                "expected 'auto', 'max_tokens' or 'max_completion_tokens'"
-            )
+        check_choice("max_tokens_param", max_tokens_param, TokenParam)
         self.model = model
         #: The models clients may ask for: the server's first.
         self.models = tuple(dict.fromkeys((model, *models)))

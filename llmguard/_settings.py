@@ -18,7 +18,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from llmguard import _settings_values as v
 from llmguard._chat_service import DEFAULT_BASE_URL, DEFAULT_MODEL
@@ -29,7 +29,7 @@ from llmguard._prices import DEFAULT_PRICES, Price, check_prices, parse_prices, 
 from llmguard._settings_values import parse_duration
 from llmguard._storage import redact_url
 from llmguard._token_endpoint import check_ttl
-from llmguard._upstream import token_limit_param
+from llmguard._upstream import TokenParam, TransportName, token_limit_param
 
 _DAY = 86400
 
@@ -136,8 +136,8 @@ class Settings:
     allowed_models: tuple[str, ...] = field(default=(), metadata=setting(
         "ALLOWED_MODELS", v.parse_list, check=v.names, feeds="ChatEndpoint(models=)",
         help="more models clients may name (`model`), comma-separated; each needs a price under a spend cap"))
-    max_tokens_param: Literal["auto", "max_tokens", "max_completion_tokens"] = field(default="auto", metadata=setting(
-        "MAX_TOKENS_PARAM", v.parse_text, check=v.choice("auto", "max_tokens", "max_completion_tokens"),
+    max_tokens_param: TokenParam = field(default="auto", metadata=setting(
+        "MAX_TOKENS_PARAM", v.parse_text, check=v.choice(*get_args(TokenParam)),
         feeds="ChatEndpoint(max_tokens_param=)",
         help="`max_completion_tokens` for api.openai.com, `max_tokens` elsewhere; or set one"))
     request_timeout: float = field(default=120, metadata=setting(
@@ -147,8 +147,8 @@ class Settings:
         "UPSTREAM_RETRIES", v.parse_int, check=v.non_negative_int, feeds="ChatEndpoint(retries=)",
         help="retries of a provider 429/5xx or a failure to connect; never of a request the provider may have "
         "received"))
-    upstream_transport: Literal["auto", "httpx", "aiohttp"] = field(default="auto", metadata=setting(
-        "UPSTREAM_TRANSPORT", v.parse_text, check=v.choice("auto", "httpx", "aiohttp"),
+    upstream_transport: TransportName = field(default="auto", metadata=setting(
+        "UPSTREAM_TRANSPORT", v.parse_text, check=v.choice(*get_args(TransportName)),
         feeds="ChatEndpoint(transport=)",
         help="`aiohttp` (its connection pool under httpx; with `llmguard[speed]`), `httpx`, or `auto`: aiohttp "
         "when installed"))

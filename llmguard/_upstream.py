@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import anyio
@@ -36,6 +36,11 @@ from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 from llmguard._version import __version__
 
 logger = logging.getLogger("llmguard.upstream")
+
+#: What carries the provider calls (see ``Upstream``).
+TransportName = Literal["auto", "httpx", "aiohttp"]
+#: The request field that carries the output cap (see ``token_limit_param``).
+TokenParam = Literal["auto", "max_tokens", "max_completion_tokens"]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Provider waits longer than this are not slept through: the client is told instead.
@@ -130,12 +135,12 @@ class Upstream:
         connect_timeout: float = 10.0,
         read_timeout: float = 120.0,
         max_connections: int = 4096,
-        transport: httpx.AsyncBaseTransport | Literal["auto", "httpx", "aiohttp"] = "auto",
+        transport: httpx.AsyncBaseTransport | TransportName = "auto",
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries has value {retries!r}: must be 0 or more")
-        if isinstance(transport, str) and transport not in ("auto", "httpx", "aiohttp"):
-            raise ValueError(f"transport has value {transport!r}: expected 'auto', 'httpx' or 'aiohttp'")
+        if isinstance(transport, str):
+            check_choice("transport", transport, TransportName)
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.retries = retries
         self.headers = {
@@ -281,6 +286,13 @@ def timed_out(error: Exception) -> bool:
 
 def _aiohttp_installed() -> bool:
     return importlib.util.find_spec("httpx_aiohttp") is not None
+
+
+def check_choice(option: str, value: str, choices: object) -> None:
+    """``ValueError`` naming ``option`` unless ``value`` is one of the ``choices`` Literal's values."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"{option} has value {value!r}: expected one of {', '.join(map(repr, allowed))}")
 
 
 def token_limit_param(base_url: str, choice: str = "auto") -> str:
