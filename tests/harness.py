@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
@@ -21,6 +21,9 @@ from starlette.types import Receive, Scope, Send
 from llmguard import Settings, create_app
 from llmguard._token_endpoint import Authenticate
 from llmguard.testing import FakeProvider
+
+if TYPE_CHECKING:
+    from servers import LLMGuardProcess
 
 T = TypeVar("T")
 
@@ -151,6 +154,30 @@ async def running(
         yield harness
 
 
+# -- a real llmguard process ---------------------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def http_client(server: LLMGuardProcess, ip: str = PEER, *, timeout: float = 20) -> httpx.Client:
+    """A client of ``server`` on an allowed origin, from ``ip`` (as X-Forwarded-For from loopback, which it trusts)."""
+    headers = {"origin": ORIGIN, "x-forwarded-for": ip}
+    return httpx.Client(
+        base_url=server.url, headers=headers, timeout=timeout, event_hooks={"response": [assert_not_500]}
+    )
+
+
+def mint(server: LLMGuardProcess, ip: str = PEER) -> str:
+    """A token for ``ip`` from ``server``."""
+    with http_client(server, ip) as http:
+        response = http.post("/api/token")
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return token
+
+
 # -- an app behind a middleware ---------------------------------------------------------
 
 
@@ -201,6 +228,18 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     assert isinstance(body["message"], str), body
     assert body["message"].strip(), body
     return body
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """Like ``assert_error``, in OpenAI's shape (the /v1 routes); return the ``error`` object."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].split(";")[0] == "application/json", response.headers["content-type"]
+    error = response.json()["error"]
+    assert isinstance(error, dict), error
+    assert error["code"] == code, error
+    assert isinstance(error["message"], str), error
+    assert error["message"].strip(), error
+    return error
 
 
 def sse_events(stream: httpx.Response | str | bytes) -> list[Any]:

@@ -200,30 +200,45 @@ def _accepted(listener: socket.socket, closed: threading.Event) -> socket.socket
     return None
 
 
-class LoopbackServer:
-    """A TCP server on a free loopback port, accepting on a thread; ``handle`` each connection."""
+class InBackground:
+    """``run`` on a daemon thread from ``__enter__``; ``__exit__`` sets ``stopping`` and waits for it to end."""
+
+    join_timeout: float = 5
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.port: int = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.closed = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
 
     def __enter__(self) -> Self:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.closed.set()
-        self.thread.join(timeout=5)
+        self.stopping.set()
+        self.thread.join(timeout=self.join_timeout)
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+
+class LoopbackServer(InBackground):
+    """A TCP server on a free loopback port, accepting on a thread; ``handle`` each connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port: int = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
         self.listener.close()
 
     def handle(self, connection: socket.socket) -> None:
         raise NotImplementedError
 
-    def _accept(self) -> None:
-        while (connection := _accepted(self.listener, self.closed)) is not None:
+    def run(self) -> None:
+        while (connection := _accepted(self.listener, self.stopping)) is not None:
             self.handle(connection)
 
 
@@ -276,7 +291,7 @@ class RawProvider(LoopbackServer):
                         time.sleep(reply.pause)
                     connection.sendall(piece)
                 connection.settimeout(0.1)
-                while reply.hold and not self.closed.is_set():
+                while reply.hold and not self.stopping.is_set():
                     try:
                         if not connection.recv(65536):
                             return  # the client gave up

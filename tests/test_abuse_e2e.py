@@ -25,14 +25,24 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from conftest import KEY, ORIGIN, SECRET
+from harness import (
+    HELLO,
+    KEY,
+    ORIGIN,
+    SECRET,
+    STREAM,
+    assert_error,
+    assert_no_secrets,
+    assert_openai_error,
+    bearer,
+    http_client,
+    mint,
+)
 from servers import LLMGuardProcess, RawProvider, RedisServer, free_port
 
 from llmguard import Settings
 from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 from llmguard.testing import FakeProvider, FakeReply, billable_prompt_tokens
-
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
 @pytest.fixture(scope="module")
@@ -81,24 +91,7 @@ def serve(
     for process in processes:
         logs = process.logs()
         assert "Traceback" not in logs
-        assert KEY not in logs
-        assert SECRET not in logs
-
-
-def client(server: LLMGuardProcess, ip: str = "203.0.113.7", timeout: float = 20) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers={"origin": ORIGIN, "x-forwarded-for": ip}, timeout=timeout)
-
-
-def mint(server: LLMGuardProcess, ip: str = "203.0.113.7") -> str:
-    with client(server, ip) as http:
-        response = http.post("/api/token")
-        assert response.status_code == 200, response.text
-        token: str = response.json()["token"]
-        return token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
+        assert_no_secrets(logs)
 
 
 def window_total(redis_server: RedisServer, ip: str = "203.0.113.7") -> int:
@@ -133,10 +126,9 @@ def schema_body(description_words: int, **extra: Any) -> dict[str, Any]:
 
 
 def test_1_a_huge_schema_is_refused_like_a_huge_message(serve: Serve, fake: FakeProvider) -> None:
-    with serve() as server, client(server) as http:
+    with serve() as server, http_client(server) as http:
         response = http.post("/v1/chat/completions", json=schema_body(36_000), headers=bearer(mint(server)))
-    assert response.status_code == 413, response.text
-    assert response.json()["error"]["code"] == "PromptTooLarge"
+    assert_openai_error(response, 413, "PromptTooLarge")
     assert fake.requests == []
 
 
@@ -146,7 +138,7 @@ def test_1_parallel_schema_stuffing_stays_within_the_window(serve: Serve, fake: 
         token = mint(server)
 
         def one(_: int) -> httpx.Response:
-            with client(server) as http:
+            with http_client(server) as http:
                 return http.post("/v1/chat/completions", json=schema_body(4_000), headers=bearer(token))
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
@@ -173,7 +165,7 @@ def test_2_abandoned_json_requests_are_charged_and_refused(
         statuses = []
         for _ in range(12):
             fake.enqueue(FakeReply(chunks=["word "] * cap, first_byte_delay=0.6))
-            with client(server, timeout=0.2) as http:
+            with http_client(server, timeout=0.2) as http:
                 try:
                     statuses.append(http.post("/api/chat", json=body, headers=bearer(token)).status_code)
                 except httpx.ReadTimeout:
@@ -195,9 +187,9 @@ def test_2_a_json_request_the_timeout_cut_is_charged_its_worst_case(
     with serve(TOKENS_PER_IP=f"{window}/hour", MAX_TOKENS=str(cap), REQUEST_TIMEOUT="1") as server:
         token = mint(server)
         fake.enqueue(FakeReply(first_byte_delay=3))
-        with client(server) as http:
+        with http_client(server) as http:
             response = http.post("/api/chat", json=HELLO, headers=bearer(token))
-        assert response.status_code == 504, response.text
+        assert_error(response, 504, "UpstreamError")
         # What the provider did with it is unknown: it is charged the whole reservation.
         wait_for(lambda: window_total(redis_server) == prompt + cap)
 
@@ -208,8 +200,8 @@ def test_2_a_json_request_the_timeout_cut_is_charged_its_worst_case(
 def read_deltas_then_close(server: LLMGuardProcess, token: str, count: int) -> int:
     """Stream a chat, close the connection after ``count`` deltas; the status it started with."""
     with (
-        client(server) as http,
-        http.stream("POST", "/api/chat", json={**HELLO, "stream": True}, headers=bearer(token)) as response,
+        http_client(server) as http,
+        http.stream("POST", "/api/chat", json=STREAM, headers=bearer(token)) as response,
     ):
         if response.status_code == 200:
             seen = 0
@@ -263,10 +255,9 @@ def test_4_a_request_the_provider_may_have_received_is_not_retried(
             "TOKENS_PER_IP": "100000/day",
             "MAX_TOKENS": str(cap),
         }
-        with serve(**env) as server, client(server) as http:
+        with serve(**env) as server, http_client(server) as http:
             response = http.post("/api/chat", json=HELLO, headers=bearer(mint(server)))
-            assert response.status_code == 502, response.text
-            assert response.json()["error"] == "UpstreamError"
+            assert_error(response, 502, "UpstreamError")
             wait_for(lambda: window_total(redis_server) == prompt + cap)
         assert len(provider.received) == 1, "sent once: a retry could have been billed twice"
 
@@ -274,9 +265,9 @@ def test_4_a_request_the_provider_may_have_received_is_not_retried(
 def test_4_a_provider_never_reached_is_retried(serve: Serve, redis_server: RedisServer) -> None:
     # Connection refused: nothing was sent, nothing billed; retrying is free and nothing is charged.
     with serve(OPENAI_BASE_URL=f"http://127.0.0.1:{free_port()}/v1", UPSTREAM_RETRIES="1") as server:
-        with client(server) as http:
+        with http_client(server) as http:
             response = http.post("/api/chat", json=HELLO, headers=bearer(mint(server)))
-        assert response.status_code == 502
+        assert_error(response, 502, "UpstreamError")
         logs = server.logs()
     assert "retrying the provider" in logs
     assert window_total(redis_server) == 0
@@ -346,7 +337,7 @@ def test_5_every_worker_runs_on_every_setting_of_the_env_file(
                 if response.status_code == 200:
                     served += response.json()["usage"]["total_tokens"]
                 else:
-                    assert response.json()["error"] == "TokenCapReached"
+                    assert_error(response, 503, "TokenCapReached")
         lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
     announced = [parse_settings_line(line["message"]) for line in lines if line["message"].startswith("settings: ")]
     assert len(announced) == 2, "one settings line per worker"
@@ -397,15 +388,13 @@ def test_6_a_lone_surrogate_in_any_field_is_a_400_naming_it(
     serve: Serve, fake: FakeProvider, extra: dict[str, Any], param: str | None
 ) -> None:
     body = json.dumps({"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "Hi"}], **extra})
-    with serve() as server, client(server) as http:
+    with serve() as server, http_client(server) as http:
         response = http.post(
             "/v1/chat/completions",
             content=body.encode(),
             headers={**bearer(mint(server)), "content-type": "application/json"},
         )
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["code"] == "InvalidRequest"
+    error = assert_openai_error(response, 400, "InvalidRequest")
     if param is not None:
         assert error["param"] == param
     assert fake.requests == []
@@ -414,13 +403,13 @@ def test_6_a_lone_surrogate_in_any_field_is_a_400_naming_it(
 def test_6_a_response_format_nested_960_deep_is_a_400(serve: Serve, fake: FakeProvider) -> None:
     nested = '{"type": "json_schema", "json_schema": ' + '{"a": ' * 960 + "1" + "}" * 960 + "}"
     body = '{"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": "Hi"}], "response_format": ' + nested
-    with serve() as server, client(server) as http:
+    with serve() as server, http_client(server) as http:
         response = http.post(
             "/v1/chat/completions",
             content=(body + "}").encode(),
             headers={**bearer(mint(server)), "content-type": "application/json"},
         )
-    assert response.status_code == 400, response.text
+    assert_openai_error(response, 400, "InvalidRequest")
     assert fake.requests == []
 
 
@@ -429,9 +418,9 @@ def test_6_an_absurd_provider_retry_after_is_clamped(serve: Serve, fake: FakePro
     refusal = FakeReply.failure(429, "Slow down.")
     refusal.headers = {"retry-after-ms": value, "retry-after": value}
     fake.enqueue(refusal)
-    with serve() as server, client(server) as http:
+    with serve() as server, http_client(server) as http:
         response = http.post("/api/chat", json=HELLO, headers=bearer(mint(server)))
-    assert response.status_code == 502, response.text
+    assert_error(response, 502, "UpstreamError")
     retry_after = response.headers.get("retry-after")
     assert retry_after is None or 1 <= int(retry_after) <= 86400
 
@@ -493,7 +482,7 @@ def test_7_partial_headers_and_idle_connections_are_closed_while_others_are_serv
             dripping.sendall(b"x-slow: a\r\n")
             time.sleep(0.4)
         # Meanwhile, everyone else is served.
-        with client(server) as http:
+        with http_client(server) as http:
             assert http.post("/api/chat", json=HELLO, headers=bearer(token)).status_code == 200
         received, _ = read_until_closed(dripping, limit=5)
         assert received.startswith(b"HTTP/1.1 408"), received[:200]
@@ -510,15 +499,14 @@ def test_7_past_max_connections_a_request_gets_a_json_503(serve: Serve) -> None:
         token = mint(server)
         held = [raw_connection(server) for _ in range(25)]
         time.sleep(0.2)
-        with client(server) as http:
+        with http_client(server) as http:
             busy = http.post("/api/chat", json=HELLO, headers=bearer(token))
-        assert busy.status_code == 503
-        assert busy.json()["error"] == "ServerBusy"
+        assert_error(busy, 503, "ServerBusy")
         assert busy.headers["retry-after"] == "1"
         for connection in held:
             connection.close()
         time.sleep(0.3)
-        with client(server) as http:
+        with http_client(server) as http:
             assert http.post("/api/chat", json=HELLO, headers=bearer(token)).status_code == 200
 
 
@@ -561,7 +549,7 @@ def test_8_a_password_protected_redis_password_appears_nowhere(serve: Serve, tmp
         wait_for(lambda: _answers(port, password))
         right = f"redis://:{password}@127.0.0.1:{port}/0"
         wrong = f"redis://:{password}-wrong@127.0.0.1:{port}/0"
-        with serve(STORAGE_URL=right, TOKENS_PER_IP="1000/hour") as server, client(server) as http:
+        with serve(STORAGE_URL=right, TOKENS_PER_IP="1000/hour") as server, http_client(server) as http:
             assert http.post("/api/chat", json=HELLO, headers=bearer(mint(server))).status_code == 200
             health = http.get("/healthz")
             assert health.json()["storage"] is True
@@ -569,7 +557,7 @@ def test_8_a_password_protected_redis_password_appears_nowhere(serve: Serve, tmp
             assert "settings: " in server.logs()
             assert password not in server.logs()
         with serve(STORAGE_URL=wrong, STORAGE_FAILURE="open", TOKENS_PER_IP="1000/hour") as server:
-            with client(server) as http:
+            with http_client(server) as http:
                 assert http.post("/api/chat", json=HELLO, headers=bearer(mint(server))).status_code == 200
                 assert http.get("/healthz").json()["storage"] is False
             logs = server.logs()
@@ -602,12 +590,11 @@ def _answers(port: int, password: str) -> bool:
 def test_9_text_that_tokenizes_densely_is_measured_as_such(serve: Serve, fake: FakeProvider, text: str) -> None:
     # bytes / 4 said these fit in 8000 tokens; each is more than that.
     assert len(text.encode()) / 4 < 8_000
-    with serve() as server, client(server) as http:
+    with serve() as server, http_client(server) as http:
         response = http.post(
             "/api/chat", json={"messages": [{"role": "user", "content": text}]}, headers=bearer(mint(server))
         )
-    assert response.status_code == 413, response.text[:300]
-    assert response.json()["error"] == "PromptTooLarge"
+    assert_error(response, 413, "PromptTooLarge")
     assert fake.requests == []
 
 
@@ -625,13 +612,12 @@ def test_10_a_dated_snapshot_is_priced_as_itself(serve: Serve, fake: FakeProvide
     assert 2 * (prompt * 2.5 + 50 * 10) <= 1.5 * one, "two would fit at the family's price"
     with serve(OPENAI_MODEL=model, MONTHLY_SPEND_CAP_USD=repr(cap_usd), MAX_TOKENS="50") as server:
         token = mint(server)
-        with client(server) as http:
+        with http_client(server) as http:
             fake.enqueue(FakeReply(chunks=["w"] * 50), FakeReply(chunks=["w"] * 50))
             first = http.post("/api/chat", json=body, headers=bearer(token))
             second = http.post("/api/chat", json=body, headers=bearer(token))
     assert first.status_code == 200, first.text
-    assert second.status_code == 503, second.text
-    assert second.json()["error"] == "SpendCapReached"
+    assert_error(second, 503, "SpendCapReached")
     assert len(fake.requests) == 1
 
 

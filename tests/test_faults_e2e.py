@@ -30,15 +30,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
-from conftest import KEY, ORIGIN, SECRET
+from harness import HELLO, KEY, ORIGIN, SECRET, assert_no_secrets, bearer, http_client, sse_events
 from servers import (
+    InBackground,
     LatencyProxy,
     LLMGuardProcess,
     RawProvider,
@@ -88,8 +89,7 @@ class Guard:
         self.tokens: dict[str, str] = {}
 
     def client(self, ip: str, timeout: float = 30) -> httpx.Client:
-        headers = {"origin": ORIGIN, "x-forwarded-for": ip}
-        return httpx.Client(base_url=self.process.url, headers=headers, timeout=timeout)
+        return http_client(self.process, ip, timeout=timeout)
 
     def token(self, ip: str) -> str:
         if ip not in self.tokens:
@@ -187,8 +187,7 @@ def running(
         yield guards
     for process in processes.values():
         logs = process.logs()
-        assert KEY not in logs
-        assert SECRET not in logs
+        assert_no_secrets(logs)
 
 
 def warm_up(guard: Guard, content: str | None) -> None:
@@ -206,10 +205,6 @@ def warm_up(guard: Guard, content: str | None) -> None:
                 if response.status_code == 200:
                     break
             assert response.status_code == 200, response.text
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 # -- one call, its answer, and what it should cost ---------------------------------------------------
@@ -233,12 +228,7 @@ class Answer:
 
     def events(self) -> list[Any]:
         """The stream's ``data`` payloads, JSON-decoded (``"[DONE]"`` as the string)."""
-        payloads = []
-        for line in self.body.decode().splitlines():
-            if line.startswith("data: "):
-                data = line[6:]
-                payloads.append(data if data == "[DONE]" else json.loads(data))
-        return payloads
+        return sse_events(self.body)
 
     def usage(self) -> int:
         """The total tokens a served reply says it was charged (JSON, or a UI stream's finish)."""
@@ -733,34 +723,26 @@ class Call:
     request_id: str | None
 
 
-@dataclass
-class Trickle:
+class Trickle(InBackground):
     """JSON chats one after the other, on one connection, until stopped: what each got, and when."""
 
-    guard: Guard
-    ip: str
-    calls: list[Call] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
+    join_timeout = 30
 
-    def __post_init__(self) -> None:
-        self.token = self.guard.token(self.ip)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Trickle:
-        self.thread.start()
-        return self
+    def __init__(self, guard: Guard, ip: str) -> None:
+        super().__init__()
+        self.guard, self.ip = guard, ip
+        self.calls: list[Call] = []
+        self.token = guard.token(ip)
 
     def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
+        super().__exit__(*exc)
         assert not self.thread.is_alive(), "a chat never ended"
 
-    def _run(self) -> None:
-        body = {"messages": [{"role": "user", "content": "Hello"}]}
+    def run(self) -> None:
         with self.guard.client(self.ip, timeout=20) as http:
-            while not self.stop.is_set():
+            while not self.stopping.is_set():
                 started = time.monotonic()
-                response = http.post(CHAT, json=body, headers=bearer(self.token))
+                response = http.post(CHAT, json=HELLO, headers=bearer(self.token))
                 code = None if response.status_code == 200 else response.json().get("error")
                 request_id = response.headers.get("x-request-id")
                 self.calls.append(Call(started, time.monotonic(), response.status_code, code, request_id))

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 import redis
-from conftest import KEY, ORIGIN, SECRET
+from harness import HELLO, KEY, ORIGIN, SECRET, assert_error, assert_no_secrets, bearer, http_client, mint
 from servers import LLMGuardProcess, RedisServer
 
 from llmguard._tokens import estimate_prompt_tokens
@@ -27,7 +27,6 @@ MAX_TOKENS = 200
 RATE_LIMIT = 5
 TOKENS_PER_IP = 1000
 MONTHLY_CAP = 4000
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 LONG_REPLY = ["word "] * 400  # longer than MAX_TOKENS: the fake cuts it at the cap, like a model
 
 
@@ -73,24 +72,12 @@ def pair(
         yield a, b
     for process in (a, b):
         assert "Traceback" not in process.logs()
-        assert KEY not in process.logs()
-
-
-def client_of(server: LLMGuardProcess, ip: str) -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers={"origin": ORIGIN, "x-forwarded-for": ip}, timeout=20)
+        assert_no_secrets(process.logs())
 
 
 def chat(server: LLMGuardProcess, ip: str, token: str, body: Any = HELLO) -> httpx.Response:
-    with client_of(server, ip) as client:
-        return client.post("/api/chat", json=body, headers={"authorization": f"Bearer {token}"})
-
-
-def mint(server: LLMGuardProcess, ip: str) -> str:
-    with client_of(server, ip) as client:
-        response = client.post("/api/token")
-        assert response.status_code == 200, response.text
-        token: str = response.json()["token"]
-        return token
+    with http_client(server, ip) as client:
+        return client.post("/api/chat", json=body, headers=bearer(token))
 
 
 def counter(redis_server: RedisServer, pattern: str) -> int:
@@ -114,8 +101,7 @@ def test_the_request_limit_is_shared(pair: tuple[LLMGuardProcess, LLMGuardProces
     # Five between them: each process now refuses, though it served fewer than five itself.
     for server in (a, b):
         refused = chat(server, ip, token)
-        assert refused.status_code == 429
-        assert refused.json()["error"] == "RateLimitExceeded"
+        assert_error(refused, 429, "RateLimitExceeded")
         assert int(refused.headers["retry-after"]) >= 1
         assert refused.headers["ratelimit-policy"] == f'"chat";q={RATE_LIMIT};w=60'
     # Another client is not affected.
@@ -162,8 +148,7 @@ def test_the_token_window_is_shared(
             break
         used += response.json()["usage"]["total_tokens"]
     assert refusal is not None
-    assert refusal.status_code == 429
-    assert refusal.json()["error"] == "TokenBudgetExceeded"
+    assert_error(refusal, 429, "TokenBudgetExceeded")
     # Counted once for both: separate counters would have allowed about twice as much.
     assert TOKENS_PER_IP - (MAX_TOKENS + 20) < used <= TOKENS_PER_IP
 
@@ -190,8 +175,8 @@ def test_a_burst_across_both_processes_stays_within_the_monthly_cap(
     refused = [r for r in responses if r.status_code != 200]
     assert served
     assert refused
-    assert {r.status_code for r in refused} == {503}
-    assert {r.json()["error"] for r in refused} == {"TokenCapReached"}
+    for response in refused:
+        assert_error(response, 503, "TokenCapReached")
     assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
     # What the provider was asked to produce, worst case, all at once: within what was left of the cap.
     asked = sum(
@@ -215,11 +200,10 @@ def test_when_redis_stops_closed_refuses_and_open_serves(
     started = time.monotonic()
     refused = chat(a, "198.51.100.9", token)
     assert time.monotonic() - started < 5  # bounded by STORAGE_TIMEOUT, not a hang
-    assert refused.status_code == 503
-    assert refused.json()["error"] == "StorageUnavailable"
+    assert_error(refused, 503, "StorageUnavailable")
     assert int(refused.headers["retry-after"]) >= 1
-    with client_of(a, "198.51.100.9") as client:
-        assert client.post("/api/token").status_code == 503
+    with http_client(a, "198.51.100.9") as client:
+        assert_error(client.post("/api/token"), 503, "StorageUnavailable")
         health = client.get("/healthz").json()
     assert health["status"] == "degraded"
     assert health["storage"] is False
