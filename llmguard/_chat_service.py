@@ -12,7 +12,7 @@ for both:
 3. **call** the provider (``_upstream``) and answer in the route's format
    (``_wire``): a JSON reply, or a stream relayed event by event;
 4. **record** what the provider answered on the reservation and **settle** it,
-   on every exit path (see ``_budget`` for what is charged when).
+   on every exit path (see ``_charges`` for what is charged when).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import anyio
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
-from llmguard._budget import Reservation
+from llmguard._reservation import Reservation
 from llmguard._errors import InvalidRequest, LLMGuardError, UpstreamError, send_error
 from llmguard._state import Usage, request_state
 from llmguard._upstream import (
