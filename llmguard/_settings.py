@@ -27,7 +27,7 @@ from llmguard._jwt import check_max_uses, check_secret
 from llmguard._origin import check_origins
 from llmguard._prices import DEFAULT_PRICES, Price, check_prices, parse_prices, price_of
 from llmguard._settings_values import parse_duration
-from llmguard._storage import redact_url
+from llmguard._storage import check_url, redact_url
 from llmguard._token_endpoint import check_ttl
 from llmguard._upstream import TokenParam, TransportName, token_limit_param
 
@@ -227,7 +227,7 @@ class Settings:
 
     # -- where the counts live
     storage_url: str = field(default="memory://", repr=False, metadata=setting(
-        "STORAGE_URL", v.parse_text, check=v.storage_url, redact=redact_url, feeds="Storage(url=)",
+        "STORAGE_URL", v.parse_text, check=v.component(check_url, "url"), redact=redact_url, feeds="Storage(url=)",
         help="where counts live; `redis://host:6379/0` to share them (`pip install 'llmguard[redis]'`); its "
         "password is never shown"))
     storage_failure: Literal["closed", "open"] = field(default="closed", metadata=setting(

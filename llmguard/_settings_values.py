@@ -20,8 +20,6 @@ from urllib.parse import urlsplit
 
 import limits
 
-from llmguard._storage import redact_url
-
 Parse = Callable[[str], Any]
 Check = Callable[[Any], Any]
 
@@ -286,32 +284,3 @@ def rate(value: object) -> str:
     if item.amount < 1:
         raise ValueError("the amount must be at least 1")
     return value.strip()
-
-
-def storage_url(value: object) -> str:
-    """As ``Storage(url=)`` will read it, including redis-py's own reading of a redis:// URL."""
-    if not isinstance(value, str):
-        raise TypeError("expected a storage URL")
-    url = value.strip()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "memory":
-        return url
-    if not scheme.startswith("redis"):
-        raise ValueError("expected memory:// or a redis:// URL such as redis://localhost:6379/0")
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
-        raise ValueError("the port is not a number") from None
-    if scheme in ("redis", "rediss"):
-        if not parts.hostname:
-            raise ValueError("expected a host, as in redis://localhost:6379/0")
-        try:
-            from redis.connection import parse_url
-        except ImportError:
-            raise ValueError("a redis:// storage needs the redis package: pip install 'llmguard[redis]'") from None
-        try:
-            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading of it, which would otherwise fail at the first request
-        except ValueError as exc:
-            raise ValueError(redact_url(str(exc))) from None
-    return url

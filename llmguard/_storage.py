@@ -55,6 +55,7 @@ class Storage:
         timeout: float = 2.0,
         max_connections: int = 512,
     ) -> None:
+        url = check_url(url, option="storage url")
         if failure not in ("closed", "open"):
             raise ValueError(f"failure has value {failure!r}: expected 'closed' or 'open'")
         if not timeout > 0:
@@ -257,6 +258,40 @@ def _credentials(url: str) -> list[str]:
         pass
     # A very short secret would blank out ordinary words: redact_url covers the URL itself then.
     return sorted({secret for secret in found if len(secret) >= 3}, key=len, reverse=True)
+
+
+def check_url(url: object, *, option: str = "url") -> str:
+    """A storage URL as ``Storage`` will read it, redis-py's own reading of a ``redis://`` URL included.
+
+    ``ValueError`` naming ``option`` otherwise; the message never repeats a password.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"{option}: expected a storage URL")
+    url = url.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        return url
+    if not scheme.startswith("redis"):
+        raise ValueError(f"{option}: expected memory:// or a redis:// URL such as redis://localhost:6379/0")
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValueError(f"{option}: the port is not a number") from None
+    if scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise ValueError(f"{option}: expected a host, as in redis://localhost:6379/0")
+        try:
+            from redis.connection import parse_url
+        except ImportError:
+            raise ValueError(
+                f"{option}: a redis:// storage needs the redis package: pip install 'llmguard[redis]'"
+            ) from None
+        try:
+            parse_url(url)  # type: ignore[no-untyped-call]  # redis-py's own reading, else it fails on first use
+        except ValueError as exc:
+            raise ValueError(f"{option}: {redact_url(str(exc))}") from None
+    return url
 
 
 def _backend(url: str, timeout: float, max_connections: int) -> LimitsStorage:
