@@ -1,8 +1,8 @@
 import { defineConfig, type UserConfig } from "vite";
 
 // Three builds:
-// - the npm package (`vite build`): library mode, ESM entries for `.`, `./react` and `./widget`,
-//   dependencies left to the app's bundler;
+// - the npm package (`vite build`): library mode, ESM entries for `.`, `./react` (useChat),
+//   `./widget` and `./widget/react` (<ChatWidget />), dependencies left to the app's bundler;
 // - `vite build --mode browser`: dist/browser/sdk.js, the core SDK as one minified ES module
 //   (served by the Python package at /sdk.js);
 // - `vite build --mode browser-widget`: dist/browser/widget.js, the SDK plus <llmguard-chat>
@@ -40,11 +40,16 @@ export default defineConfig(({ mode }): UserConfig => {
       outDir: "dist",
       minify: false,
       lib: {
-        entry: { index: "src/index.ts", react: "src/react/index.ts", widget: "src/widget/index.ts" },
+        entry: {
+          index: "src/index.ts",
+          react: "src/react/index.ts",
+          widget: "src/widget/index.ts",
+          "widget-react": "src/widget/react.ts",
+        },
         formats: ["es"],
         fileName: (_format, name) => `${name}.js`,
       },
-      rollupOptions: { external: ["eventsource-parser", "marked", "react", "react/jsx-runtime"] },
+      rollupOptions: { external: ["eventsource-parser", "is-network-error", "marked", "react", "react/jsx-runtime"] },
     },
   };
 });

@@ -107,11 +107,11 @@ describe("streamChat", () => {
   test("each delta is yielded as soon as it arrives, before the rest of the reply exists", async () => {
     const { server, source } = streamingServer();
     const iterator = streamChat("Hi", { client: server.client() })[Symbol.asyncIterator]();
-    source.pushItems(...REPLY_START, deltaItem("Hel"));
+    source.startReply("Hel");
     expect(await soon(iterator.next(), "the first delta")).toEqual({ done: false, value: "Hel" });
-    source.pushItems(deltaItem("lo"));
+    source.deltas("lo");
     expect(await soon(iterator.next(), "the second delta")).toEqual({ done: false, value: "lo" });
-    source.pushItems(...REPLY_END);
+    source.endReply();
     expect(await soon(iterator.next(), "the end")).toEqual({ done: true, value: undefined });
   });
 
@@ -166,7 +166,7 @@ describe("streamChat", () => {
   test("a connection lost mid-stream: NetworkError", async () => {
     const { server, source } = streamingServer();
     const stream = streamChat("Hi", { client: server.client() });
-    source.pushItems(...REPLY_START, deltaItem("Hel"));
+    source.startReply("Hel");
     await settle();
     source.error(new TypeError("terminated"));
     expect(await iterationError(stream)).toMatchObject({ code: "NetworkError" });
@@ -176,7 +176,7 @@ describe("streamChat", () => {
     const { server, source } = streamingServer();
     const stream = streamChat("Hi", { client: server.client() });
     const iterator = stream[Symbol.asyncIterator]();
-    source.pushItems(...REPLY_START, deltaItem("Hel"));
+    source.startReply("Hel");
     expect((await soon(iterator.next())).value).toBe("Hel");
     stream.abort();
     expect(await rejectionOf(iterator.next())).toMatchObject({ code: "Aborted" });
@@ -189,7 +189,7 @@ describe("streamChat", () => {
     const { server, source } = streamingServer();
     const controller = new AbortController();
     const stream = streamChat("Hi", { client: server.client(), signal: controller.signal });
-    source.pushItems(...REPLY_START, deltaItem("Hel"));
+    source.startReply("Hel");
     await settle();
     controller.abort();
     expect(await rejectionOf(stream.result)).toMatchObject({ code: "Aborted" });
@@ -207,7 +207,7 @@ describe("streamChat", () => {
   test("breaking out of the loop aborts the request", async () => {
     const { server, source } = streamingServer();
     const stream = streamChat("Hi", { client: server.client() });
-    source.pushItems(...REPLY_START, deltaItem("Hel"), deltaItem("lo"));
+    source.startReply("Hel", "lo");
     for await (const delta of stream) {
       expect(delta).toBe("Hel");
       break;

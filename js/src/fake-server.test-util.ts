@@ -120,6 +120,12 @@ export interface ControlledStream {
   push(part: string | Uint8Array): void;
   /** Make `items` available as one read. */
   pushItems(...items: StreamItem[]): void;
+  /** The opening chunks of a reply and its first `deltas`, as one read. */
+  startReply(...deltas: string[]): void;
+  /** More `deltas` of the reply, as one read. */
+  deltas(...deltas: string[]): void;
+  /** The last `deltas` and the closing chunks of the reply, as one read. */
+  endReply(...deltas: string[]): void;
   close(): void;
   error(reason: unknown): void;
   /** Whether the reader cancelled the stream (the download stopped). */
@@ -146,10 +152,14 @@ export function controlledStream(): ControlledStream {
     if (ended) return;
     controller.enqueue(typeof part === "string" ? encoder.encode(part) : part);
   };
+  const pushItems = (...items: StreamItem[]) => push(sseText(items));
   return {
     stream,
     push,
-    pushItems: (...items) => push(sseText(items)),
+    pushItems,
+    startReply: (...deltas) => pushItems(...REPLY_START, ...deltas.map(deltaItem)),
+    deltas: (...deltas) => pushItems(...deltas.map(deltaItem)),
+    endReply: (...deltas) => pushItems(...deltas.map(deltaItem), ...REPLY_END),
     close() {
       if (ended) return;
       ended = true;
@@ -347,4 +357,43 @@ export const streamed =
 export function controlled(): { reply: Reply; source: ControlledStream } {
   const source = controlledStream();
   return { reply: () => sseResponse(source.stream), source };
+}
+
+/** A reply that streams `partial`, then fails with an error chunk (`code`, `message`): a failure after the stream started. */
+export const failsMidStream =
+  (partial: string, code: string, message: string): Reply =>
+  () =>
+    sseResponse([...REPLY_START, deltaItem(partial), { type: "error", errorText: message, code }, "[DONE]"]);
+
+/** A fake llmguard server answering /api/chat with `replies`, one per request, in order (a 500 once they run out). */
+export function chatServer(replies: readonly Reply[] = []): FakeServer {
+  return new FakeServer({
+    "/api/chat": (_request, index) => replies[index]?.() ?? errorResponse(500, "InternalError", { message: "No reply planned." }),
+  });
+}
+
+/** What a chat request carried. */
+export interface ChatBody {
+  messages: { role: string; content: string }[];
+  system?: string;
+  stream?: boolean;
+}
+
+/** The bodies of the /api/chat requests `server` received, in order. */
+export function chatBodies(server: FakeServer): ChatBody[] {
+  return server.requestsTo("/api/chat").map((request) => request.body as ChatBody);
+}
+
+/** `messages` as a reader sees them: role and content, without ids. */
+export function turns(messages: readonly { role: string; content: string }[]): { role: string; content: string }[] {
+  return messages.map(({ role, content }) => ({ role, content }));
+}
+
+/** Wait, one macrotask at a time, until `condition()` holds (or fail naming `what`). */
+export async function until(condition: () => boolean, what: string): Promise<void> {
+  for (let round = 0; round < 100; round++) {
+    if (condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  throw new Error(`timed out waiting for ${what}`);
 }

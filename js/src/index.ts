@@ -14,6 +14,7 @@ export {
   type ChatSessionOptions,
   type ChatSessionState,
   type ChatStatus,
+  type ChatStorage,
   createChatSession,
   type SessionMessage,
 } from "./session.ts";

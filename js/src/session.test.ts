@@ -1,30 +1,13 @@
-import { describe, expect, test, vi } from "vitest";
+import { afterEach, describe, expect, test, vi } from "vitest";
 
 import type { ChatResult } from "./chat.ts";
 import type { LLMGuardError } from "./errors.ts";
-import {
-  type ControlledStream,
-  controlledStream,
-  deltaItem,
-  errorResponse,
-  FakeServer,
-  REPLY_END,
-  REPLY_START,
-  replyItems,
-  settle,
-  sseResponse,
-  USAGE,
-  controlled,
-  streamed,
-  type Reply,
-} from "./fake-server.test-util.ts";
-import { type ChatSession, type ChatSessionOptions, type ChatSessionState, createChatSession, type SessionMessage } from "./session.ts";
+import { chatBodies, chatServer, controlled, errorResponse, failsMidStream, type Reply, settle, streamed, turns, until, USAGE } from "./fake-server.test-util.ts";
+import { type ChatSessionOptions, type ChatSessionState, type ChatStorage, createChatSession, type SessionMessage } from "./session.ts";
 
 /** A session whose server answers /api/chat with `replies`, one per request, in order. */
 function sessionWith(replies: Reply[], options: Omit<ChatSessionOptions, "client"> = {}) {
-  const server = new FakeServer({
-    "/api/chat": (_request, index) => replies[index]?.() ?? errorResponse(500, "InternalError", { message: "No reply planned." }),
-  });
+  const server = chatServer(replies);
   const session = createChatSession({ ...options, client: server.client() });
   const snapshots: ChatSessionState[] = [];
   session.subscribe(() => snapshots.push(session.getSnapshot()));
@@ -41,27 +24,19 @@ function statuses(snapshots: readonly ChatSessionState[]): string[] {
   return all.slice(Math.max(start, 0)).filter((status, index, kept) => index === 0 || kept[index - 1] !== status);
 }
 
-const turns = (session: ChatSession) => session.getSnapshot().messages.map(({ role, content }) => ({ role, content }));
-
-async function until(condition: () => boolean, what: string): Promise<void> {
-  for (let round = 0; round < 50; round++) {
-    if (condition()) return;
-    await new Promise((resolve) => setTimeout(resolve, 0));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
+const EMPTY: ChatSessionState = { messages: [], status: "ready", error: undefined, isBusy: false, retryIn: 0 };
 
 describe("a turn", () => {
   test("goes ready → submitted → streaming → ready; onFinish gets the message and the result", async () => {
     const onFinish = vi.fn<(message: SessionMessage, result: ChatResult) => void>();
     const onError = vi.fn();
     const { session, snapshots } = sessionWith([streamed("Hel", "lo")], { onFinish, onError });
-    expect(session.getSnapshot()).toEqual({ messages: [], status: "ready", error: undefined });
+    expect(session.getSnapshot()).toEqual(EMPTY);
 
     await session.send("Hi");
 
     expect(statuses(snapshots)).toEqual(["submitted", "streaming", "ready"]);
-    expect(turns(session)).toEqual([
+    expect(turns(session.messages)).toEqual([
       { role: "user", content: "Hi" },
       { role: "assistant", content: "Hello" },
     ]);
@@ -78,17 +53,17 @@ describe("a turn", () => {
     const { session } = sessionWith([reply]);
     const sending = session.send("Hi");
     expect(session.status).toBe("submitted");
-    expect(turns(session)).toEqual([{ role: "user", content: "Hi" }]);
+    expect(turns(session.messages)).toEqual([{ role: "user", content: "Hi" }]);
 
-    source.pushItems(...REPLY_START, deltaItem("Hel"));
+    source.startReply("Hel");
     await until(() => session.status === "streaming", "streaming");
     expect(session.messages.at(-1)).toMatchObject({ role: "assistant", content: "Hel" });
 
-    source.pushItems(deltaItem("lo"));
+    source.deltas("lo");
     await until(() => session.messages.at(-1)?.content === "Hello", "the second delta");
     expect(session.status).toBe("streaming");
 
-    source.pushItems(...REPLY_END);
+    source.endReply();
     await sending;
     expect(session.status).toBe("ready");
   });
@@ -130,12 +105,12 @@ describe("a turn", () => {
     expect(onError).toHaveBeenCalledTimes(1);
     expect(onError.mock.calls[0]?.[0]).toBe(session.error);
     expect(onFinish).not.toHaveBeenCalled();
-    expect(turns(session)).toEqual([{ role: "user", content: "Hi" }]);
+    expect(turns(session.messages)).toEqual([{ role: "user", content: "Hi" }]);
   });
 
   test("an error chunk mid-stream: status error with the chunk's code; the next send clears the error", async () => {
     const { session } = sessionWith([
-      () => sseResponse([...REPLY_START, deltaItem("Par"), { type: "error", errorText: "Provider down.", code: "UpstreamError" }, "[DONE]"]),
+      failsMidStream("Par", "UpstreamError", "Provider down."),
       streamed("Fine"),
     ]);
     await session.send("Hi");
@@ -196,30 +171,11 @@ describe("history", () => {
     await session.send("Hi");
     await session.send("How are you?");
     await session.send("Goodbye");
-    const bodies = server.requestsTo("/api/chat").map((request) => request.body);
-    expect(bodies).toEqual([
-      { stream: true, system: "Answer briefly.", messages: [{ role: "user", content: "Hi" }] },
-      {
-        stream: true,
-        system: "Answer briefly.",
-        messages: [
-          { role: "user", content: "Hi" },
-          { role: "assistant", content: "Hello!" },
-          { role: "user", content: "How are you?" },
-        ],
-      },
-      {
-        stream: true,
-        system: "Answer briefly.",
-        messages: [
-          { role: "user", content: "Hi" },
-          { role: "assistant", content: "Hello!" },
-          { role: "user", content: "How are you?" },
-          { role: "assistant", content: "Fine." },
-          { role: "user", content: "Goodbye" },
-        ],
-      },
-    ]);
+    const said = ["Hi", "Hello!", "How are you?", "Fine.", "Goodbye"];
+    const conversation = said.map((content, index) => ({ role: index % 2 === 0 ? "user" : "assistant", content }));
+    expect(chatBodies(server)).toEqual(
+      [1, 3, 5].map((turnsSoFar) => ({ stream: true, system: "Answer briefly.", messages: conversation.slice(0, turnsSoFar) })),
+    );
   });
 
   test("without a system option, no system field is sent", async () => {
@@ -229,12 +185,11 @@ describe("history", () => {
   });
 
   test("initialMessages: ids kept when given, made up when not, and sent as history", async () => {
-    const { session, server } = sessionWith([streamed("Yes.")], {
-      initialMessages: [
-        { id: "saved-1", role: "user", content: "Remember me?" },
-        { role: "assistant", content: "Of course." },
-      ],
-    });
+    const earlier = [
+      { id: "saved-1", role: "user" as const, content: "Remember me?" },
+      { role: "assistant" as const, content: "Of course." },
+    ];
+    const { session, server } = sessionWith([streamed("Yes.")], { initialMessages: earlier });
     expect(session.messages[0]).toEqual({ id: "saved-1", role: "user", content: "Remember me?" });
     expect(session.messages[1]).toMatchObject({ role: "assistant", content: "Of course." });
     expect(typeof session.messages[1]?.id).toBe("string");
@@ -242,35 +197,24 @@ describe("history", () => {
     expect(session.status).toBe("ready");
 
     await session.send("Really?");
-    expect(server.requestsTo("/api/chat")[0]?.body).toMatchObject({
-      messages: [
-        { role: "user", content: "Remember me?" },
-        { role: "assistant", content: "Of course." },
-        { role: "user", content: "Really?" },
-      ],
-    });
+    expect(chatBodies(server)[0]?.messages).toEqual([...turns(earlier), { role: "user", content: "Really?" }]);
   });
 
   test("setMessages replaces the history (ids kept or made up) and notifies", async () => {
     const { session, server, snapshots } = sessionWith([streamed("Old one"), streamed("Restored")]);
     await session.send("Forget this");
     const before = snapshots.length;
-    session.setMessages([
-      { id: "r1", role: "user", content: "Restored question" },
-      { role: "assistant", content: "Restored answer" },
-    ]);
+    const restored = [
+      { id: "r1", role: "user" as const, content: "Restored question" },
+      { role: "assistant" as const, content: "Restored answer" },
+    ];
+    session.setMessages(restored);
     expect(snapshots.length).toBe(before + 1);
     expect(session.messages[0]).toEqual({ id: "r1", role: "user", content: "Restored question" });
     expect(typeof session.messages[1]?.id).toBe("string");
 
     await session.send("Next");
-    expect(server.requestsTo("/api/chat")[1]?.body).toMatchObject({
-      messages: [
-        { role: "user", content: "Restored question" },
-        { role: "assistant", content: "Restored answer" },
-        { role: "user", content: "Next" },
-      ],
-    });
+    expect(chatBodies(server)[1]?.messages).toEqual([...turns(restored), { role: "user", content: "Next" }]);
   });
 });
 
@@ -280,17 +224,17 @@ describe("send", () => {
     const { session, server } = sessionWith([reply, streamed("Second")]);
     const first = session.send("First");
     await session.send("Too soon");
-    expect(turns(session)).toEqual([{ role: "user", content: "First" }]);
+    expect(turns(session.messages)).toEqual([{ role: "user", content: "First" }]);
 
-    source.pushItems(...REPLY_START, deltaItem("Streaming"));
+    source.startReply("Streaming");
     await until(() => session.status === "streaming", "streaming");
     await session.send("Still too soon");
-    expect(turns(session)).toEqual([
+    expect(turns(session.messages)).toEqual([
       { role: "user", content: "First" },
       { role: "assistant", content: "Streaming" },
     ]);
 
-    source.pushItems(...REPLY_END);
+    source.endReply();
     await first;
     expect(server.requestsTo("/api/chat")).toHaveLength(1);
   });
@@ -312,14 +256,14 @@ describe("stop", () => {
     const { reply, source } = controlled();
     const { session, server } = sessionWith([reply], { onError, onFinish });
     const sending = session.send("Tell me a story");
-    source.pushItems(...REPLY_START, deltaItem("Once upon"));
+    source.startReply("Once upon");
     await until(() => session.messages.at(-1)?.content === "Once upon", "the first delta");
 
     session.stop();
     await sending;
     expect(session.status).toBe("ready");
     expect(session.error).toBeUndefined();
-    expect(turns(session)).toEqual([
+    expect(turns(session.messages)).toEqual([
       { role: "user", content: "Tell me a story" },
       { role: "assistant", content: "Once upon" },
     ]);
@@ -338,7 +282,7 @@ describe("stop", () => {
     await sending;
     expect(session.status).toBe("ready");
     expect(session.error).toBeUndefined();
-    expect(turns(session)).toEqual([{ role: "user", content: "Hi" }]);
+    expect(turns(session.messages)).toEqual([{ role: "user", content: "Hi" }]);
   });
 
   test("when nothing is in progress changes nothing", async () => {
@@ -355,7 +299,7 @@ describe("retry", () => {
   test("after an error resends the same history and replaces the failed partial reply", async () => {
     const { session, server } = sessionWith([
       streamed("Hello!"),
-      () => sseResponse([...REPLY_START, deltaItem("Half an ans"), { type: "error", errorText: "Provider down.", code: "UpstreamError" }, "[DONE]"]),
+      failsMidStream("Half an ans", "UpstreamError", "Provider down."),
       streamed("A whole answer."),
     ]);
     await session.send("Hi");
@@ -366,7 +310,7 @@ describe("retry", () => {
     await session.retry();
     expect(session.status).toBe("ready");
     expect(session.error).toBeUndefined();
-    expect(turns(session)).toEqual([
+    expect(turns(session.messages)).toEqual([
       { role: "user", content: "Hi" },
       { role: "assistant", content: "Hello!" },
       { role: "user", content: "Explain" },
@@ -381,7 +325,7 @@ describe("retry", () => {
     await session.send("Hi");
     expect(session.status).toBe("error");
     await session.retry();
-    expect(turns(session)).toEqual([
+    expect(turns(session.messages)).toEqual([
       { role: "user", content: "Hi" },
       { role: "assistant", content: "Now it works." },
     ]);
@@ -393,7 +337,7 @@ describe("retry", () => {
     const { session } = sessionWith([streamed("First take."), streamed("Second take.")]);
     await session.send("Hi");
     await session.retry();
-    expect(turns(session)).toEqual([
+    expect(turns(session.messages)).toEqual([
       { role: "user", content: "Hi" },
       { role: "assistant", content: "Second take." },
     ]);
@@ -403,7 +347,7 @@ describe("retry", () => {
     const { session, server } = sessionWith([streamed("Never")], { initialMessages: [{ role: "assistant", content: "Welcome!" }] });
     await session.retry();
     expect(server.requests).toEqual([]);
-    expect(turns(session)).toEqual([{ role: "assistant", content: "Welcome!" }]);
+    expect(turns(session.messages)).toEqual([{ role: "assistant", content: "Welcome!" }]);
   });
 });
 
@@ -414,7 +358,7 @@ describe("clear", () => {
     await session.send("Again");
     expect(session.status).toBe("error");
     session.clear();
-    expect(session.getSnapshot()).toEqual({ messages: [], status: "ready", error: undefined });
+    expect(session.getSnapshot()).toEqual(EMPTY);
   });
 
   test("mid-stream cancels the request and no part of the old reply comes back", async () => {
@@ -422,13 +366,13 @@ describe("clear", () => {
     const onError = vi.fn();
     const { session, server } = sessionWith([reply], { onError });
     const sending = session.send("Hi");
-    source.pushItems(...REPLY_START, deltaItem("Hel"));
+    source.startReply("Hel");
     await until(() => session.status === "streaming", "streaming");
     session.clear();
-    source.pushItems(deltaItem("lo"));
+    source.deltas("lo");
     await sending;
     await settle();
-    expect(session.getSnapshot()).toEqual({ messages: [], status: "ready", error: undefined });
+    expect(session.getSnapshot()).toEqual(EMPTY);
     expect(server.requestsTo("/api/chat")[0]?.signal?.aborted).toBe(true);
     expect(onError).not.toHaveBeenCalled();
   });
@@ -438,7 +382,7 @@ describe("clear", () => {
     const fresh = controlled();
     const { session } = sessionWith([old.reply, fresh.reply]);
     const first = session.send("Old topic");
-    old.source.pushItems(...REPLY_START, deltaItem("Old"));
+    old.source.startReply("Old");
     await until(() => session.status === "streaming", "the old reply streaming");
 
     session.clear();
@@ -447,14 +391,232 @@ describe("clear", () => {
     await settle();
     // The new reply has not started arriving: the session is still waiting for it.
     expect(session.status).toBe("submitted");
-    expect(turns(session)).toEqual([{ role: "user", content: "New topic" }]);
+    expect(turns(session.messages)).toEqual([{ role: "user", content: "New topic" }]);
 
-    fresh.source.pushItems(...replyItems(["New answer"]));
+    fresh.source.startReply();
+    fresh.source.endReply("New answer");
     await second;
     expect(session.status).toBe("ready");
-    expect(turns(session)).toEqual([
+    expect(turns(session.messages)).toEqual([
       { role: "user", content: "New topic" },
       { role: "assistant", content: "New answer" },
+    ]);
+  });
+});
+
+describe("isBusy", () => {
+  test("is true exactly while the status is submitted or streaming, in every snapshot", async () => {
+    const { reply, source } = controlled();
+    const { session, snapshots } = sessionWith([reply, () => errorResponse(502, "UpstreamError")]);
+    const sending = session.send("Hi");
+    expect(session.isBusy).toBe(true);
+    source.startReply("Hel");
+    await until(() => session.status === "streaming", "streaming");
+    expect(session.isBusy).toBe(true);
+    source.endReply("lo");
+    await sending;
+    expect(session.isBusy).toBe(false);
+    await session.send("Again");
+    expect(session.status).toBe("error");
+    expect(session.isBusy).toBe(false);
+    for (const snapshot of snapshots) {
+      expect(snapshot.isBusy).toBe(snapshot.status === "submitted" || snapshot.status === "streaming");
+    }
+    expect(session.isBusy).toBe(session.getSnapshot().isBusy);
+  });
+});
+
+describe("the rate-limit wait (retryIn)", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const rateLimited = (seconds: string, code = "RateLimitExceeded"): Reply => () =>
+    errorResponse(code === "ServerBusy" ? 503 : 429, code, { headers: { "retry-after": seconds }, message: "Slow down." });
+
+  /** A session that was just rate limited for `seconds`, with fake timers running the clock. */
+  async function rateLimitedSession(seconds: string, code?: string) {
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval", "Date"] });
+    const chat = sessionWith([rateLimited(seconds, code), streamed("At last.")]);
+    await chat.session.send("Hi");
+    return chat;
+  }
+
+  test.each(["RateLimitExceeded", "TokenBudgetExceeded", "ServerBusy"])(
+    "a %s with Retry-After 3 sets retryIn to 3, which counts down to 0 once a second",
+    async (code) => {
+      const { session } = await rateLimitedSession("3", code);
+      expect(session.status).toBe("error");
+      expect(session.retryIn).toBe(3);
+      const seen = [session.retryIn];
+      for (let second = 0; second < 4; second++) {
+        vi.advanceTimersByTime(1000);
+        seen.push(session.retryIn);
+      }
+      expect(seen).toEqual([3, 2, 1, 0, 0]);
+      expect(session.getSnapshot().retryIn).toBe(0);
+      expect(session.error).toMatchObject({ code, retryAfter: 3 });
+    },
+  );
+
+  test("send() and retry() are ignored while it counts, and work once it is 0", async () => {
+    const { session, server } = await rateLimitedSession("2");
+    await session.retry();
+    await session.send("Please");
+    expect(server.requestsTo("/api/chat")).toHaveLength(1);
+    expect(turns(session.messages)).toEqual([{ role: "user", content: "Hi" }]);
+
+    vi.advanceTimersByTime(2000);
+    expect(session.retryIn).toBe(0);
+    await session.retry();
+    expect(server.requestsTo("/api/chat")).toHaveLength(2);
+    expect(turns(session.messages)).toEqual([
+      { role: "user", content: "Hi" },
+      { role: "assistant", content: "At last." },
+    ]);
+  });
+
+  test("clear() forgets the conversation and the error, not the wait", async () => {
+    const { session } = await rateLimitedSession("5");
+    session.clear();
+    expect(session.getSnapshot()).toMatchObject({ messages: [], status: "ready", error: undefined, retryIn: 5 });
+    vi.advanceTimersByTime(1000);
+    expect(session.retryIn).toBe(4);
+  });
+
+  test("errors without a wait (no Retry-After, or not a rate limit) leave retryIn at 0", async () => {
+    const { session } = sessionWith([
+      () => errorResponse(429, "RateLimitExceeded"),
+      () => errorResponse(503, "SpendCapReached", { headers: { "retry-after": "3600" } }),
+    ]);
+    await session.send("Hi");
+    expect(session.retryIn).toBe(0);
+    await session.retry();
+    expect(session.error?.code).toBe("SpendCapReached");
+    expect(session.retryIn).toBe(0);
+  });
+
+  test("nothing ticks without a subscriber; the next one gets the time that is left", async () => {
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval", "Date"] });
+    const session = createChatSession({ client: chatServer([rateLimited("10")]).client() });
+    await session.send("Hi");
+    expect(session.retryIn).toBe(10);
+    expect(vi.getTimerCount()).toBe(0);
+
+    vi.advanceTimersByTime(4000);
+    const unsubscribe = session.subscribe(() => undefined);
+    expect(session.retryIn).toBe(6);
+    expect(vi.getTimerCount()).toBe(1);
+    vi.advanceTimersByTime(1000);
+    expect(session.retryIn).toBe(5);
+
+    unsubscribe();
+    expect(vi.getTimerCount()).toBe(0);
+    vi.advanceTimersByTime(5000);
+    // send() looks at the clock itself: the wait is over even though nobody watched it end.
+    expect(session.retryIn).toBe(5);
+    await session.send("Now");
+    expect(session.retryIn).toBe(0);
+    expect(session.messages.at(-1)).toMatchObject({ role: "user", content: "Now" });
+  });
+});
+
+/** A localStorage in memory (Node has none). */
+function memoryStorage(): Storage {
+  const items = new Map<string, string>();
+  return {
+    get length() {
+      return items.size;
+    },
+    clear: () => items.clear(),
+    getItem: (key) => items.get(key) ?? null,
+    key: (index) => [...items.keys()][index] ?? null,
+    removeItem: (key) => void items.delete(key),
+    setItem: (key, value) => void items.set(key, String(value)),
+  };
+}
+
+describe("persist", () => {
+  afterEach(() => {
+    vi.unstubAllGlobals();
+  });
+
+  const saved = (name: string) => JSON.parse(localStorage.getItem(`llmguard-chat:${name}`) ?? "null") as SessionMessage[] | null;
+
+  /** A session persisted as `name` (in a fresh localStorage) whose reply to `prompt` has started with `firstDelta`. */
+  async function streamingPersisted(name: string, prompt: string, firstDelta: string) {
+    vi.stubGlobal("localStorage", memoryStorage());
+    const { reply, source } = controlled();
+    const { session } = sessionWith([reply], { persist: name });
+    const sending = session.send(prompt);
+    source.startReply(firstDelta);
+    await until(() => session.status === "streaming", "streaming");
+    return { session, source, sending };
+  }
+
+  test("a name keeps the conversation in localStorage once each reply is over; a new session with that name restores it", async () => {
+    const { session, source, sending } = await streamingPersisted("support", "Saved question", "Saved");
+    expect(saved("support")).toBeNull();
+    source.endReply(" answer");
+    await sending;
+    expect(saved("support")).toEqual(session.messages);
+
+    const restored = createChatSession({ persist: "support", initialMessages: [{ role: "user", content: "Not used" }] });
+    expect(restored.messages).toEqual(session.messages);
+    expect(createChatSession({ persist: "sales" }).messages).toEqual([]);
+  });
+
+  test("an empty name is the default conversation; clear() and a stopped reply are saved too", async () => {
+    const { session, sending } = await streamingPersisted("", "Tell me a story", "Once upon");
+    session.stop();
+    await sending;
+    expect(turns(saved("default") ?? [])).toEqual([
+      { role: "user", content: "Tell me a story" },
+      { role: "assistant", content: "Once upon" },
+    ]);
+    session.clear();
+    expect(saved("default")).toEqual([]);
+  });
+
+  test.each([
+    ["not a list", '{"messages": "gone"}', undefined],
+    ["not JSON", "{oops", undefined],
+    ["a list with other things in it", '[3, null, "text", {"from": "user"}, {"role": "user", "content": "Kept"}]', ["Kept"]],
+  ])("a damaged saved conversation (%s) is left out", (_what, stored, kept) => {
+    vi.stubGlobal("localStorage", memoryStorage());
+    localStorage.setItem("llmguard-chat:support", stored);
+    const session = createChatSession({ persist: "support", initialMessages: [{ role: "assistant", content: "Welcome!" }] });
+    expect(session.messages.map((message) => message.content)).toEqual(kept ?? ["Welcome!"]);
+  });
+
+  test("without localStorage (or when it refuses) nothing is kept and nothing fails", async () => {
+    vi.stubGlobal("localStorage", undefined);
+    const { session } = sessionWith([streamed("Fine")], { persist: "support" });
+    await session.send("Hi");
+    expect(session.messages).toHaveLength(2);
+    const full = memoryStorage();
+    full.setItem = () => {
+      throw new DOMException("The quota has been exceeded.", "QuotaExceededError");
+    };
+    vi.stubGlobal("localStorage", full);
+    const second = sessionWith([streamed("Fine")], { persist: "support" }).session;
+    await second.send("Hi");
+    expect(second.status).toBe("ready");
+  });
+
+  test("a storage of your own: load() at the start, save() after each change outside a reply", async () => {
+    const saves: string[][] = [];
+    const storage: ChatStorage = {
+      load: () => [{ id: "a1", role: "assistant", content: "Welcome back!" }],
+      save: (messages) => saves.push(messages.map((message) => message.content)),
+    };
+    const { session } = sessionWith([streamed("Sure.")], { persist: storage });
+    expect(session.messages).toEqual([{ id: "a1", role: "assistant", content: "Welcome back!" }]);
+    await session.send("Hi");
+    session.setMessages([]);
+    expect(saves).toEqual([
+      ["Welcome back!", "Hi", "Sure."],
+      [],
     ]);
   });
 });

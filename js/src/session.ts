@@ -1,6 +1,6 @@
 import type { Client } from "./client.ts";
 import { type ChatMessage, type ChatResult, streamChat } from "./chat.ts";
-import { type LLMGuardError, toLLMGuardError } from "./errors.ts";
+import { isRateLimitError, type LLMGuardError, toLLMGuardError } from "./errors.ts";
 
 /** `submitted`: sent, nothing back yet; `streaming`: the reply is arriving. */
 export type ChatStatus = "ready" | "submitted" | "streaming" | "error";
@@ -15,13 +15,47 @@ export interface ChatSessionState {
   readonly messages: readonly SessionMessage[];
   readonly status: ChatStatus;
   readonly error: LLMGuardError | undefined;
+  /** Whether a reply is in progress (`status` is `submitted` or `streaming`): `send` is ignored then. */
+  readonly isBusy: boolean;
+  /**
+   * Seconds to wait before sending again, after a rate limit that said how long
+   * (`Retry-After`); counts down every second while someone is subscribed, and
+   * `send` and `retry` are ignored until it is 0. `clear()` does not skip the wait.
+   *
+   * @defaultValue 0
+   */
+  readonly retryIn: number;
+}
+
+/**
+ * Where a session keeps its conversation between page loads: see {@link ChatSessionOptions.persist}.
+ *
+ * @example A conversation kept for the tab only:
+ * ```ts
+ * const persist: ChatStorage = {
+ *   load: () => JSON.parse(sessionStorage.getItem("chat") ?? "null") ?? undefined,
+ *   save: (messages) => sessionStorage.setItem("chat", JSON.stringify(messages)),
+ * }
+ * ```
+ */
+export interface ChatStorage {
+  /** The saved conversation, or `undefined` when there is none. Items that are not messages are left out. */
+  load(): unknown;
+  /** Keep `messages`: called after each change while no reply is in progress. Must not throw. */
+  save(messages: readonly SessionMessage[]): void;
 }
 
 export interface ChatSessionOptions {
   /** Instructions for the conversation, if the server allows clients to set them. */
   system?: string;
-  /** Start from an earlier conversation. */
+  /** Start from an earlier conversation (when `persist` has none saved). */
   initialMessages?: readonly (ChatMessage | SessionMessage)[];
+  /**
+   * Keep the conversation across page loads: a name (it is saved in `localStorage` under
+   * `llmguard-chat:<name>`; an empty name is `default`), or a {@link ChatStorage} of your own.
+   * A saved conversation is restored in place of `initialMessages`.
+   */
+  persist?: string | ChatStorage;
   /** Another client than the one `configure()` set up. */
   client?: Client;
   /** Called when a reply fails (not when it is stopped). */
@@ -36,13 +70,13 @@ export interface ChatSession extends ChatSessionState {
   getSnapshot(): ChatSessionState;
   /** Call `listener` after every change; returns the unsubscribe function. */
   subscribe(listener: () => void): () => void;
-  /** Add a user message and stream the reply. Ignored while a reply is in progress or when `text` is blank. */
+  /** Add a user message and stream the reply. Ignored while busy, during a `retryIn` wait, or when `text` is blank. */
   send(text: string): Promise<void>;
   /** Stop the reply in progress (status is `ready` at once), keeping what has arrived. */
   stop(): void;
-  /** Ask again for the last reply (after an error, a stop, or to regenerate). */
+  /** Ask again for the last reply (after an error, a stop, or to regenerate). Ignored while busy or during a `retryIn` wait. */
   retry(): Promise<void>;
-  /** Stop and forget the conversation. */
+  /** Stop and forget the conversation and its error (a `retryIn` wait goes on). */
   clear(): void;
   /** Replace the history (for example to restore a saved conversation). */
   setMessages(messages: readonly (ChatMessage | SessionMessage)[]): void;
@@ -62,6 +96,40 @@ function withIds(messages: readonly (ChatMessage | SessionMessage)[]): SessionMe
   }));
 }
 
+/** The messages in what a storage gave back; anything else there (an older format, another script's data) is left out. */
+function savedMessages(saved: unknown): (ChatMessage | SessionMessage)[] | undefined {
+  if (!Array.isArray(saved)) return undefined;
+  return saved.filter(
+    (item): item is SessionMessage =>
+      typeof item === "object" &&
+      item !== null &&
+      (item.role === "user" || item.role === "assistant") &&
+      typeof item.content === "string" &&
+      (item.id === undefined || typeof item.id === "string"),
+  );
+}
+
+/** A conversation named `name` in `localStorage`; failures (private mode, a full quota, no `localStorage`) keep nothing. */
+function localStorageChat(name: string): ChatStorage {
+  const key = `llmguard-chat:${name || "default"}`;
+  return {
+    load() {
+      try {
+        return JSON.parse(localStorage.getItem(key) ?? "null");
+      } catch {
+        return undefined;
+      }
+    },
+    save(messages) {
+      try {
+        localStorage.setItem(key, JSON.stringify(messages));
+      } catch {
+        // Full or forbidden: the conversation just is not kept.
+      }
+    },
+  };
+}
+
 /**
  * A chat for vanilla JS: history, status, errors, stop and retry.
  *
@@ -73,15 +141,42 @@ function withIds(messages: readonly (ChatMessage | SessionMessage)[]): SessionMe
  * ```
  */
 export function createChatSession(options: ChatSessionOptions = {}): ChatSession {
-  let state: ChatSessionState = { messages: withIds(options.initialMessages ?? []), status: "ready", error: undefined };
+  const storage = typeof options.persist === "string" ? localStorageChat(options.persist) : options.persist;
+  const initialMessages = savedMessages(storage?.load()) ?? options.initialMessages ?? [];
+  let state: ChatSessionState = { messages: withIds(initialMessages), status: "ready", error: undefined, isBusy: false, retryIn: 0 };
   const listeners = new Set<() => void>();
   let controller: AbortController | undefined;
+  /** When a rate limit's wait ends (ms since the epoch), and the timer that counts it down. */
+  let retryAt = 0;
+  let ticker: ReturnType<typeof setInterval> | undefined;
 
-  const update = (changes: Partial<ChatSessionState>) => {
-    state = { ...state, ...changes };
+  const update = (changes: Partial<Omit<ChatSessionState, "isBusy">>) => {
+    const previous = state;
+    const status = changes.status ?? state.status;
+    state = { ...state, ...changes, isBusy: status === "submitted" || status === "streaming" };
+    // A conversation is saved once a reply is over (done, failed or stopped), never half-streamed.
+    if (storage && !state.isBusy && (state.messages !== previous.messages || previous.isBusy)) storage.save(state.messages);
     for (const listener of [...listeners]) listener();
   };
-  const busy = () => state.status === "submitted" || state.status === "streaming";
+
+  const stopTicking = () => {
+    clearInterval(ticker);
+    ticker = undefined;
+  };
+  /** Bring `retryIn` up to date (the timer stops with the wait). */
+  const tick = () => {
+    const left = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
+    if (left === 0) stopTicking();
+    if (left !== state.retryIn) update({ retryIn: left });
+  };
+  /** Count `retryIn` down while someone listens (nobody else would see it tick). */
+  const startTicking = () => {
+    if (state.retryIn > 0 && ticker === undefined && listeners.size > 0) ticker = setInterval(tick, 1000);
+  };
+  const waiting = () => {
+    if (state.retryIn > 0) tick();
+    return state.retryIn > 0;
+  };
 
   /** Stream a reply to `messages` (which end with the user's turn). */
   async function reply(messages: readonly SessionMessage[]): Promise<void> {
@@ -119,7 +214,10 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
       if (!isCurrent()) return; // stopped or cleared: the partial reply stays as it was
       controller = undefined;
       const error = toLLMGuardError(thrown, current.signal);
-      update({ status: "error", error });
+      const wait = isRateLimitError(error) ? Math.ceil(error.retryAfter ?? 0) : 0;
+      if (wait > 0) retryAt = Date.now() + wait * 1000;
+      update({ status: "error", error, ...(wait > 0 && { retryIn: wait }) });
+      startTicking();
       options.onError?.(error);
     }
   }
@@ -134,13 +232,25 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     get error() {
       return state.error;
     },
+    get isBusy() {
+      return state.isBusy;
+    },
+    get retryIn() {
+      return state.retryIn;
+    },
     getSnapshot: () => state,
     subscribe(listener) {
       listeners.add(listener);
-      return () => listeners.delete(listener);
+      // The wait went on while nobody listened: catch up, then count down.
+      if (state.retryIn > 0) tick();
+      startTicking();
+      return () => {
+        listeners.delete(listener);
+        if (listeners.size === 0) stopTicking();
+      };
     },
     async send(text) {
-      if (busy() || !text.trim()) return;
+      if (state.isBusy || waiting() || !text.trim()) return;
       await reply([...state.messages, { id: newId(), role: "user", content: text }]);
     },
     stop() {
@@ -150,7 +260,7 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
       update({ status: "ready" });
     },
     async retry() {
-      if (busy()) return;
+      if (state.isBusy || waiting()) return;
       let lastUser = state.messages.length - 1;
       while (lastUser >= 0 && state.messages[lastUser]?.role !== "user") lastUser -= 1;
       if (lastUser < 0) return;

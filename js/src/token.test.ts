@@ -113,32 +113,29 @@ describe("concurrent callers", () => {
     expect(server.requestsTo("/api/token")).toHaveLength(1);
   });
 
-  test("a mint failure reaches every waiting caller as a typed error", async () => {
+  test.each([
+    [
+      "a refused mint: every waiting caller gets the typed error",
+      () => errorResponse(403, "Forbidden", { message: "This origin is not allowed to use this server." }),
+      { code: "Forbidden", status: 403, message: "This origin is not allowed to use this server." },
+    ],
+    [
+      "a rate-limited mint: every waiting caller gets its Retry-After",
+      () => errorResponse(429, "RateLimitExceeded", { headers: { "retry-after": "42" }, extra: { retry_after: 42 } }),
+      { code: "RateLimitExceeded", status: 429, retryAfter: 42 },
+    ],
+  ])("%s, from one mint", async (_what, answer, expected) => {
     const { server, answers } = slowMintServer();
     const client = server.client();
     const calls = Array.from({ length: 5 }, () => rejectionOf(getToken({ client })));
     await settle();
-    answers[0]?.resolve(errorResponse(403, "Forbidden", { message: "This origin is not allowed to use this server." }));
+    answers[0]?.resolve(answer());
     const errors = await Promise.all(calls);
     for (const error of errors) {
-      expect(isLLMGuardError(error, "Forbidden")).toBe(true);
-      expect((error as LLMGuardError).status).toBe(403);
-      expect((error as LLMGuardError).message).toBe("This origin is not allowed to use this server.");
+      expect(isLLMGuardError(error)).toBe(true);
+      expect(error).toMatchObject(expected);
     }
     expect(server.requestsTo("/api/token")).toHaveLength(1);
-  });
-
-  test("a rate-limited mint reaches every waiting caller with its Retry-After", async () => {
-    const { server, answers } = slowMintServer();
-    const client = server.client();
-    const calls = Array.from({ length: 3 }, () => rejectionOf(getToken({ client })));
-    await settle();
-    answers[0]?.resolve(errorResponse(429, "RateLimitExceeded", { headers: { "retry-after": "42" }, extra: { retry_after: 42 } }));
-    for (const error of await Promise.all(calls)) {
-      expect(isLLMGuardError(error, "RateLimitExceeded")).toBe(true);
-      expect((error as LLMGuardError).status).toBe(429);
-      expect((error as LLMGuardError).retryAfter).toBe(42);
-    }
   });
 
   test("a failed mint is not remembered: the next call mints again", async () => {

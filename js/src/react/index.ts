@@ -1,26 +1,34 @@
-import {
-  createElement,
-  type CSSProperties,
-  type ReactElement,
-  useCallback,
-  useEffect,
-  useRef,
-  useState,
-  useSyncExternalStore,
-} from "react";
+import { useCallback, useEffect, useRef, useState, useSyncExternalStore } from "react";
 
 import type { ChatMessage, ChatResult } from "../chat.ts";
 import type { Client } from "../client.ts";
 import type { LLMGuardError } from "../errors.ts";
-import { type ChatSession, type ChatStatus, createChatSession, type SessionMessage } from "../session.ts";
-import { defineChatWidget, type LLMGuardChatElement } from "../widget/chat-element.ts";
+import { type ChatSession, type ChatStatus, type ChatStorage, createChatSession, type SessionMessage } from "../session.ts";
 
-/** Options of {@link useChat}. `system`, `initialMessages` and `client` are read once, on mount. */
+/**
+ * `<ChatWidget />`, kept here so that `import { ChatWidget } from "@llmguard/sdk/react"` goes on
+ * working. Its home is `@llmguard/sdk/widget/react`: a re-export costs a `useChat`-only app nothing
+ * once bundled (the package has no side effects, so the widget module and `marked` are dropped
+ * when `ChatWidget` is not used; `npm run check:size` bundles such an app to make sure).
+ */
+export { ChatWidget, type ChatWidgetProps } from "../widget/react.ts";
+
+/** Options of {@link useChat}. `system`, `initialMessages`, `persist` and `client` are read once, on mount. */
 export interface UseChatOptions {
   /** Instructions for the conversation, if the server allows clients to set them. */
   system?: string;
-  /** Start from an earlier conversation. */
+  /** Start from an earlier conversation (when `persist` has none saved). */
   initialMessages?: readonly ChatMessage[];
+  /**
+   * Keep the conversation across page loads: a name (saved in `localStorage` under
+   * `llmguard-chat:<name>`, as the widget's `persist` does), or a {@link ChatStorage} of your own.
+   *
+   * @example
+   * ```ts
+   * const { messages } = useChat({ persist: "support" })
+   * ```
+   */
+  persist?: string | ChatStorage;
   /** Another client than the one `configure()` set up. */
   client?: Client;
   onError?: (error: LLMGuardError) => void;
@@ -31,6 +39,26 @@ export interface UseChatResult {
   messages: readonly SessionMessage[];
   status: ChatStatus;
   error: LLMGuardError | undefined;
+  /**
+   * Whether a reply is in progress (`status` is `submitted` or `streaming`): show Stop, not Send.
+   *
+   * @example
+   * ```tsx
+   * {isBusy ? <button onClick={stop}>Stop</button> : <button>Send</button>}
+   * ```
+   */
+  isBusy: boolean;
+  /**
+   * Seconds left before sending again after a rate limit (`Retry-After`), counting down every
+   * second; `send` and `retry` do nothing until it is 0.
+   *
+   * @defaultValue 0
+   * @example
+   * ```tsx
+   * {retryIn > 0 && <p>Too many requests: try again in {retryIn} s.</p>}
+   * ```
+   */
+  retryIn: number;
   /** The text box's value, kept by the hook. */
   input: string;
   setInput: (input: string) => void;
@@ -45,12 +73,13 @@ export interface UseChatResult {
 }
 
 /**
- * A chat in a React component: history, streaming, stop and retry, with the
- * state kept by the hook (on the SDK's session, through `useSyncExternalStore`).
+ * A chat in a React component: history, streaming, stop and retry, the
+ * rate-limit countdown and persistence, with the state kept by the hook (on
+ * the SDK's session, through `useSyncExternalStore`).
  *
  * @example
  * ```tsx
- * const { messages, input, setInput, send, status, stop } = useChat()
+ * const { messages, input, setInput, send, isBusy, stop, retryIn } = useChat({ persist: "support" })
  * ```
  */
 export function useChat(options: UseChatOptions = {}): UseChatResult {
@@ -61,6 +90,7 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
     createChatSession({
       ...(options.system !== undefined && { system: options.system }),
       ...(options.initialMessages && { initialMessages: options.initialMessages }),
+      ...(options.persist !== undefined && { persist: options.persist }),
       ...(options.client && { client: options.client }),
       onError: (error) => latest.current.onError?.(error),
       onFinish: (message, result) => latest.current.onFinish?.(message, result),
@@ -76,8 +106,8 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
   const send = useCallback(
     async (text?: string) => {
       const value = text ?? inputRef.current;
-      // Nothing is sent while a reply is in progress: then the typed text must stay in the box.
-      if (!value.trim() || session.status === "submitted" || session.status === "streaming") return;
+      // Nothing is sent while a reply is in progress or during a wait: then the typed text must stay in the box.
+      if (!value.trim() || session.isBusy || session.retryIn > 0) return;
       if (text === undefined) setInput("");
       await session.send(value);
     },
@@ -88,6 +118,8 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
     messages: state.messages,
     status: state.status,
     error: state.error,
+    isBusy: state.isBusy,
+    retryIn: state.retryIn,
     input,
     setInput,
     send,
@@ -97,67 +129,4 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
     setMessages: session.setMessages,
     session,
   };
-}
-
-export interface ChatWidgetProps {
-  /** The panel's heading. @defaultValue "Assistant" */
-  title?: string;
-  /** Instructions for the conversation, if the server allows clients to set them. */
-  system?: string;
-  /** @defaultValue "Ask anything…" */
-  placeholder?: string;
-  /** @defaultValue "light" */
-  theme?: "light" | "dark" | "auto";
-  /** Start from an earlier conversation. */
-  initialMessages?: readonly ChatMessage[];
-  /** Keep the conversation across reloads (localStorage); a string names it. */
-  persist?: boolean | string;
-  /** The llmguard server, when it is not the one `configure()` set. */
-  baseUrl?: string;
-  className?: string;
-  style?: CSSProperties;
-  onError?: (error: LLMGuardError) => void;
-  onFinish?: (message: SessionMessage, result: ChatResult) => void;
-}
-
-/**
- * A complete chat panel: `return <ChatWidget />`. It is the `<llmguard-chat>`
- * element (the same widget plain HTML pages get from `/widget.js`), rendered
- * by React.
- */
-export function ChatWidget(props: ChatWidgetProps): ReactElement {
-  const element = useRef<LLMGuardChatElement>(null);
-  const callbacks = useRef(props);
-  callbacks.current = props;
-
-  useEffect(() => {
-    const node = element.current;
-    if (!node) return;
-    // Before the element upgrades (defineChatWidget), so its session starts from them.
-    if (props.initialMessages) node.initialMessages = props.initialMessages;
-    defineChatWidget();
-    const onError = (event: CustomEvent<LLMGuardError>) => callbacks.current.onError?.(event.detail);
-    const onFinish = (event: CustomEvent<{ message: SessionMessage; result: ChatResult }>) =>
-      callbacks.current.onFinish?.(event.detail.message, event.detail.result);
-    node.addEventListener("llmguard-error", onError);
-    node.addEventListener("llmguard-finish", onFinish);
-    return () => {
-      node.removeEventListener("llmguard-error", onError);
-      node.removeEventListener("llmguard-finish", onFinish);
-    };
-    // initialMessages is read once, like the element does.
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, []);
-
-  return createElement("llmguard-chat", {
-    ref: element,
-    heading: props.title,
-    system: props.system,
-    placeholder: props.placeholder,
-    theme: props.theme,
-    persist: props.persist === true ? "" : props.persist || undefined,
-    "base-url": props.baseUrl,
-    className: props.className,
-    style: props.style,
-  });
 }

@@ -4,22 +4,7 @@ import { afterEach, describe, expect, test, vi } from "vitest";
 
 import type { ChatMessage } from "../chat.ts";
 import { isLLMGuardError } from "../errors.ts";
-import {
-  type ControlledStream,
-  controlledStream,
-  deltaItem,
-  errorResponse,
-  FakeServer,
-  REPLY_END,
-  REPLY_START,
-  replyItems,
-  settle,
-  sseResponse,
-  USAGE,
-  controlled,
-  streamed,
-  type Reply,
-} from "../fake-server.test-util.ts";
+import { chatBodies, chatServer, controlled, errorResponse, type Reply, settle, streamed, until, USAGE } from "../fake-server.test-util.ts";
 import { type ChatErrorEvent, type ChatFinishEvent, defineChatWidget, type LLMGuardChatElement, TAG } from "./chat-element.ts";
 
 interface MountOptions {
@@ -32,10 +17,7 @@ interface MountOptions {
 /** A widget in the page, talking to a fake server, and the controls a user sees in it. */
 function mount(options: MountOptions = {}) {
   defineChatWidget();
-  const replies = options.replies ?? [];
-  const server = new FakeServer({
-    "/api/chat": (_request, index) => replies[index]?.() ?? errorResponse(500, "InternalError", { message: "No reply planned." }),
-  });
+  const server = chatServer(options.replies);
   const element = document.createElement(TAG);
   element.client = server.client();
   if (options.initialMessages) element.initialMessages = options.initialMessages;
@@ -84,16 +66,6 @@ function sendMessage(textbox: HTMLTextAreaElement, text: string): void {
   fireEvent.keyDown(textbox, { key: "Enter" });
 }
 
-async function until(condition: () => boolean, what: string): Promise<void> {
-  for (let round = 0; round < 100; round++) {
-    if (condition()) return;
-    await new Promise((resolve) => setTimeout(resolve, 0));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
-const chatBodies = (server: FakeServer) => server.requestsTo("/api/chat").map((request) => request.body as { messages: ChatMessage[] });
-
 afterEach(() => {
   document.body.replaceChildren();
   localStorage.clear();
@@ -105,7 +77,7 @@ afterEach(() => {
 describe("properties set before defineChatWidget() (the upgrade path)", () => {
   test("initialMessages and client set on a not-yet-defined element are used once it upgrades", async () => {
     expect(customElements.get(TAG), "this test must run before the element is defined").toBeUndefined();
-    const server = new FakeServer({ "/api/chat": () => sseResponse(replyItems(["Sure."])) });
+    const server = chatServer([streamed("Sure.")]);
     const element = document.createElement(TAG) as LLMGuardChatElement;
     element.initialMessages = [
       { role: "user", content: "Earlier question" },
@@ -171,16 +143,16 @@ describe("sending", () => {
     await until(() => server.requestsTo("/api/chat").length === 1, "the request");
     expect(chatBodies(server)[0]).toMatchObject({ messages: [{ role: "user", content: "Hi there" }], stream: true });
 
-    source.pushItems(...REPLY_START, deltaItem("Hel"));
+    source.startReply("Hel");
     await until(() => lastAssistant()?.textContent === "Hel", "the first delta");
     expect(log.getAttribute("aria-busy")).toBe("true");
 
-    source.pushItems(deltaItem("lo **world**"));
+    source.deltas("lo **world**");
     await until(() => lastAssistant()?.textContent === "Hello world", "the second delta");
     expect(lastAssistant()?.querySelector("strong")?.textContent).toBe("world");
     expect(log.getAttribute("aria-busy")).toBe("true");
 
-    source.pushItems(...REPLY_END);
+    source.endReply();
     await until(() => log.getAttribute("aria-busy") === "false", "the end of the reply");
     expect(bubbles()).toEqual([
       { role: "user", text: "Hi there" },
@@ -228,14 +200,14 @@ describe("sending", () => {
     const { reply, source } = controlled();
     const { server, textbox, bubbles } = mount({ replies: [reply, streamed("Second.")] });
     sendMessage(textbox, "First");
-    source.pushItems(...REPLY_START, deltaItem("Work"));
+    source.startReply("Work");
     await until(() => bubbles().length === 2, "the first delta");
 
     sendMessage(textbox, "Too soon");
     await settle();
     expect(textbox.value).toBe("Too soon");
     expect(server.requestsTo("/api/chat")).toHaveLength(1);
-    source.pushItems(...REPLY_END);
+    source.endReply();
   });
 
   test("the user's text is shown as typed, never as markdown or HTML", async () => {
@@ -259,27 +231,28 @@ describe("sending", () => {
 
     sendMessage(controls(element).textbox, "Second");
     await until(() => bubbles().length === 4, "the second reply");
-    const bodies = server.requestsTo("/api/chat").map((request) => request.body as { system?: string; messages: ChatMessage[] });
+    const bodies = chatBodies(server);
     expect(bodies.map((body) => body.system)).toEqual(["Answer briefly.", "Answer in French."]);
     expect(bodies[1]?.messages.map((message) => message.content)).toEqual(["First", "One.", "Second"]);
   });
 });
 
-describe("stopping", () => {
-  async function streamingWidget() {
-    const { reply, source } = controlled();
-    const widget = mount({ replies: [reply] });
-    sendMessage(widget.textbox, "Tell me a story");
-    source.pushItems(...REPLY_START, deltaItem("Once upon"));
-    await until(() => widget.lastAssistant()?.textContent === "Once upon", "the first delta");
-    return { ...widget, source };
-  }
+/** A widget whose reply to "Tell me a story" has started with `firstDelta`, and the stream that feeds it. */
+async function streamingWidget(firstDelta = "Once upon") {
+  const { reply, source } = controlled();
+  const widget = mount({ replies: [reply] });
+  sendMessage(widget.textbox, "Tell me a story");
+  source.startReply(firstDelta);
+  await until(() => widget.lastAssistant()?.textContent === firstDelta, "the first delta");
+  return { ...widget, source };
+}
 
+describe("stopping", () => {
   test("while a reply streams, Stop is shown and Send hidden; after it, the reverse", async () => {
     const { button, source, log } = await streamingWidget();
     expect(button("Stop")).not.toBeNull();
     expect(button("Send")).toBeNull();
-    source.pushItems(...REPLY_END);
+    source.endReply();
     await until(() => log.getAttribute("aria-busy") === "false", "the end of the reply");
     expect(button("Stop")).toBeNull();
     expect(button("Send")).not.toBeNull();
@@ -296,7 +269,7 @@ describe("stopping", () => {
     expect(log.getAttribute("aria-busy")).toBe("false");
     expect(button("Send")).not.toBeNull();
     expect(root.activeElement).toBe(textbox);
-    source.pushItems(deltaItem(" a time"), ...REPLY_END);
+    source.endReply(" a time");
     await settle();
     expect(bubbles()).toEqual([
       { role: "user", text: "Tell me a story" },
@@ -399,15 +372,41 @@ describe("errors", () => {
     await until(() => server.requestsTo("/api/chat").length === 2, "the second request");
   });
 
-  test("llmguard-error fires with the typed error", async () => {
-    const { element, textbox } = mount({
-      replies: [() => errorResponse(429, "RateLimitExceeded", { headers: { "retry-after": "3" } })],
+  test("New chat during the countdown clears the conversation, not the wait: the reason and countdown stay until it ends", async () => {
+    vi.useFakeTimers({ toFake: ["setInterval", "clearInterval", "Date"] });
+    const { element, textbox, errorPanel, button, bubbles } = mount({
+      replies: [() => errorResponse(429, "RateLimitExceeded", { headers: { "retry-after": "2" }, message: "Slow down." })],
     });
-    const errors: ChatErrorEvent[] = [];
-    element.addEventListener("llmguard-error", (event) => errors.push(event));
+    sendMessage(textbox, "Quick question");
+    await until(() => errorPanel() !== null, "the error");
+
+    fireEvent.click(button("New chat") as HTMLButtonElement);
+    expect(bubbles()).toEqual([]);
+    expect(errorPanel()?.textContent).toContain("Slow down.");
+    expect(errorPanel()?.textContent).toContain("Try again in 2 s.");
+    expect(button("Send")?.disabled).toBe(true);
+    expect(element.session?.retryIn).toBe(2);
+
+    vi.advanceTimersByTime(2000);
+    expect(errorPanel()).toBeNull();
+    expect(button("Send")?.disabled).toBe(false);
+  });
+
+  /** The `name` events a widget fires over one turn answered by `reply`. */
+  async function eventsOfOneTurn<K extends "llmguard-error" | "llmguard-finish">(name: K, reply: Reply) {
+    const { element, textbox } = mount({ replies: [reply] });
+    const events: HTMLElementEventMap[K][] = [];
+    element.addEventListener(name, (event) => events.push(event));
     sendMessage(textbox, "Hi");
-    await until(() => errors.length > 0, "the error event");
+    await until(() => events.length > 0, `the ${name} event`);
     await settle();
+    return events;
+  }
+
+  test("llmguard-error fires once with the typed error", async () => {
+    const errors: ChatErrorEvent[] = await eventsOfOneTurn("llmguard-error", () =>
+      errorResponse(429, "RateLimitExceeded", { headers: { "retry-after": "3" } }),
+    );
     expect(errors).toHaveLength(1);
     const error = errors[0]?.detail;
     expect(isLLMGuardError(error)).toBe(true);
@@ -415,12 +414,7 @@ describe("errors", () => {
   });
 
   test("llmguard-finish fires once with the message and the result", async () => {
-    const { element, textbox } = mount({ replies: [streamed("Hel", "lo")] });
-    const finished: ChatFinishEvent[] = [];
-    element.addEventListener("llmguard-finish", (event) => finished.push(event));
-    sendMessage(textbox, "Hi");
-    await until(() => finished.length > 0, "the finish event");
-    await settle();
+    const finished: ChatFinishEvent[] = await eventsOfOneTurn("llmguard-finish", streamed("Hel", "lo"));
     expect(finished).toHaveLength(1);
     expect(finished[0]?.detail.message).toMatchObject({ role: "assistant", content: "Hello" });
     expect(finished[0]?.detail.result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1" });
@@ -444,7 +438,7 @@ describe("New chat", () => {
     const { reply, source } = controlled();
     const { server, textbox, button, bubbles, log } = mount({ replies: [reply] });
     sendMessage(textbox, "Hi");
-    source.pushItems(...REPLY_START, deltaItem("Partial"));
+    source.startReply("Partial");
     await until(() => bubbles().length === 2, "the first delta");
     fireEvent.click(button("New chat") as HTMLButtonElement);
     expect(server.requestsTo("/api/chat")[0]?.signal?.aborted).toBe(true);
@@ -474,13 +468,13 @@ describe("the screen-reader announcer", () => {
     const announcements = recordAnnouncements(announcer);
 
     sendMessage(textbox, "Hi");
-    source.pushItems(...REPLY_START, deltaItem("One"));
+    source.startReply("One");
     await until(() => lastAssistant()?.textContent === "One", "the first delta");
     for (const word of [" two", " three", " four"]) {
-      source.pushItems(deltaItem(word));
+      source.deltas(word);
       await until(() => lastAssistant()?.textContent?.endsWith(word) === true, `the delta ${word}`);
     }
-    source.pushItems(...REPLY_END);
+    source.endReply();
     await until(() => log.getAttribute("aria-busy") === "false", "the end of the reply");
     await settle();
     announcements.stop();
@@ -647,32 +641,34 @@ describe("auto-scroll", () => {
     const scroll = scrollable(log);
 
     sendMessage(textbox, "Hi");
-    source.pushItems(...REPLY_START, deltaItem("Line one"));
+    source.startReply("Line one");
     scroll.size.scrollHeight = 1400;
     await until(() => lastAssistant()?.textContent === "Line one", "the first delta");
     await until(() => scroll.atBottom(), "the scroll to the bottom");
     expect(scroll.scrollTop).toBe(1100);
 
     scroll.size.scrollHeight = 1800;
-    source.pushItems(deltaItem(" and two"));
+    source.deltas(" and two");
     await until(() => scroll.scrollTop === 1500, "the scroll after the second delta");
     expect(button(/Jump to latest/)).toBeNull();
-    source.pushItems(...REPLY_END);
+    source.endReply();
   });
 
-  test("a reader who scrolled up is not moved; Jump to latest appears and a click on it scrolls down", async () => {
-    const { reply, source } = controlled();
-    const { log, textbox, lastAssistant, button } = mount({ replies: [reply] });
-    const scroll = scrollable(log);
-    sendMessage(textbox, "Hi");
-    source.pushItems(...REPLY_START, deltaItem("Start"));
-    await until(() => lastAssistant()?.textContent === "Start", "the first delta");
+  /** A reply under way ("Start") in a scrollable log, the view at its bottom. */
+  async function scrollingReply() {
+    const widget = await streamingWidget("Start");
+    const scroll = scrollable(widget.log);
     await settle();
+    return { ...widget, scroll };
+  }
+
+  test("a reader who scrolled up is not moved; Jump to latest appears and a click on it scrolls down", async () => {
+    const { source, lastAssistant, button, scroll } = await scrollingReply();
 
     scroll.scrollTo(100);
     expect(button(/Jump to latest/)).toBeNull();
     scroll.size.scrollHeight = 1600;
-    source.pushItems(deltaItem(" and more"));
+    source.deltas(" and more");
     await until(() => lastAssistant()?.textContent === "Start and more", "the second delta");
     await settle();
     expect(scroll.scrollTop).toBe(100);
@@ -685,9 +681,9 @@ describe("auto-scroll", () => {
     expect(button(/Jump to latest/)).toBeNull();
 
     scroll.size.scrollHeight = 2000;
-    source.pushItems(deltaItem(" still"));
+    source.deltas(" still");
     await until(() => scroll.scrollTop === 1700, "following again after the jump");
-    source.pushItems(...REPLY_END);
+    source.endReply();
   });
 
   test("sending a message scrolls to the bottom even when the reader had scrolled up", async () => {
@@ -707,23 +703,17 @@ describe("auto-scroll", () => {
   });
 
   test("scrolling back down by hand hides Jump to latest and follows the reply again", async () => {
-    const { reply, source } = controlled();
-    const { log, textbox, lastAssistant, button } = mount({ replies: [reply] });
-    const scroll = scrollable(log);
-    sendMessage(textbox, "Hi");
-    source.pushItems(...REPLY_START, deltaItem("Start"));
-    await until(() => lastAssistant()?.textContent === "Start", "the first delta");
-    await settle();
+    const { source, button, scroll } = await scrollingReply();
     scroll.scrollTo(0);
-    source.pushItems(deltaItem(" more"));
+    source.deltas(" more");
     await until(() => button(/Jump to latest/) !== null, "Jump to latest");
 
     scroll.scrollTo(690);
     expect(button(/Jump to latest/)).toBeNull();
     scroll.size.scrollHeight = 1500;
-    source.pushItems(deltaItem(" again"));
+    source.deltas(" again");
     await until(() => scroll.scrollTop === 1200, "following again");
-    source.pushItems(...REPLY_END);
+    source.endReply();
   });
 });
 

@@ -1,5 +1,5 @@
 import { Client } from "../client.ts";
-import { isRateLimitError, type LLMGuardError } from "../errors.ts";
+import type { LLMGuardError } from "../errors.ts";
 import type { ChatMessage, ChatResult } from "../chat.ts";
 import { type ChatSession, type ChatSessionState, createChatSession, type SessionMessage } from "../session.ts";
 import { renderMarkdown } from "./markdown.ts";
@@ -111,13 +111,17 @@ export class ChatElement extends Base implements LLMGuardChatElement {
     const baseUrl = this.getAttribute("base-url");
     const client = this.client ?? (baseUrl ? new Client({ baseUrl }) : undefined);
     const system = this.getAttribute("system");
+    const persist = this.getAttribute("persist");
     const session = createChatSession({
-      initialMessages: messages ?? view.restore() ?? this.initialMessages ?? [],
+      initialMessages: this.initialMessages ?? [],
+      ...(persist !== null && persist !== "false" && { persist }),
       ...(client && { client }),
       ...(system !== null && { system }),
       onError: (error) => this.dispatchEvent(new CustomEvent("llmguard-error", { detail: error })),
       onFinish: (message, result) => this.dispatchEvent(new CustomEvent("llmguard-finish", { detail: { message, result } })),
     });
+    // The conversation the widget had (moved in the page, or restarted with new attributes) wins over a saved one.
+    if (messages) session.setMessages(messages);
     this.#session = session;
     view.attach(session);
     this.#unsubscribe = session.subscribe(() => view.render(session.getSnapshot()));
@@ -160,8 +164,6 @@ class View {
   #last: ChatSessionState | undefined;
   #pinned = true;
   #frame: number | undefined;
-  #countdown: ReturnType<typeof setInterval> | undefined;
-  #waitUntil = 0;
   /** Set when the user stops a reply, so its end is announced as stopped, not as replied. */
   #stopping = false;
 
@@ -250,8 +252,6 @@ class View {
   dispose(): void {
     if (this.#frame !== undefined) cancelAnimationFrame(this.#frame);
     this.#frame = undefined;
-    clearInterval(this.#countdown);
-    this.#countdown = undefined;
   }
 
   applyAttributes(): void {
@@ -260,31 +260,10 @@ class View {
     if (!this.#host.hasAttribute("theme")) this.#host.setAttribute("theme", "light");
   }
 
-  /** The saved conversation, when `persist` is set. */
-  restore(): SessionMessage[] | undefined {
-    const key = this.#storageKey();
-    if (!key) return undefined;
-    try {
-      const saved: unknown = JSON.parse(localStorage.getItem(key) ?? "null");
-      if (!Array.isArray(saved)) return undefined;
-      // Whatever else is stored under the key (an older version, another script) is left out.
-      return saved.filter(
-        (item): item is SessionMessage =>
-          typeof item === "object" &&
-          item !== null &&
-          (item.role === "user" || item.role === "assistant") &&
-          typeof item.content === "string" &&
-          (item.id === undefined || typeof item.id === "string"),
-      );
-    } catch {
-      return undefined;
-    }
-  }
-
   render(state: ChatSessionState): void {
     const previous = this.#last;
     this.#last = state;
-    const busy = state.status === "submitted" || state.status === "streaming";
+    const busy = state.isBusy;
     this.#renderMessages(state, busy);
     // Hiding the focused button would drop focus to <body>: hand it to the text box first.
     const root = this.#input.getRootNode();
@@ -296,11 +275,11 @@ class View {
     this.#clear.disabled = state.messages.length === 0 && !busy;
 
     if (previous && previous.status !== state.status) this.#announce(previous, state);
-    if (state.error !== previous?.error) this.#showError(state.error);
-    this.#updateSendable();
-    if (!busy && previous && (previous.messages !== state.messages || previous.status !== state.status)) {
-      this.#save(state.messages);
-    }
+    if (state.error !== previous?.error || state.retryIn !== previous?.retryIn) this.#showError(state, previous);
+    const waiting = state.retryIn > 0;
+    this.#send.disabled = waiting;
+    this.#retry.disabled = waiting;
+    this.#send.title = waiting ? "Too many requests: wait for the countdown" : "";
   }
 
   #renderMessages(state: ChatSessionState, busy: boolean): void {
@@ -343,8 +322,7 @@ class View {
   }
 
   #stopReply(): void {
-    const status = this.#session?.status;
-    if (status !== "submitted" && status !== "streaming") return;
+    if (!this.#session?.isBusy) return;
     this.#stopping = true;
     this.#session?.stop();
   }
@@ -367,52 +345,29 @@ class View {
     }
   }
 
-  #showError(error: LLMGuardError | undefined): void {
-    // A new chat does not skip a rate limit's wait: the countdown stays until it ends.
-    if (!error && this.#waitUntil > Date.now()) return;
-    clearInterval(this.#countdown);
-    this.#countdown = undefined;
-    this.#waitUntil = 0;
-    this.#countdownText.textContent = "";
-    this.#error.hidden = !error;
-    if (!error) return;
-    if (isRateLimitError(error) && error.retryAfter) {
-      this.#waitUntil = Date.now() + error.retryAfter * 1000;
-      // The server's message says when to retry as of when it was sent: a live countdown replaces that.
-      this.#errorText.textContent = error.message.replace(/\s*Try again in [^.]*\.?$/, "");
-      const tick = () => {
-        const left = Math.ceil((this.#waitUntil - Date.now()) / 1000);
-        if (left <= 0) {
-          clearInterval(this.#countdown);
-          this.#countdown = undefined;
-          this.#waitUntil = 0;
-          this.#countdownText.textContent = "You can send again now.";
-          this.#announcer.textContent = "You can send again now.";
-        } else {
-          this.#countdownText.textContent = `Try again in ${formatWait(left)}.`;
-        }
-        this.#updateSendable();
-      };
-      tick();
-      this.#countdown = setInterval(tick, 1000);
-    } else {
-      this.#errorText.textContent = error.message;
+  /** The error panel: the reason (said once) and the session's rate-limit countdown beside it. */
+  #showError(state: ChatSessionState, previous: ChatSessionState | undefined): void {
+    const { error, retryIn } = state;
+    // A new chat does not skip a rate limit's wait: the reason stays shown while the countdown runs.
+    this.#error.hidden = !error && retryIn === 0;
+    if (error && error !== previous?.error) {
+      // The server's message says when to retry as of when it was sent: the live countdown replaces that.
+      this.#errorText.textContent = retryIn > 0 ? error.message.replace(/\s*Try again in [^.]*\.?$/, "") : error.message;
     }
-  }
-
-  #updateSendable(): void {
-    const waiting = this.#waitUntil > Date.now();
-    this.#send.disabled = waiting;
-    this.#retry.disabled = waiting;
-    this.#send.title = waiting ? "Too many requests: wait for the countdown" : "";
+    if (retryIn > 0) {
+      this.#countdownText.textContent = `Try again in ${formatWait(retryIn)}.`;
+    } else if (previous && previous.retryIn > 0) {
+      this.#countdownText.textContent = "You can send again now.";
+      this.#announcer.textContent = "You can send again now.";
+    } else {
+      this.#countdownText.textContent = "";
+    }
   }
 
   #submit(): void {
     const session = this.#session;
     const text = this.#input.value;
-    if (!session || !text.trim() || this.#send.disabled || session.status === "submitted" || session.status === "streaming") {
-      return;
-    }
+    if (!session || !text.trim() || session.isBusy || session.retryIn > 0) return;
     this.#input.value = "";
     this.#grow();
     this.#pinned = true;
@@ -455,22 +410,6 @@ class View {
       },
       () => undefined,
     );
-  }
-
-  #storageKey(): string | undefined {
-    const persist = this.#host.getAttribute("persist");
-    if (persist === null || persist === "false") return undefined;
-    return `llmguard-chat:${persist || "default"}`;
-  }
-
-  #save(messages: readonly SessionMessage[]): void {
-    const key = this.#storageKey();
-    if (!key) return;
-    try {
-      localStorage.setItem(key, JSON.stringify(messages));
-    } catch {
-      // Full or forbidden (private mode): the conversation just is not kept.
-    }
   }
 }
 

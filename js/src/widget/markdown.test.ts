@@ -16,6 +16,13 @@ function only<K extends keyof HTMLElementTagNameMap>(container: HTMLElement, sel
   return found[0] as HTMLElementTagNameMap[K];
 }
 
+/** `markdown` shows as `text` alone: nothing in it matches `selector` (the link or image was dropped, its words kept). */
+function expectOnlyText(markdown: string, selector: string, text: string): void {
+  const container = render(markdown);
+  expect(container.querySelector(selector)).toBeNull();
+  expect(container.textContent).toBe(text);
+}
+
 /** Every attribute in the output whose name could run script (`onerror`, `onclick`, ...). */
 function eventHandlerAttributes(container: HTMLElement): string[] {
   return [...container.querySelectorAll("*")].flatMap((node) =>
@@ -132,31 +139,33 @@ describe("fenced code blocks", () => {
     expect(container.querySelector("b")).toBeNull();
   });
 
-  test("a block without a language has a plain Copy code label", () => {
-    const container = render("```\nplain text\n```");
-    expect(only(container, "button").getAttribute("aria-label")).toBe("Copy code");
-    expect(container.querySelector(".code-language")?.textContent).toBe("");
-  });
-
   test("a script inside a code block is shown, not run", () => {
     const container = render("```html\n<script>alert(1)</script>\n```");
     expect(container.querySelector("script")).toBeNull();
     expect(only(container, "code").textContent).toBe("<script>alert(1)</script>");
   });
+
+  test("a block without a language has a plain Copy code label", () => {
+    const container = render("```\nplain text\n```");
+    expect(only(container, "button").getAttribute("aria-label")).toBe("Copy code");
+    expect(container.querySelector(".code-language")?.textContent).toBe("");
+  });
 });
 
 describe("raw HTML from the model is shown as text", () => {
+  // An image with an onerror handler (alone and between words), a script, a javascript: anchor, an
+  // iframe, an svg with onload, bold tags, a details element, and a script kept character for character.
   test.each([
-    ["an image with an onerror handler", "<img src=x onerror=alert(1)>"],
-    ["an inline image between words", "Look: <img src=x onerror=alert(1)> here"],
-    ["a script", "<script>alert(1)</script>"],
-    ["a javascript: anchor", '<a href="javascript:alert(1)">click me</a>'],
-    ["an iframe", '<iframe src="https://evil.test"></iframe>'],
-    ["an svg with onload", "<svg onload=alert(1)></svg>"],
-    ["bold tags", "<b>bold</b> text"],
-    ["a details element", "<details open ontoggle=alert(1)>x</details>"],
-    ["an inline script, character for character", "Look <script>if (a &amp;&amp; b) go()</script> here"],
-  ])("%s", (_what, html) => {
+    "<img src=x onerror=alert(1)>",
+    "Look: <img src=x onerror=alert(1)> here",
+    "<script>alert(1)</script>",
+    '<a href="javascript:alert(1)">click me</a>',
+    '<iframe src="https://evil.test"></iframe>',
+    "<svg onload=alert(1)></svg>",
+    "<b>bold</b> text",
+    "<details open ontoggle=alert(1)>x</details>",
+    "Look <script>if (a &amp;&amp; b) go()</script> here",
+  ])("%s", (html) => {
     const container = render(html);
     expect(container.querySelector("img, script, a, iframe, svg, b, details")).toBeNull();
     expect(eventHandlerAttributes(container)).toEqual([]);
@@ -202,15 +211,11 @@ describe("links", () => {
     ["dot-relative path", "./here"],
     ["fragment", "#top"],
   ])("a %s target renders without a link, its words stay", (_what, href) => {
-    const container = render(`Please [click here](${href}) now.`);
-    expect(container.querySelector("a")).toBeNull();
-    expect(container.textContent).toBe("Please click here now.");
+    expectOnlyText(`Please [click here](${href}) now.`, "a", "Please click here now.");
   });
 
   test("a reference-style link to javascript: is neutralised too", () => {
-    const container = render("[x]: javascript:alert(1)\n\nPress [x] to win.");
-    expect(container.querySelector("a")).toBeNull();
-    expect(container.textContent).toBe("Press x to win.");
+    expectOnlyText("[x]: javascript:alert(1)\n\nPress [x] to win.", "a", "Press x to win.");
   });
 });
 
@@ -225,15 +230,13 @@ describe("images never load", () => {
     expect(link.target).toBe("_blank");
   });
 
+  test("an image with a javascript: source leaves only its alt text", () => {
+    expectOnlyText("![pic](javascript:alert(1))", "img, a", "pic");
+  });
+
   test("an image without alt text is a link showing its URL", () => {
     const link = only(render("![](https://example.com/pixel.gif)"), "a");
     expect(link.textContent).toBe("https://example.com/pixel.gif");
-  });
-
-  test("an image with a javascript: source leaves only its alt text", () => {
-    const container = render("![pic](javascript:alert(1))");
-    expect(container.querySelector("img, a")).toBeNull();
-    expect(container.textContent).toBe("pic");
   });
 });
 
