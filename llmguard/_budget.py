@@ -34,6 +34,7 @@ from llmguard._charges import Counter, seconds_to_next_month
 from llmguard._client_ip import client_key
 from llmguard._errors import LLMGuardError, PromptTooLarge, StorageUnavailable
 from llmguard._prices import DEFAULT_PRICES, Price, price_of
+from llmguard._rate_limit import parse_rate
 from llmguard._reservation import Reservation as Reservation
 from llmguard._state import RequestState, request_state
 from llmguard._storage import Storage
@@ -76,12 +77,7 @@ class TokenBudget:
             raise ValueError(f"monthly_spend_cap_usd has value {monthly_spend_cap_usd!r}: must be positive")
         self.window: limits.RateLimitItem | None = None
         if tokens_per_client is not None:
-            try:
-                self.window = limits.parse(tokens_per_client)
-            except ValueError:
-                raise ValueError(
-                    f"tokens_per_client has value {tokens_per_client!r}: expected a rate such as '100000/day'"
-                ) from None
+            self.window = parse_rate(tokens_per_client, option="tokens_per_client")
         self.app = app
         self.storage = storage if isinstance(storage, Storage) else Storage(storage, failure=failure)
         self.max_prompt_tokens = max_prompt_tokens

@@ -38,12 +38,7 @@ class IPRateLimit:
         storage: Storage | str = "memory://",
         failure: Literal["closed", "open"] = "closed",
     ) -> None:
-        try:
-            self.item = limits.parse(limit)
-        except ValueError:
-            raise ValueError(f"limit has value {limit!r}: expected a rate such as '60/minute'") from None
-        if self.item.amount < 1:
-            raise ValueError(f"limit has value {limit!r}: the amount must be at least 1")
+        self.item = parse_rate(limit, option="limit")
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"name has value {name!r}: use letters, digits, '-' or '_'")
         self.app = app
@@ -83,3 +78,22 @@ class IPRateLimit:
             retry_after=wait,
             headers={"ratelimit-policy": self.policy, "ratelimit": f'"{self.name}";r=0;t={wait}'},
         )
+
+
+def parse_rate(value: object, *, option: str = "limit") -> limits.RateLimitItem:
+    """A rate in the ``limits`` notation (``"60/minute"``, ``"10 per 30 seconds"``), at least 1 per window."""
+    try:
+        item = limits.parse(value) if isinstance(value, str) else None
+    except ValueError:
+        item = None
+    if item is None:
+        raise ValueError(f"{option} has value {value!r}: expected a rate such as '60/minute' or '100000/day'")
+    if item.amount < 1:
+        raise ValueError(f"{option} has value {value!r}: the amount must be at least 1")
+    return item
+
+
+def check_rate(value: object, *, option: str = "limit") -> str:
+    """``value`` if it is a rate :func:`parse_rate` reads, else ``ValueError`` naming ``option``."""
+    parse_rate(value, option=option)
+    return str(value).strip()

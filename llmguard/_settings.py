@@ -26,6 +26,7 @@ from llmguard._client_ip import header_name, trusted_networks
 from llmguard._jwt import check_max_uses, check_secret
 from llmguard._origin import check_origins
 from llmguard._prices import DEFAULT_PRICES, Price, check_prices, parse_prices, price_of
+from llmguard._rate_limit import check_rate
 from llmguard._settings_values import parse_duration
 from llmguard._storage import check_url, redact_url
 from llmguard._token_endpoint import check_ttl
@@ -207,10 +208,12 @@ class Settings:
         "RATE_LIMIT_WINDOW", parse_duration, check=v.whole_seconds(1, 366 * _DAY), default="`1 minute`",
         feeds="IPRateLimit(limit=) of the chat routes", help="the window of `RATE_LIMIT_MAX`"))
     token_rate_limit: str = field(default="10/minute", metadata=setting(
-        "TOKEN_RATE_LIMIT", v.parse_text, check=v.rate, feeds="IPRateLimit(limit=) of /api/token",
+        "TOKEN_RATE_LIMIT", v.parse_text, check=v.component(check_rate, "limit"),
+        feeds="IPRateLimit(limit=) of /api/token",
         help="token mints per client IP (`limits` notation: `10/minute`, `100 per hour`)"))
     tokens_per_ip: str | None = field(default="100000/day", metadata=setting(
-        "TOKENS_PER_IP", v.optional(v.parse_text), check=v.or_none(v.rate), aliases=("TOKENS_PER_CLIENT",),
+        "TOKENS_PER_IP", v.optional(v.parse_text), check=v.or_none(v.component(check_rate, "limit")),
+        aliases=("TOKENS_PER_CLIENT",),
         feeds="TokenBudget(tokens_per_client=)",
         help="tokens per client (the token's `sub`, else the IP) in a sliding window; `off` to disable"))
     monthly_token_cap: int | None = field(default=None, metadata=setting(

@@ -271,16 +271,3 @@ def base_url(value: object) -> str:
 
 
 # -- checks that copy what a component checks again: to be replaced by the component's own ----
-
-
-def rate(value: object) -> str:
-    """A rate in the ``limits`` notation, as ``IPRateLimit(limit=)`` and ``TokenBudget(tokens_per_client=)`` read it."""
-    if not isinstance(value, str):
-        raise TypeError(f"expected {_RATE_EXAMPLE}")
-    try:
-        item = limits.parse(value)
-    except ValueError:
-        raise ValueError(f"expected {_RATE_EXAMPLE}") from None
-    if item.amount < 1:
-        raise ValueError("the amount must be at least 1")
-    return value.strip()
