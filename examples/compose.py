@@ -12,11 +12,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
 
 from llmguard import (
     ChatEndpoint,
+    ClientIP,
     IPRateLimit,
     JWTAuth,
     OriginFilter,
@@ -68,4 +70,10 @@ chat_route = OriginFilter(
     ),
     allow_origins=ORIGINS,
 )
-app = Starlette(routes=[Route("/api/token", token_route), Route("/api/chat", chat_route)], lifespan=lifespan)
+# Behind a reverse proxy, name it: every guard then sees the real client, never a header a client wrote.
+PROXIES = [proxy for proxy in os.environ.get("TRUSTED_PROXIES", "").split(",") if proxy]
+app = Starlette(
+    routes=[Route("/api/token", token_route), Route("/api/chat", chat_route)],
+    middleware=[Middleware(ClientIP, trusted_proxies=PROXIES)],  # outermost: the client, resolved once
+    lifespan=lifespan,
+)
