@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,10 +35,22 @@ def pytest_configure(config: pytest.Config) -> None:
     _pass_coverage_to_subprocesses()
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # `-m "not e2e"` (scripts/check) does not even import the e2e modules: their imports
+    # (schemathesis, the examples) cost seconds of the inner loop's minute.
+    if config.getoption("markexpr") == "not e2e" and _is_e2e(collection_path):
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if any(fnmatch.fnmatch(item.path.name, pattern) for pattern in E2E_MODULES):
+        if _is_e2e(item.path):
             item.add_marker(pytest.mark.e2e)
+
+
+def _is_e2e(path: Path) -> bool:
+    return any(fnmatch.fnmatch(path.name, pattern) for pattern in E2E_MODULES)
 
 
 def _pass_coverage_to_subprocesses() -> None:
