@@ -276,12 +276,13 @@ def assert_stream_failed(answer: Answer, route: str, relayed: Sequence[str]) -> 
     assert deltas == list(relayed)
 
 
-def assert_finished(answer: Answer) -> None:
-    """A UI message stream that ended normally."""
+def assert_finished(answer: Answer) -> int:
+    """A UI message stream that ended normally; the tokens its finish says it was charged."""
     assert answer.status == 200, (answer.status, answer.body[:300])
     events = answer.events()
     assert events[-1] == "[DONE]", events[-3:]
     assert events[-2]["type"] == "finish", events[-3:]
+    return answer.usage()
 
 
 def prompt_of(content: str) -> int:
@@ -969,12 +970,11 @@ def test_a_stream_that_ends_while_redis_is_down_ends_normally_and_settles_once_i
 ) -> None:
     outage = outages[failure]
     # The stream never needed Redis once reserved: the client sees nothing of the outage.
-    assert_finished(outage.stream)
+    cost = assert_finished(outage.stream)
     assert outage.stream.elapsed < 3
     # Its settlement is tried again through the outage (every step of a hold is safe to repeat):
     # it lands once Redis is back, charging the stream its cost and nothing more, or it is said
     # lost in the log. Never crashed on, never waited for by the client.
-    cost = outage.stream.usage()
     lost = "could not settle a budget reservation" in outage.logs
     assert outage.stream_window == (0 if lost else cost), outage.stream_window
     assert "Traceback" not in outage.logs
@@ -984,11 +984,10 @@ def test_a_stream_that_ends_while_redis_is_down_ends_normally_and_settles_once_i
 def test_a_stream_reserved_before_redis_restarted_is_charged_what_it_cost(
     outages: dict[str, Outage], failure: str
 ) -> None:
-    outage = outages[failure]
-    assert_finished(outage.outlived)
     # Redis came back empty: the stream's hold was gone when it settled. Giving the hold back
     # anyway takes the count below zero: room nobody paid for.
-    cost = outage.outlived.usage()
+    outage = outages[failure]
+    cost = assert_finished(outage.outlived)
     assert outage.outlived_window == cost, f"the window holds {outage.outlived_window}; the stream cost {cost}"
 
 

@@ -39,7 +39,7 @@ import pytest
 import requests
 import schemathesis
 import yaml
-from conftest import KEY, ORIGIN, SECRET
+from harness import DONE, HELLO, KEY, ORIGIN, SECRET, sse_events
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.meta import negated_parameters
@@ -339,23 +339,18 @@ def stream_events_conform(ctx: Any, response: schemathesis.Response, case: schem
     content_type = response.headers.get("content-type", [""])[0]
     if not content_type.startswith("text/event-stream"):
         return None
-    text = response.content.decode("utf-8")
-    assert text.endswith("\n\n"), "the stream does not end with a blank line"
-    datas = []
-    for block in text[:-2].split("\n\n"):
-        assert block.startswith("data: "), f"not a data line: {block[:200]!r}"
-        assert "\n" not in block, f"not one line: {block[:200]!r}"
-        datas.append(block.removeprefix("data: "))
-    events = datas[:-1] if datas[-1] == "[DONE]" else datas
-    if datas[-1] != "[DONE]":
+    events = sse_events(response.content)
+    if events[-1] == DONE:
+        events.pop()
+    else:
         # /api/chat ends with [DONE] even after an error chunk; OpenAI's streams end at the error instead.
-        last = json.loads(datas[-1])
+        last = events[-1]
         failed = case.operation.path.startswith("/v1/") and isinstance(last, dict) and "error" in last
-        assert failed, f"the stream ends with {datas[-1][:200]!r}, not [DONE]"
+        assert failed, f"the stream ends with {json.dumps(last)[:200]}, not [DONE]"
     validator = EVENT_DATA[case.operation.path]
-    for data in events:
-        problems = [error.message for error in validator.iter_errors(json.loads(data))]
-        assert not problems, f"event {data[:300]} does not match the spec: {problems}"
+    for event in events:
+        problems = [error.message for error in validator.iter_errors(event)]
+        assert not problems, f"event {json.dumps(event)[:300]} does not match the spec: {problems}"
     return True
 
 
@@ -587,7 +582,6 @@ EXPLICIT_ENV = {
 }
 CHAT_ROUTES = ("/api/chat", "/v1/chat/completions")
 MINT = "a token minted by the server"
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 
 
 @pytest.fixture
