@@ -7,7 +7,7 @@ from importlib import resources
 from typing import Any
 
 import pytest
-from conftest import Harness
+from harness import Harness
 
 
 @pytest.mark.parametrize("name", ["sdk.js", "widget.js"])

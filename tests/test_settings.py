@@ -8,7 +8,7 @@ from typing import Any
 import limits
 import pytest
 import uvicorn
-from conftest import KEY, SECRET
+from harness import KEY, SECRET
 
 from llmguard import (
     ChatEndpoint,

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import ORIGIN, find, make_settings
+from harness import ORIGIN, find, make_settings
 from servers import RedisServer, RestartableRedis, closed_port_url
 
 from llmguard import IPRateLimit, StorageUnavailable, create_app

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yarl
 from aiohttp.client_reqrep import ConnectionKey
-from conftest import KEY
+from harness import KEY
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from llmguard import UpstreamError
