@@ -16,7 +16,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard import Settings, create_app
 from llmguard._token_endpoint import Authenticate
@@ -100,12 +100,7 @@ class Harness:
 
     def client_from(self, ip: str, *, origin: str | None = ORIGIN) -> httpx.AsyncClient:
         """A client whose requests come from ``ip`` (the socket peer), with ``origin`` unless None."""
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app, client=(ip, 50000)),
-            base_url="http://testserver",
-            headers={} if origin is None else {"origin": origin},
-            event_hooks={"response": [_not_500]},
-        )
+        client = asgi_client(self.app, ip, origin=origin)
         self._clients.append(client)
         return client
 
@@ -179,6 +174,19 @@ def mint(server: LLMGuardProcess, ip: str = PEER) -> str:
 
 
 # -- an app behind a middleware ---------------------------------------------------------
+
+
+def asgi_client(app: ASGIApp, ip: str = PEER, *, origin: str | None = None) -> httpx.AsyncClient:
+    """A client of ``app`` in-process (a bare middleware, say) from ``ip``, with ``origin`` if given.
+
+    Open it with ``async with``. A 500 fails the request, as for ``Harness``'s clients.
+    """
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(ip, 50000)),
+        base_url="http://testserver",
+        headers={} if origin is None else {"origin": origin},
+        event_hooks={"response": [_not_500]},
+    )
 
 
 class CountingApp:

@@ -5,16 +5,14 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import httpx
 import pytest
-from conftest import ORIGIN, Harness
+from harness import PEER, Harness, access_records, asgi_client, assert_error, fields_of
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from llmguard._client_ip import ClientIP, client_key, header_name, parse_ip, trusted_networks
 from llmguard._rate_limit import IPRateLimit
 
-PEER = "203.0.113.7"  # the harness client's socket peer
 PROXY = "10.0.0.2"
 TRUSTED = ("10.0.0.0/8",)
 
@@ -324,13 +322,9 @@ def test_bad_options_raise_a_value_error_naming_the_option(options: dict[str, An
 # -- through the app --------------------------------------------------------------------
 
 
-def access_fields(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    return [r.llmguard for r in caplog.records if r.name == "llmguard.access"]  # type: ignore[attr-defined]
-
-
-def client_from(harness: Harness, peer: str) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=harness.app, client=(peer, 50000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver", headers={"origin": ORIGIN})
+def client_ips(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The client each access record names, oldest first."""
+    return [fields_of(record)["client_ip"] for record in access_records(caplog)]
 
 
 async def test_the_access_log_shows_the_forwarded_client(
@@ -341,9 +335,9 @@ async def test_the_access_log_shows_the_forwarded_client(
     headers = {"x-forwarded-for": "6.6.6.6, 198.51.100.9"}
     assert (await harness.client.post("/api/token", headers=headers)).status_code == 200
     refused = await harness.client.post("/api/token", headers={**headers, "origin": "https://evil.example"})
-    assert refused.status_code == 403
+    assert_error(refused, 403, "Forbidden")
 
-    assert [fields["client_ip"] for fields in access_fields(caplog)] == ["198.51.100.9", "198.51.100.9"]
+    assert client_ips(caplog) == ["198.51.100.9", "198.51.100.9"]
 
 
 async def test_the_platform_header_through_the_app(
@@ -353,10 +347,10 @@ async def test_the_platform_header_through_the_app(
     harness: Harness = await harness_factory(trusted_proxies=(PEER,), client_ip_header="Fly-Client-IP")
     headers = {"fly-client-ip": "198.51.100.9", "x-forwarded-for": "198.51.100.10"}
     assert (await harness.client.post("/api/token", headers=headers)).status_code == 200
-    async with client_from(harness, "192.0.2.50") as untrusted:
-        assert (await untrusted.post("/api/token", headers=headers)).status_code == 200
+    untrusted = harness.client_from("192.0.2.50")
+    assert (await untrusted.post("/api/token", headers=headers)).status_code == 200
 
-    assert [fields["client_ip"] for fields in access_fields(caplog)] == ["198.51.100.9", "192.0.2.50"]
+    assert client_ips(caplog) == ["198.51.100.9", "192.0.2.50"]
 
 
 @pytest.mark.parametrize("trusted", [(), (PEER,)], ids=["untrusted-peer", "trusted-proxy"])
@@ -398,7 +392,7 @@ async def test_junk_forwarding_headers_through_the_app_are_served(
     headers = [(b"x-forwarded-for", raw), (b"fly-client-ip", raw), (b"forwarded", raw)]
     response = await harness.client.post("/api/token", headers=headers)
     assert response.status_code == 200
-    assert [fields["client_ip"] for fields in access_fields(caplog)] == [PEER]
+    assert client_ips(caplog) == [PEER]
 
 
 # -- at the edge, read by every guard -------------------------------------------------------
@@ -418,8 +412,7 @@ class Endpoint:
 async def test_client_ip_resolves_once_at_the_edge_for_every_layer_behind_it() -> None:
     endpoint = Endpoint()
     app = ClientIP(endpoint, trusted_proxies=[PEER])
-    transport = httpx.ASGITransport(app=app, client=(PEER, 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(app) as client:
         await client.get("/", headers={"x-forwarded-for": "6.6.6.6, 2001:db8:1:2::7"})
     assert endpoint.keys == ["2001:db8:1:2::/64"]
 
@@ -434,16 +427,14 @@ async def test_client_ip_resolves_once_at_the_edge_for_every_layer_behind_it() -
 )
 async def test_without_client_ip_in_front_the_socket_peer_is_the_client(headers: dict[str, str]) -> None:
     endpoint = Endpoint()
-    transport = httpx.ASGITransport(app=endpoint, client=("2001:db8:1:2::1", 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(endpoint, "2001:db8:1:2::1") as client:
         await client.get("/", headers=headers)
     assert endpoint.keys == ["2001:db8:1:2::/64"]
 
 
 async def test_a_standalone_rate_limit_behind_client_ip_counts_the_forwarded_clients() -> None:
     app = ClientIP(IPRateLimit(PlainTextResponse("served"), limit="1/minute"), trusted_proxies=TRUSTED)
-    transport = httpx.ASGITransport(app=app, client=(PROXY, 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(app, PROXY) as client:
         statuses = [
             (await client.post("/", headers={"x-forwarded-for": forwarded})).status_code
             for forwarded in ["198.51.100.1", "198.51.100.2", "6.6.6.6, 198.51.100.1"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import SECRET, CountingApp, assert_error
+from harness import SECRET, CountingApp, asgi_client, assert_error
 
 from llmguard import JWTAuth
 
@@ -43,7 +43,7 @@ async def call(headers: list[tuple[str, str]], **options: Any) -> tuple[httpx.Re
     """POST through JWTAuth to an app that answers with the claims it was given."""
     echo = CountingApp()
     app = JWTAuth(echo, secret=SECRET, **options)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+    async with asgi_client(app) as client:
         response = await client.post("/api/chat", headers=headers)
     return response, echo
 

@@ -3,7 +3,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import ORIGIN, CountingApp, assert_error
+from harness import ORIGIN, CountingApp, asgi_client, assert_error
 
 from llmguard import OriginFilter
 from llmguard._origin import normalize_origin
@@ -16,8 +16,7 @@ def inner_app() -> CountingApp:
 
 async def request(inner: CountingApp, method: str = "POST", headers: Any = (), **options: Any) -> httpx.Response:
     app = OriginFilter(inner, allow_origins=[ORIGIN], **options)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(app) as client:
         return await client.request(method, "/api/chat", headers=list(headers))
 
 
@@ -89,8 +88,7 @@ async def test_a_preflight_from_another_origin_is_refused() -> None:
 async def test_configured_origins_are_normalised() -> None:
     inner = inner_app()
     app = OriginFilter(inner, allow_origins=["HTTPS://App.Example.com:443/"])
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with asgi_client(app) as client:
         response = await client.post("/", headers={"origin": ORIGIN})
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == ORIGIN

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from harness import HELLO, SECRET, CountingApp, Harness, assert_error
+from harness import HELLO, SECRET, CountingApp, Harness, asgi_client, assert_error
 
 from llmguard import JWTAuth, Settings, TokenEndpoint
 from llmguard._settings import SettingsError
@@ -100,7 +100,7 @@ async def test_a_storage_failure_follows_the_policy(broken_redis_url: str, failu
     app = JWTAuth(echo, secret=SECRET, max_uses=1, storage=storage)
     token, _ = TokenEndpoint(secret=SECRET, max_uses=1).mint()
     headers = {"authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+    async with asgi_client(app) as client:
         with anyio.fail_after(5):
             responses = [await client.post("/api/chat", headers=headers) for _ in statuses]
     assert [r.status_code for r in responses] == statuses
