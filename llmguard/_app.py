@@ -60,31 +60,19 @@ def create_app(
     settings = settings or Settings.from_env()
     secret = settings.jwt_secret or _ephemeral_secret()
     chat = _chat_endpoint(settings, transport)
-    storage = Storage(settings.storage_url, failure=settings.storage_failure, timeout=settings.storage_timeout)
-    issuer, audience = settings.jwt_issuer, settings.jwt_audience
+    # Each component takes the settings its declarations say they feed (Settings.arguments).
+    storage = Storage(**settings.arguments("Storage"))
     token = TokenEndpoint(
-        secret=secret,
-        issuer=issuer,
-        audience=audience,
-        ttl=int(settings.jwt_ttl),
+        **settings.arguments("TokenEndpoint") | {"secret": secret, "ttl": int(settings.jwt_ttl)},
         authenticate=authenticate,
-        max_uses=settings.jwt_max_uses,
     )
 
     def guarded(endpoint: ASGIApp) -> ASGIApp:
         """IPRateLimit ▶ JWTAuth ▶ TokenBudget, as for /api/chat: one limit and one budget for both routes."""
-        budget = TokenBudget(
-            endpoint,
-            storage=storage,
-            max_prompt_tokens=settings.max_prompt_tokens,
-            tokens_per_client=settings.tokens_per_ip,
-            monthly_token_cap=settings.monthly_token_cap,
-            monthly_spend_cap_usd=settings.monthly_spend_cap_usd,
-            prices=settings.prices,
-        )
-        auth = JWTAuth(
-            budget, secret=secret, issuer=issuer, audience=audience, max_uses=settings.jwt_max_uses, storage=storage
-        )
+        # MODEL_PRICES extends the built-in table rather than replacing it.
+        budget_options = settings.arguments("TokenBudget") | {"prices": settings.prices}
+        budget = TokenBudget(endpoint, storage=storage, **budget_options)
+        auth = JWTAuth(budget, storage=storage, **settings.arguments("JWTAuth") | {"secret": secret})
         return IPRateLimit(auth, limit=settings.rate_limit, name="chat", storage=storage)
 
     chat_stack = guarded(chat)
@@ -96,15 +84,15 @@ def create_app(
         body = {"status": "ok" if storage_ok else "degraded", "version": __version__, "storage": storage_ok}
         return JSONResponse(body, headers={"cache-control": "no-store"})
 
-    origins = settings.allowed_origins
+    origins = settings.arguments("OriginFilter")
     # Every route answers a request that came past MAX_CONNECTIONS (bundled server) with 503
     # ServerBusy, inside its own layers: CORS on /api, OpenAI's error shape on /v1.
     openai = ServerBusyGate(guarded(OpenAICompatible(chat)))
     routes: list[BaseRoute] = [
         _page("/healthz", healthz),
-        Mount("/api", app=OriginFilter(api, allow_origins=origins)),
+        Mount("/api", app=OriginFilter(api, **origins)),
         # The official OpenAI SDKs, with the JWT as their key; refusals in OpenAI's shape.
-        Mount("/v1", app=OpenAIErrors(OriginFilter(openai, allow_origins=settings.allowed_origins))),
+        Mount("/v1", app=OpenAIErrors(OriginFilter(openai, **origins))),
         _page("/sdk.js", Script("sdk.js").__call__),
         _page("/widget.js", Script("widget.js").__call__),
     ]
@@ -127,7 +115,7 @@ def create_app(
         routes=routes,
         # The client is resolved once, outermost, so refused requests log the real client too.
         middleware=[
-            Middleware(ClientIP, trusted_proxies=settings.trusted_proxies, header=settings.client_ip_header),
+            Middleware(ClientIP, **settings.arguments("ClientIP")),
             Middleware(AccessLog),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
@@ -139,28 +127,17 @@ def create_app(
 
 def _chat_endpoint(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> ChatEndpoint:
     """The provider side: the real provider, or in demo mode the fake one, offline."""
-    api_key, base_url = settings.openai_api_key, settings.openai_base_url
+    options = settings.arguments("ChatEndpoint")
+    if transport is not None:
+        options["transport"] = transport
     if settings.demo:
-        base_url = DEMO_BASE_URL if transport is None else base_url
-        transport = transport or FakeProvider(model=settings.openai_model, delay=DEMO_WORD_DELAY).transport()
-        api_key = api_key or "sk-offline-demo"
-    if api_key is None:
+        if transport is None:
+            options["base_url"] = DEMO_BASE_URL
+            options["transport"] = FakeProvider(model=settings.openai_model, delay=DEMO_WORD_DELAY).transport()
+        options["api_key"] = settings.openai_api_key or "sk-offline-demo"
+    if options["api_key"] is None:
         raise ValueError("openai_api_key is required outside the demo")
-    return ChatEndpoint(
-        api_key=api_key,
-        base_url=base_url,
-        model=settings.openai_model,
-        system_prompt=settings.system_prompt,
-        allow_client_system=settings.allow_client_system,
-        max_tokens=settings.max_tokens,
-        max_tokens_param=settings.max_tokens_param,
-        max_body_bytes=settings.max_body_bytes,
-        body_timeout=settings.body_timeout,
-        request_timeout=settings.request_timeout,
-        retries=settings.upstream_retries,
-        models=settings.allowed_models,
-        transport=transport or settings.upstream_transport,
-    )
+    return ChatEndpoint(**options)
 
 
 class ServerBusyGate:

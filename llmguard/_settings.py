@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -45,6 +46,10 @@ class SettingsError(ValueError):
         self.reason = reason
         text = "" if secret else f" has value {shown if shown is not None else repr(value)}"
         super().__init__(f"Setting {name}{text}: {reason}")
+
+
+# "Class(argument=)", for one instance of the class: "IPRateLimit(limit=) of /api/token" is not.
+_FEEDS = re.compile(r"(\w+)\((\w+)=\)(?! of )")
 
 
 @dataclass(frozen=True)
@@ -336,6 +341,20 @@ class Settings:
             # Show what the user wrote ('2 days'), not what it was parsed into (172800.0).
             variable, value = read.sources.get(exc.name, (declared.env, values.get(exc.name, _default(exc.name))))
             raise declared.error(variable, value, exc.reason) from None
+
+    def arguments(self, component: str) -> dict[str, Any]:
+        """The keyword arguments ``component`` takes from these settings, as the declarations' ``feeds`` name them.
+
+        ``create_app`` builds its components from this, so a setting reaches exactly the argument
+        its declaration names (the tests check every one exists). A ``feeds`` that says which of
+        several instances it is for (``IPRateLimit(limit=) of /api/token``) is wired by hand.
+        """
+        found: dict[str, Any] = {}
+        for item, declared in declarations():
+            for name, argument in _FEEDS.findall(declared.feeds):
+                if name == component:
+                    found[argument] = getattr(self, item.name)
+        return found
 
     def to_env(self) -> dict[str, str | None]:
         """Every setting as the environment variable that reads back to exactly this value.
