@@ -10,24 +10,25 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import KEY, ORIGIN, SECRET, Harness
+from harness import (
+    HELLO,
+    KEY,
+    ORIGIN,
+    PEER,
+    SECRET,
+    Harness,
+    access_records,
+    assert_error,
+    assert_no_secrets,
+    fields_of,
+)
 from starlette.types import Message, Receive, Scope, Send
 
 from llmguard._access_log import AccessLog, JSONFormatter, TextFormatter
 from llmguard._state import Usage, request_state
 from llmguard.testing import FakeReply
 
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 INJECTION = "https://evil.example\r\n2026-01-01T00:00:00.000Z INFO llmguard.access 1.2.3.4 POST /api/chat 200"
-
-
-def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "llmguard.access"]
-
-
-def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    fields: dict[str, Any] = record.llmguard  # type: ignore[attr-defined]
-    return fields
 
 
 # -- through the app ------------------------------------------------------------------
@@ -46,7 +47,7 @@ async def test_one_record_per_request_with_its_fields(harness: Harness, caplog: 
     usage = response.json()["usage"]
     assert fields["request_id"] == response.headers["x-request-id"]
     assert re.fullmatch(r"req_[0-9a-f]{16}", fields["request_id"])
-    assert fields["client_ip"] == "203.0.113.7"
+    assert fields["client_ip"] == PEER
     assert fields["method"] == "POST"
     assert fields["path"] == "/api/chat"
     assert fields["status"] == 200
@@ -58,7 +59,7 @@ async def test_one_record_per_request_with_its_fields(harness: Harness, caplog: 
     assert fields["tokens_estimated"] is False
     assert fields["error"] is None
     line = TextFormatter().format(chat_record)
-    assert "203.0.113.7 POST /api/chat 200" in line
+    assert f"{PEER} POST /api/chat 200" in line
     assert f"tokens={usage['prompt_tokens']}+2" in line
     assert "model=gpt-4.1-mini" in line
     assert f"id={fields['request_id']}" in line
@@ -87,12 +88,12 @@ async def test_refusals_are_logged_with_their_code(
     headers = {"authorization": f"Bearer {token}", **request_kwargs.get("headers", {})}
     content = request_kwargs.get("content", json.dumps(HELLO).encode())
     response = await harness.client.post("/api/chat", content=content, headers=headers)
-    assert response.status_code == status
+    body = assert_error(response, status, error)
     [record] = access_records(caplog)
     fields = fields_of(record)
     assert fields["status"] == status
     assert fields["error"] == error
-    assert fields["request_id"] == response.headers["x-request-id"] == response.json()["request_id"]
+    assert fields["request_id"] == response.headers["x-request-id"] == body["request_id"]
     assert f"error={error}" in TextFormatter().format(record)
 
 
@@ -111,7 +112,7 @@ async def test_upstream_failure_mid_stream_is_logged(harness: Harness, caplog: p
 async def test_crlf_in_origin_stays_on_one_line(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="llmguard.access")
     response = await harness.client.post("/api/token", headers={"origin": INJECTION})
-    assert response.status_code == 403
+    assert_error(response, 403, "Forbidden")
     [record] = access_records(caplog)
     text, as_json = TextFormatter().format(record), JSONFormatter().format(record)
     for line in (text, as_json):
@@ -329,10 +330,9 @@ async def test_no_secret_reaches_any_log_line(
     assert any("llmguard.access" in line for line in lines)
     assert any("llmguard.upstream" in line for line in lines)
     everything = "\n".join(lines)
-    for secret in (KEY, OTHER_KEY, SECRET, *tokens):
-        assert secret not in everything
-    for key in (KEY, OTHER_KEY):
-        assert key[:12] not in everything
-        assert key[-12:] not in everything
+    assert_no_secrets(everything, tokens)
+    assert OTHER_KEY not in everything
+    assert OTHER_KEY[:12] not in everything
+    assert OTHER_KEY[-12:] not in everything
     assert JWT_PATTERN.findall(everything) == []
     assert BEARER_PATTERN.findall(everything) == []
