@@ -9,36 +9,16 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from conftest import ORIGIN, Harness
+from harness import HELLO, ORIGIN, CountingApp, Harness, asgi_client, assert_error, preflight
 from servers import RedisServer, closed_port_url
-from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._rate_limit import IPRateLimit
 from llmguard._storage import Storage
 
-PEER = "203.0.113.7"
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
 # The IETF httpapi-ratelimit-headers draft: a structured-field List of one Item, a String
 # (the policy name) with integer parameters.
 STRUCTURED_ITEM = re.compile(r'^"[A-Za-z0-9_-]+"(;[a-z][a-z0-9_.*-]*=\d+)+$')
 EXPOSED = {"retry-after", "ratelimit", "ratelimit-policy"}
-
-
-class Endpoint:
-    """The app behind the limit; counts the requests that reached it."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.calls += 1
-        await PlainTextResponse("served")(scope, receive, send)
-
-
-def client_for(app: ASGIApp, peer: str = PEER) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=(peer, 50000))
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
 async def statuses(client: httpx.AsyncClient, count: int, path: str = "/api/chat") -> list[int]:
@@ -53,11 +33,8 @@ def params(header: str) -> dict[str, str]:
 
 def assert_refusal(response: httpx.Response, *, name: str, limit: int, window: int) -> int:
     """Check a 429 is the documented refusal; return its Retry-After."""
-    assert response.status_code == 429
-    assert response.headers["content-type"] == "application/json"
+    body = assert_error(response, 429, "RateLimitExceeded")
     assert response.headers["cache-control"] == "no-store"
-    body = response.json()
-    assert body["error"] == "RateLimitExceeded"
 
     retry_after = response.headers["retry-after"]
     assert re.fullmatch(r"[1-9]\d*", retry_after), retry_after
@@ -75,8 +52,8 @@ def assert_refusal(response: httpx.Response, *, name: str, limit: int, window: i
 
 
 async def test_the_request_after_the_limit_is_refused_and_never_reaches_the_app() -> None:
-    endpoint = Endpoint()
-    async with client_for(IPRateLimit(endpoint, limit="3/minute")) as client:
+    endpoint = CountingApp()
+    async with asgi_client(IPRateLimit(endpoint, limit="3/minute")) as client:
         served = [await client.post("/api/chat") for _ in range(3)]
         refused = await client.post("/api/chat")
 
@@ -96,7 +73,7 @@ async def test_the_request_after_the_limit_is_refused_and_never_reaches_the_app(
     ],
 )
 async def test_the_policy_field_states_the_limit(limit: str, name: str, policy: str) -> None:
-    async with client_for(IPRateLimit(Endpoint(), limit=limit, name=name)) as client:
+    async with asgi_client(IPRateLimit(CountingApp(), limit=limit, name=name)) as client:
         response = await client.post("/api/chat")
     assert response.status_code == 200
     assert response.headers["ratelimit-policy"] == policy
@@ -104,9 +81,9 @@ async def test_the_policy_field_states_the_limit(limit: str, name: str, policy: 
 
 
 async def test_each_client_ip_has_its_own_count() -> None:
-    endpoint = Endpoint()
+    endpoint = CountingApp()
     app = IPRateLimit(endpoint, limit="2/minute")
-    async with client_for(app, "198.51.100.1") as first, client_for(app, "198.51.100.2") as second:
+    async with asgi_client(app, "198.51.100.1") as first, asgi_client(app, "198.51.100.2") as second:
         assert await statuses(first, 3) == [200, 200, 429]
         assert await statuses(second, 3) == [200, 200, 429]
     assert endpoint.calls == 4
@@ -114,16 +91,16 @@ async def test_each_client_ip_has_its_own_count() -> None:
 
 async def test_routes_sharing_one_storage_keep_separate_counts() -> None:
     storage = Storage()
-    chat = IPRateLimit(Endpoint(), limit="2/minute", name="chat", storage=storage)
-    token = IPRateLimit(Endpoint(), limit="2/minute", name="token", storage=storage)
-    async with client_for(chat) as chat_client, client_for(token) as token_client:
+    chat = IPRateLimit(CountingApp(), limit="2/minute", name="chat", storage=storage)
+    token = IPRateLimit(CountingApp(), limit="2/minute", name="token", storage=storage)
+    async with asgi_client(chat) as chat_client, asgi_client(token) as token_client:
         assert await statuses(chat_client, 3) == [200, 200, 429]
         assert await statuses(token_client, 3) == [200, 200, 429]
 
 
 async def test_options_requests_are_not_counted() -> None:
-    endpoint = Endpoint()
-    async with client_for(IPRateLimit(endpoint, limit="2/minute")) as client:
+    endpoint = CountingApp()
+    async with asgi_client(IPRateLimit(endpoint, limit="2/minute")) as client:
         for _ in range(5):
             assert (await client.options("/api/chat")).status_code == 200
         assert await statuses(client, 3) == [200, 200, 429]
@@ -134,7 +111,7 @@ async def test_waiting_retry_after_is_enough_and_not_much_more(monkeypatch: pyte
     # A clock the test moves: ten seconds into a minute, far from any real time.
     now = [1_800_000_010.0]
     monkeypatch.setattr(time, "time", lambda: now[0])
-    async with client_for(IPRateLimit(Endpoint(), limit="3/minute")) as client:
+    async with asgi_client(IPRateLimit(CountingApp(), limit="3/minute")) as client:
         assert await statuses(client, 3) == [200, 200, 200]
         for _ in range(4):
             wait = assert_refusal(await client.post("/api/chat"), name="chat", limit=3, window=60)
@@ -157,7 +134,7 @@ async def test_waiting_retry_after_is_enough_and_not_much_more(monkeypatch: pyte
 )
 def test_bad_options_raise_a_value_error_naming_the_option(options: dict[str, Any], option: str) -> None:
     with pytest.raises(ValueError, match=option):
-        IPRateLimit(Endpoint(), **options)
+        IPRateLimit(CountingApp(), **options)
 
 
 # -- storage failures -------------------------------------------------------------------
@@ -193,42 +170,35 @@ FAILURES = [pytest.param(connection_refused, id="error"), pytest.param(hangs, id
 
 
 @pytest.mark.parametrize("behaviour", FAILURES)
-async def test_failing_closed_answers_503_quickly(broken_storage_factory: Any, behaviour: Callable[..., Any]) -> None:
-    endpoint = Endpoint()
-    app = IPRateLimit(endpoint, limit="3/minute", storage=broken_storage_factory("closed", behaviour))
+@pytest.mark.parametrize("failure", ["closed", "open"])
+async def test_a_failing_storage_answers_quickly_as_the_policy_says(
+    broken_storage_factory: Any, failure: str, behaviour: Callable[..., Any]
+) -> None:
+    """Failing closed answers 503 without reaching the app; failing open serves the request."""
+    endpoint = CountingApp()
+    app = IPRateLimit(endpoint, limit="3/minute", storage=broken_storage_factory(failure, behaviour))
     started = time.monotonic()
-    async with client_for(app) as client:
+    async with asgi_client(app) as client:
         response = await client.post("/api/chat")
     assert time.monotonic() - started < 3  # bounded by the storage timeout (0.2 s), not by the hang (10 s)
 
-    assert response.status_code == 503
-    assert response.json()["error"] == "StorageUnavailable"
-    assert response.json()["message"]
-    assert int(response.headers["retry-after"]) >= 1
-    assert response.headers["cache-control"] == "no-store"
-    assert endpoint.calls == 0
-
-
-@pytest.mark.parametrize("behaviour", FAILURES)
-async def test_failing_open_serves_the_request(broken_storage_factory: Any, behaviour: Callable[..., Any]) -> None:
-    endpoint = Endpoint()
-    app = IPRateLimit(endpoint, limit="3/minute", storage=broken_storage_factory("open", behaviour))
-    started = time.monotonic()
-    async with client_for(app) as client:
-        response = await client.post("/api/chat")
-    assert time.monotonic() - started < 3
-
-    assert response.status_code == 200
-    assert response.text == "served"
-    assert endpoint.calls == 1
+    if failure == "closed":
+        assert_error(response, 503, "StorageUnavailable")
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.headers["cache-control"] == "no-store"
+        assert endpoint.calls == 0
+    else:
+        assert response.status_code == 200
+        assert response.json() == {"ok": True}
+        assert endpoint.calls == 1
 
 
 async def test_failing_open_warns_once_not_once_per_request(
     broken_storage_factory: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="llmguard.storage")
-    app = IPRateLimit(Endpoint(), limit="3/minute", storage=broken_storage_factory("open", connection_refused))
-    async with client_for(app) as client:
+    app = IPRateLimit(CountingApp(), limit="3/minute", storage=broken_storage_factory("open", connection_refused))
+    async with asgi_client(app) as client:
         assert await statuses(client, 10) == [200] * 10
 
     logged = [r for r in caplog.records if r.name == "llmguard.storage" and r.levelno >= logging.WARNING]
@@ -280,17 +250,13 @@ async def test_using_up_token_minting_leaves_chat_alone(limited: Harness) -> Non
 
 async def test_another_client_ip_is_not_affected(limited: Harness) -> None:
     assert await statuses(limited.client, 3, "/api/token") == [200, 200, 429]
-    transport = httpx.ASGITransport(app=limited.app, client=("198.51.100.77", 40000))
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://testserver", headers={"origin": ORIGIN}
-    ) as other:
-        assert await statuses(other, 3, "/api/token") == [200, 200, 429]
+    other = limited.client_from("198.51.100.77")
+    assert await statuses(other, 3, "/api/token") == [200, 200, 429]
 
 
 async def test_preflights_are_not_counted(limited: Harness) -> None:
-    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
     for _ in range(5):
-        assert (await limited.client.options("/api/token", headers=preflight)).status_code == 204
+        assert (await limited.client.options("/api/token", headers=preflight("content-type"))).status_code == 204
     assert await statuses(limited.client, 3, "/api/token") == [200, 200, 429]
 
 
@@ -314,12 +280,12 @@ def redis_server() -> Iterator[RedisServer]:
 async def test_two_apps_on_one_redis_share_one_limit(redis_server: RedisServer) -> None:
     redis_server.flush()
     storages = [Storage(redis_server.url, timeout=1), Storage(redis_server.url, timeout=1)]
-    endpoints = [Endpoint(), Endpoint()]
+    endpoints = [CountingApp(), CountingApp()]
     first, second = (IPRateLimit(e, limit="3/minute", storage=s) for e, s in zip(endpoints, storages, strict=True))
     try:
-        async with client_for(first) as to_first, client_for(second) as to_second:
+        async with asgi_client(first) as to_first, asgi_client(second) as to_second:
             answers = [(await client.post("/api/chat")).status_code for client in [to_first, to_second] * 3]
-            async with client_for(second, "198.51.100.2") as someone_else:
+            async with asgi_client(second, "198.51.100.2") as someone_else:
                 other = (await someone_else.post("/api/chat")).status_code
     finally:
         for storage in storages:
@@ -338,10 +304,10 @@ async def test_a_concurrent_burst_gets_exactly_the_limit(backend: str, request: 
         storage = Storage(server.url, timeout=2)
     else:
         storage = Storage()
-    endpoint = Endpoint()
+    endpoint = CountingApp()
     answers: list[int] = []
     try:
-        async with client_for(IPRateLimit(endpoint, limit="5/minute", storage=storage)) as client:
+        async with asgi_client(IPRateLimit(endpoint, limit="5/minute", storage=storage)) as client:
 
             async def one() -> None:
                 answers.append((await client.post("/api/chat")).status_code)
@@ -356,12 +322,12 @@ async def test_a_concurrent_burst_gets_exactly_the_limit(backend: str, request: 
     assert endpoint.calls == 5
 
 
-@pytest.mark.parametrize(("failure", "status"), [("closed", 503), ("open", 200)])
-async def test_when_redis_dies(failure: str, status: int) -> None:
+@pytest.mark.parametrize("failure", ["closed", "open"])
+async def test_when_redis_dies(failure: str) -> None:
     server = RedisServer()
     storage = Storage(server.url, failure=failure, timeout=0.5)  # type: ignore[arg-type]
     try:
-        async with client_for(IPRateLimit(Endpoint(), limit="3/minute", storage=storage)) as client:
+        async with asgi_client(IPRateLimit(CountingApp(), limit="3/minute", storage=storage)) as client:
             assert (await client.post("/api/chat")).status_code == 200
             server.stop()
             started = time.monotonic()
@@ -371,8 +337,10 @@ async def test_when_redis_dies(failure: str, status: int) -> None:
         server.stop()
         await storage.aclose()
 
-    assert response.status_code == status
     assert elapsed < 3
     if failure == "closed":
-        assert response.json()["error"] == "StorageUnavailable"
+        assert_error(response, 503, "StorageUnavailable")
         assert int(response.headers["retry-after"]) >= 1
+    else:
+        assert response.status_code == 200
+        assert response.json() == {"ok": True}
