@@ -9,10 +9,10 @@ import httpx
 from starlette.types import Receive, Scope, Send
 
 from llmguard._chat_request import parse_chat_request, parse_json, read_body
-from llmguard._chat_service import DEFAULT_BASE_URL, DEFAULT_MODEL, ChatService
+from llmguard._chat_service import DEFAULT_BASE_URL, DEFAULT_MODEL, ChatPolicy, ChatService
 from llmguard._errors import LLMGuardError, MethodNotAllowed, RequestTimeout, send_error
 from llmguard._tokens import load as load_tokenizer
-from llmguard._upstream import TransportName, Upstream
+from llmguard._upstream import TokenParam, TransportName, Upstream, check_choice, token_limit_param
 from llmguard._wire import UIMessageWire
 
 
@@ -55,28 +55,28 @@ class ChatEndpoint:
             raise ValueError(f"body_timeout has value {body_timeout!r}: must be positive")
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
-        self.service = ChatService(
-            api_key=api_key,
-            base_url=base_url,
+        policy = ChatPolicy(
             model=model,
             models=models,
             system_prompt=system_prompt,
             allow_client_system=allow_client_system,
             max_tokens=max_tokens,
-            max_tokens_param=max_tokens_param,
-            request_timeout=request_timeout,
-            retries=retries,
-            transport=transport,
         )
+        upstream = Upstream(
+            base_url=base_url, api_key=api_key, retries=retries, read_timeout=request_timeout, transport=transport
+        )
+        check_choice("max_tokens_param", max_tokens_param, TokenParam)
+        token_param = token_limit_param(base_url, max_tokens_param)
+        self.service = ChatService(policy, upstream, token_param=token_param, request_timeout=request_timeout)
 
     @property
     def model(self) -> str:
-        return self.service.model
+        return self.service.policy.model
 
     @property
     def models(self) -> tuple[str, ...]:
         """The models clients may ask for: the server's first."""
-        return self.service.models
+        return tuple(self.service.policy.models)
 
     @property
     def upstream(self) -> Upstream:
@@ -93,16 +93,16 @@ class ChatEndpoint:
             return
         if scope["type"] != "http":
             return
-        service = self.service
+        service, policy = self.service, self.service.policy
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"allow": "POST"})
             body = await self.read_body(scope, receive)
-            request = parse_chat_request(parse_json(body), server_model=service.model, models=service.models)
+            request = parse_chat_request(parse_json(body), server_model=policy.model, models=policy.models)
             messages = [{"role": message.role, "content": message.content} for message in request.messages]
             if request.system is not None:
                 messages.insert(0, {"role": "system", "content": request.system})
-            provider_request = service.provider_request(
+            provider_request = policy.provider_request(
                 model=request.model,
                 messages=messages,
                 max_tokens=request.max_tokens,

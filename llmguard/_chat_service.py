@@ -6,7 +6,7 @@ for both:
 
 1. **policy** — the server's model (or one of ``models`` the client names), its
    system prompt when the client sends none (and none at all from the client
-   when it forbids them), its output cap (:meth:`ChatService.provider_request`);
+   when it forbids them), its output cap (:class:`ChatPolicy`);
 2. **reserve** the worst case on the budget (``scope["llmguard"].budget``, from
    ``TokenBudget``), which may lower the output cap or refuse;
 3. **call** the provider (``_upstream``) and answer in the route's format
@@ -19,26 +19,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import anyio
 import httpx
 from starlette.types import Message, Receive, Scope, Send
 
-from llmguard._reservation import Reservation
 from llmguard._errors import InvalidRequest, LLMGuardError, UpstreamError, send_error
+from llmguard._reservation import Reservation
 from llmguard._state import Usage, request_state
 from llmguard._upstream import (
     ProviderCall,
     ProviderRequest,
     ProviderStream,
-    TokenParam,
-    TransportName,
     Upstream,
-    check_choice,
     parse_completion,
     timed_out,
-    token_limit_param,
 )
 from llmguard._wire import Wire
 
@@ -51,42 +48,22 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 UNBUDGETED_PROMPT_LIMIT = 131_072
 
 
-class ChatService:
-    """Turns a parsed chat request into a provider call under the server's policy, and answers it."""
+@dataclass(frozen=True)
+class ChatPolicy:
+    """What the server decides for every call, whatever the client asked."""
 
-    def __init__(
-        self,
-        *,
-        api_key: str,
-        base_url: str = DEFAULT_BASE_URL,
-        model: str = DEFAULT_MODEL,
-        models: Sequence[str] = (),
-        system_prompt: str = "",
-        allow_client_system: bool = True,
-        max_tokens: int = 2000,
-        max_tokens_param: str = "auto",
-        request_timeout: float = 120,
-        retries: int = 2,
-        transport: httpx.AsyncBaseTransport | TransportName = "auto",
-    ) -> None:
-        if not api_key:
-            raise ValueError("api_key is empty: the provider key is required")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens has value {max_tokens!r}: must be at least 1")
-        if not request_timeout > 0:
-            raise ValueError(f"request_timeout has value {request_timeout!r}: must be positive")
-        check_choice("max_tokens_param", max_tokens_param, TokenParam)
-        self.model = model
-        #: The models clients may ask for: the server's first.
-        self.models = tuple(dict.fromkeys((model, *models)))
-        self.system_prompt = system_prompt
-        self.allow_client_system = allow_client_system
-        self.max_tokens = max_tokens
-        self.token_param = token_limit_param(base_url, max_tokens_param)
-        self.request_timeout = request_timeout
-        self.upstream = Upstream(
-            base_url=base_url, api_key=api_key, retries=retries, read_timeout=request_timeout, transport=transport
-        )
+    model: str = DEFAULT_MODEL
+    #: The models clients may ask for: the server's first.
+    models: Sequence[str] = ()
+    system_prompt: str = ""
+    allow_client_system: bool = True
+    #: The output cap: a client may ask for less, never more.
+    max_tokens: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens has value {self.max_tokens!r}: must be at least 1")
+        object.__setattr__(self, "models", tuple(dict.fromkeys((self.model, *self.models))))
 
     def provider_request(
         self,
@@ -98,7 +75,7 @@ class ChatService:
         params: Mapping[str, Any],
         system_param: str,
     ) -> ProviderRequest:
-        """The call the provider will get for a parsed request, under the server's policy.
+        """The call the provider will get for a parsed request.
 
         ``messages`` carry the client's own system prompt, if any, as ``system``
         messages; ``system_param`` names where the client put it, for the 422
@@ -116,6 +93,19 @@ class ChatService:
             stream=stream,
             params=params,
         )
+
+
+class ChatService:
+    """Answers a provider request on the route's wire: reserve, call, relay, record, settle."""
+
+    def __init__(self, policy: ChatPolicy, upstream: Upstream, *, token_param: str, request_timeout: float) -> None:
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout has value {request_timeout!r}: must be positive")
+        self.policy = policy
+        self.upstream = upstream
+        #: The payload field that carries the output cap for this provider.
+        self.token_param = token_param
+        self.request_timeout = request_timeout
 
     async def answer(self, scope: Scope, receive: Receive, send: Send, request: ProviderRequest, wire: Wire) -> None:
         """Reserve the budget, call the provider, answer in ``wire``'s format, settle."""

@@ -61,13 +61,13 @@ class ChatCompletions:
         if scope["type"] != "http":
             return
         request_state(scope).error_style = "openai"
-        service = self.chat.service
+        service, policy = self.chat.service, self.chat.service.policy
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"allow": "POST"})
             body = await self.chat.read_body(scope, receive)
-            request = parse_openai_request(parse_json(body), server_model=service.model, models=service.models)
-            provider_request = service.provider_request(
+            request = parse_openai_request(parse_json(body), server_model=policy.model, models=policy.models)
+            provider_request = policy.provider_request(
                 model=request.model,
                 messages=request.messages,
                 max_tokens=request.max_tokens,

@@ -137,6 +137,8 @@ class Upstream:
         max_connections: int = 4096,
         transport: httpx.AsyncBaseTransport | TransportName = "auto",
     ) -> None:
+        if not api_key:
+            raise ValueError("api_key is empty: the provider key is required")
         if retries < 0:
             raise ValueError(f"retries has value {retries!r}: must be 0 or more")
         if isinstance(transport, str):

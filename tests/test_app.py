@@ -34,7 +34,7 @@ def test_create_app_builds_each_component_from_its_settings() -> None:
         storage_timeout=0.5,
     )
     app = create_app(settings)
-    chat = find(app, ChatEndpoint).service
+    chat = find(app, ChatEndpoint).service.policy
     assert (chat.max_tokens, chat.system_prompt) == (77, "Be brief.")
     budget = find(app, TokenBudget)
     assert (budget.max_prompt_tokens, budget.monthly_token_cap, budget.storage.timeout) == (1234, 5000, 0.5)
