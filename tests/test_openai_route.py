@@ -7,17 +7,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import jwt
 import openai
 import pytest
-from conftest import KEY, ORIGIN, SECRET, Harness
+from harness import HELLO, KEY, ORIGIN, SECRET, Harness, assert_openai_error, preflight
+from openai.types.chat import ChatCompletion
 
 from llmguard._tokens import estimate_prompt_tokens
 from llmguard.testing import FakeReply
 
 Factory = Callable[..., Any]
-HELLO = [{"role": "user", "content": "Hello"}]
 
 
 async def sdk(harness: Harness, token: str | None = None) -> openai.AsyncOpenAI:
@@ -34,7 +33,7 @@ async def test_a_json_completion_through_the_sdk(harness_factory: Factory) -> No
     harness.provider.enqueue(FakeReply(text="Hi there!"))
     client = await sdk(harness)
     completion = await client.chat.completions.create(
-        model="gpt-4.1-mini", messages=HELLO, max_completion_tokens=10_000, temperature=0.3, seed=1
+        model="gpt-4.1-mini", messages=HELLO["messages"], max_completion_tokens=10_000, temperature=0.3, seed=1
     )
     assert completion.object == "chat.completion"
     assert completion.choices[0].message.content == "Hi there!"
@@ -54,7 +53,7 @@ async def test_a_json_completion_through_the_sdk(harness_factory: Factory) -> No
 async def test_a_streamed_completion_passes_the_providers_chunks_through(harness: Harness) -> None:
     harness.provider.enqueue(FakeReply(chunks=["Hel", "lo", "!"]))
     client = await sdk(harness)
-    stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO, stream=True)
+    stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"], stream=True)
     chunks = [chunk async for chunk in stream]
     deltas = [chunk.choices[0].delta.content for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]
     assert deltas == ["Hel", "lo", "!"]
@@ -69,7 +68,7 @@ async def test_a_stream_that_asks_for_usage_gets_it(harness: Harness) -> None:
     harness.provider.enqueue(FakeReply(chunks=["a", "b"]))
     client = await sdk(harness)
     stream = await client.chat.completions.create(
-        model="gpt-4.1-mini", messages=HELLO, stream=True, stream_options={"include_usage": True}
+        model="gpt-4.1-mini", messages=HELLO["messages"], stream=True, stream_options={"include_usage": True}
     )
     chunks = [chunk async for chunk in stream]
     assert chunks[-1].choices == []
@@ -82,7 +81,7 @@ async def test_models_lists_what_a_client_may_name(harness_factory: Factory) -> 
     client = await sdk(harness)
     assert [model.id async for model in client.models.list()] == ["gpt-4.1-mini", "gpt-4.1-nano"]
     harness.provider.enqueue(FakeReply(text="small"))
-    await client.chat.completions.create(model="gpt-4.1-nano", messages=HELLO)
+    await client.chat.completions.create(model="gpt-4.1-nano", messages=HELLO["messages"])
     assert harness.provider.last_request.json["model"] == "gpt-4.1-nano"
 
 
@@ -99,7 +98,7 @@ async def test_models_lists_what_a_client_may_name(harness_factory: Factory) -> 
 )
 async def test_a_malformed_request_is_a_bad_request_error(harness: Harness, arguments: dict[str, Any]) -> None:
     client = await sdk(harness)
-    request: dict[str, Any] = {"model": "gpt-4.1-mini", "messages": HELLO, **arguments}
+    request: dict[str, Any] = {"model": "gpt-4.1-mini", **HELLO, **arguments}
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(**request)
     body = caught.value.body
@@ -114,8 +113,7 @@ async def test_a_body_that_is_not_json_is_a_400_in_openais_shape(harness: Harnes
     response = await harness.client.post(
         "/v1/chat/completions", content=b"{nope", headers={"authorization": f"Bearer {await harness.token()}"}
     )
-    assert response.status_code == 400
-    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert assert_openai_error(response, 400, "InvalidRequest")["type"] == "invalid_request_error"
 
 
 def _expired() -> str:
@@ -128,7 +126,7 @@ def _expired() -> str:
 async def test_a_bad_or_expired_token_is_an_authentication_error(harness: Harness, token: str) -> None:
     client = await sdk(harness, token)
     with pytest.raises(openai.AuthenticationError) as caught:
-        await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+        await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["code"] == "Unauthorized"
     assert harness.provider.requests == []
@@ -137,9 +135,9 @@ async def test_a_bad_or_expired_token_is_an_authentication_error(harness: Harnes
 async def test_a_forced_429_is_a_rate_limit_error_with_retry_headers(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(rate_limit_max=1)
     client = await sdk(harness)
-    await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+    await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     with pytest.raises(openai.RateLimitError) as caught:
-        await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+        await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     headers = caught.value.response.headers
     seconds = int(headers["retry-after"])
     assert seconds >= 1
@@ -151,25 +149,25 @@ async def test_a_forced_429_is_a_rate_limit_error_with_retry_headers(harness_fac
 
 async def test_one_request_limit_for_api_chat_and_v1(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(rate_limit_max=1)
-    assert (await harness.chat({"messages": HELLO})).status_code == 200
+    assert (await harness.chat(HELLO)).status_code == 200
     with pytest.raises(openai.RateLimitError):
-        await (await sdk(harness)).chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+        await (await sdk(harness)).chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
 
 
 async def test_the_monthly_cap_applies_and_settles_from_the_usage_chunk(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(monthly_token_cap=150, max_tokens=100)
     client = await sdk(harness)
-    prompt = estimate_prompt_tokens(message["content"] for message in HELLO)
+    prompt = estimate_prompt_tokens(message["content"] for message in HELLO["messages"])
     harness.provider.enqueue(FakeReply(chunks=["x"] * 50))
-    stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO, stream=True)
+    stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"], stream=True)
     async for _ in stream:
         pass
     # Settled to the usage chunk (prompt + 50), not the reservation (prompt + 100): 91 left.
     harness.provider.enqueue(FakeReply(chunks=["y"] * 100))
-    await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+    await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     assert harness.provider.last_request.json["max_completion_tokens"] == 150 - (prompt + 50) - prompt
     with pytest.raises(openai.APIStatusError) as caught:
-        await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+        await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     assert caught.value.status_code == 503
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["code"] == "TokenCapReached"
@@ -179,7 +177,7 @@ async def test_the_monthly_cap_applies_and_settles_from_the_usage_chunk(harness_
 async def test_the_system_prompt_policy(harness_factory: Factory, allowed: bool) -> None:
     harness: Harness = await harness_factory(system_prompt="Server rules.", allow_client_system=allowed)
     client = await sdk(harness)
-    messages: Any = [{"role": "developer", "content": "Client rules."}, *HELLO]
+    messages: Any = [{"role": "developer", "content": "Client rules."}, *HELLO["messages"]]
     if not allowed:
         with pytest.raises(openai.BadRequestError) as refused:
             await client.chat.completions.create(model="gpt-4.1-mini", messages=messages)
@@ -196,7 +194,7 @@ async def test_the_system_prompt_policy(harness_factory: Factory, allowed: bool)
 async def test_a_stream_cut_by_the_provider_is_an_api_error_for_the_sdk(harness: Harness) -> None:
     harness.provider.enqueue(FakeReply(chunks=["a", "b", "c"], cut_after=1))
     client = await sdk(harness)
-    stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO, stream=True)
+    stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"], stream=True)
     received: list[Any] = []
 
     async def read_all() -> None:
@@ -213,27 +211,24 @@ async def test_provider_errors_keep_their_status_and_never_relay_the_key(harness
     harness.provider.enqueue(FakeReply.failure(401, code="invalid_api_key"))
     client = await sdk(harness)
     with pytest.raises(openai.APIStatusError) as caught:
-        await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO)
+        await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     assert caught.value.status_code == 502
     assert KEY[:12] not in json.dumps(caught.value.body)
     assert "Incorrect API key" not in json.dumps(caught.value.body)
 
 
 async def test_the_sdks_preflight_and_refusals_work_for_browsers(harness: Harness) -> None:
-    preflight = await harness.client.options(
+    answer = await harness.client.options(
         "/v1/chat/completions",
-        headers={
-            "access-control-request-method": "POST",
-            "access-control-request-headers": "authorization,content-type,x-stainless-os,x-stainless-retry-count",
-        },
+        headers=preflight("authorization,content-type,x-stainless-os,x-stainless-retry-count"),
     )
-    assert preflight.status_code == 204
-    assert preflight.headers["access-control-allow-origin"] == ORIGIN
-    allowed = {name.strip() for name in preflight.headers["access-control-allow-headers"].split(",")}
+    assert answer.status_code == 204
+    assert answer.headers["access-control-allow-origin"] == ORIGIN
+    allowed = {name.strip() for name in answer.headers["access-control-allow-headers"].split(",")}
     assert {"authorization", "x-stainless-os", "x-stainless-retry-count"} <= allowed
 
-    refused = await harness.client.post("/v1/chat/completions", json={"messages": HELLO})
-    assert refused.status_code == 401
+    refused = await harness.client.post("/v1/chat/completions", json=HELLO)
+    assert_openai_error(refused, 401, "Unauthorized")
     exposed = refused.headers["access-control-expose-headers"]
     for name in ("retry-after", "retry-after-ms", "x-request-id"):
         assert name in exposed
@@ -241,20 +236,16 @@ async def test_the_sdks_preflight_and_refusals_work_for_browsers(harness: Harnes
 
 async def test_a_forbidden_origin_is_refused_in_openais_shape(harness: Harness) -> None:
     response = await harness.client.post("/v1/chat/completions", headers={"origin": "https://evil.example"})
-    assert response.status_code == 403
-    assert response.json()["error"]["code"] == "Forbidden"
-    assert response.json()["error"]["type"] == "permission_error"
+    assert assert_openai_error(response, 403, "Forbidden")["type"] == "permission_error"
 
 
 async def test_unknown_v1_paths_and_methods_answer_in_openais_shape(harness: Harness) -> None:
     token = await harness.token()
     headers = {"authorization": f"Bearer {token}"}
     missing = await harness.client.get("/v1/embeddings", headers=headers)
-    assert missing.status_code == 404
-    assert missing.json()["error"]["code"] == "NotFound"
+    assert_openai_error(missing, 404, "NotFound")
     wrong = await harness.client.get("/v1/chat/completions", headers=headers)
-    assert wrong.status_code == 405
-    assert wrong.json()["error"]["code"] == "MethodNotAllowed"
+    assert_openai_error(wrong, 405, "MethodNotAllowed")
 
 
 async def test_requests_with_httpx_directly_get_the_same_answer(harness: Harness) -> None:
@@ -262,9 +253,16 @@ async def test_requests_with_httpx_directly_get_the_same_answer(harness: Harness
     harness.provider.enqueue(FakeReply(text="plain"))
     response = await harness.client.post(
         "/v1/chat/completions",
-        json={"model": "gpt-4.1-mini", "messages": HELLO},
+        json={**HELLO, "model": "gpt-4.1-mini"},
         headers={"authorization": f"Bearer {await harness.token()}"},
     )
-    assert response.status_code == 200
-    assert response.json()["choices"][0]["message"]["content"] == "plain"
-    assert isinstance(response, httpx.Response)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    # The same completion the SDK reads, in the shape it checks.
+    completion = ChatCompletion.model_validate(body, strict=True)
+    assert (completion.object, completion.model) == ("chat.completion", "gpt-4.1-mini")
+    [choice] = completion.choices
+    assert (choice.message.role, choice.message.content, choice.finish_reason) == ("assistant", "plain", "stop")
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == 1
