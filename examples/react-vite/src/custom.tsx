@@ -1,14 +1,13 @@
-import { isRateLimitError, type LLMGuardError } from "@llmguard/sdk";
 import { useChat } from "@llmguard/sdk/react";
 import { type KeyboardEvent, StrictMode } from "react";
 import { createRoot } from "react-dom/client";
 
 import "./proxy.ts"; // configure({ baseUrl }) for every SDK call
 
-// The same chat as the widget, with markup of our own: useChat keeps the history, the input and the status.
+// The same chat as the widget, with markup of our own: useChat keeps the history, the input, the status
+// and the rate-limit countdown (send() waits for it); "persist" keeps the conversation across reloads.
 function CustomChat() {
-  const { messages, input, setInput, send, status, error, stop } = useChat();
-  const busy = status === "submitted" || status === "streaming";
+  const { messages, input, setInput, send, isBusy: busy, error, retryIn, stop } = useChat({ persist: "custom" });
 
   function onKeyDown(event: KeyboardEvent<HTMLTextAreaElement>) {
     if (event.key === "Enter" && !event.shiftKey && !event.nativeEvent.isComposing) {
@@ -29,7 +28,7 @@ function CustomChat() {
       </ol>
       {error && (
         <p className="error" role="alert">
-          {describe(error)}
+          {retryIn > 0 ? `Too many requests: try again in ${retryIn} s.` : error.message}
         </p>
       )}
       <form
@@ -47,7 +46,7 @@ function CustomChat() {
           onChange={(event) => setInput(event.target.value)}
           onKeyDown={onKeyDown}
         />
-        <button type="submit" disabled={busy || !input.trim()}>
+        <button type="submit" disabled={busy || retryIn > 0 || !input.trim()}>
           Send
         </button>
         <button type="button" onClick={stop} disabled={!busy}>
@@ -56,12 +55,6 @@ function CustomChat() {
       </form>
     </main>
   );
-}
-
-function describe(error: LLMGuardError): string {
-  // The server's message already says when to try again; retryAfter is the same wait, in seconds.
-  if (isRateLimitError(error) && error.retryAfter) return `Too many requests: wait ${error.retryAfter} s. (${error.message})`;
-  return error.message;
 }
 
 createRoot(document.getElementById("root")!).render(
