@@ -1,5 +1,5 @@
 """What the tests share: distinctive values, the bundled app in-process, an app to put behind a
-middleware, and one reader each for an error, a stream and a log.
+middleware, one reader each for an error, a stream and a log, and what a provider call may end with.
 
 Plain functions and classes; the fixtures built on them live in conftest.py.
 """
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import pytest
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -299,3 +300,18 @@ def access_fields(caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
     records = access_records(caplog)
     assert records, "no access log record"
     return fields_of(records[-1])
+
+
+# -- what a provider call may end with (hypothesis) -----------------------------------------
+
+#: Token counts as a provider may report them.
+token_counts = st.integers(min_value=0, max_value=100_000)
+#: What a reservation may learn of its provider call: nothing (``("nothing", None)``), a refusal
+#: (``("refused", None)``), the provider's usage (``("usage", (prompt, completion))``), or only
+#: the text, complete or not (``("text", (tokens, complete))``).
+call_outcomes = st.one_of(
+    st.just(("nothing", None)),
+    st.just(("refused", None)),
+    st.tuples(st.just("usage"), st.tuples(token_counts, token_counts)),
+    st.tuples(st.just("text"), st.tuples(token_counts, st.booleans())),
+)

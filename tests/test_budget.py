@@ -6,47 +6,52 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import httpx
 import pytest
-from conftest import KEY, ORIGIN, find, make_settings
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+from harness import (
+    HELLO,
+    KEY,
+    ORIGIN,
+    PEER,
+    STREAM,
+    Harness,
+    access_fields,
+    asgi_client,
+    assert_error,
+    find,
+    make_settings,
+    sse_events,
+)
 from servers import ThreadedServer
 from starlette.requests import Request
 
 from llmguard import ChatEndpoint, TokenBudget, create_app
-from llmguard._budget import ClientBudgets
 from llmguard._charges import (
     IN_FLIGHT_TOKENS,
-    Counter,
-    charge,
-    client_wait,
-    humane,
     next_month,
-    output_room,
-    refusal,
-    units,
 )
-from llmguard._errors import SpendCapReached, TokenCapReached
 from llmguard._prices import DEFAULT_PRICES, Price
-from llmguard._state import RequestState, Usage
 from llmguard._storage import Storage
 from llmguard._tokens import estimate_prompt_tokens, estimate_text_tokens
 from llmguard.testing import FakeProvider, FakeReply
 
 MODEL = make_settings().openai_model
 LIMIT_PARAM = make_settings().token_limit_param
-HELLO = {"messages": [{"role": "user", "content": "Hello"}]}
-STREAM = {**HELLO, "stream": True}
 # What the server (and the fake provider, which uses the same estimate) counts for HELLO.
 PROMPT = estimate_prompt_tokens(["Hello"])
-IP = "203.0.113.7"
+
+Factory = Callable[..., Any]
+# Every budget on, each far from its limit: for what a request adds to the counters.
+EVERY_BUDGET: dict[str, Any] = {
+    "tokens_per_ip": "100000/day",
+    "monthly_token_cap": 1_000_000,
+    "monthly_spend_cap_usd": 100.0,
+}
 
 
 def words(count: int) -> FakeReply:
@@ -54,82 +59,36 @@ def words(count: int) -> FakeReply:
     return FakeReply(chunks=["word "] * count)
 
 
-# -- an app with its storage in reach ------------------------------------------------
+def reply_text(response: httpx.Response) -> str:
+    """The text of a served reply, JSON or stream (checking it was served)."""
+    assert response.status_code == 200, response.text
+    if response.headers["content-type"].startswith("text/event-stream"):
+        events = sse_events(response)
+        return "".join(event["delta"] for event in events if isinstance(event, dict) and event["type"] == "text-delta")
+    content: str = response.json()["content"]
+    return content
 
 
-class Guarded:
-    """The bundled app in-process, with clients from any IP and its budget's counters."""
-
-    def __init__(self, app: Any, provider: FakeProvider, clients: list[httpx.AsyncClient]) -> None:
-        self.app = app
-        self.provider = provider
-        self.budget = find(app, TokenBudget)
-        self._clients = clients
-
-    def client(self, ip: str = IP) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=self.app, client=(ip, 50000)),
-            base_url="http://testserver",
-            headers={"origin": ORIGIN},
-        )
-        self._clients.append(client)
-        return client
-
-    async def token(self, client: httpx.AsyncClient | None = None, headers: dict[str, str] | None = None) -> str:
-        response = await (client or self.client()).post("/api/token", headers=headers or {})
-        assert response.status_code == 200, response.text
-        token: str = response.json()["token"]
-        return token
-
-    async def chat(
-        self, body: Any = HELLO, *, token: str | None = None, client: httpx.AsyncClient | None = None
-    ) -> httpx.Response:
-        client = client or self.client()
-        token = token or await self.token(client)
-        headers = {"authorization": f"Bearer {token}"}
-        if isinstance(body, bytes):
-            return await client.post("/api/chat", content=body, headers=headers)
-        return await client.post("/api/chat", json=body, headers=headers)
-
-    async def client_tokens(self, client: str = f"ip:{IP}") -> int:
-        """Tokens counted on one client's window (this period and the last one)."""
-        return await client_tokens(self.budget, client)
-
-    async def month(self, kind: str = "tokens") -> int:
-        return await self.budget.storage.get(f"budget:month-{kind}:{datetime.now(timezone.utc):%Y-%m}")
-
-    async def counters(self) -> tuple[int, int, int]:
-        return await self.client_tokens(), await self.month("tokens"), await self.month("spend")
+# -- the budget's counters, in the storage of an app's TokenBudget ---------------------
 
 
-async def client_tokens(budget: TokenBudget, client: str) -> int:
+async def client_tokens(app: object, client: str = f"ip:{PEER}") -> int:
+    """Tokens counted on one client's window (this period and the last one)."""
+    budget = find(app, TokenBudget)
     assert budget.window is not None
     period = int(time.time() // budget.window.get_expiry())
     return sum([await budget.storage.get(f"budget:client:{client}:{p}") for p in (period - 1, period)])
 
 
-Factory = Callable[..., Any]
+async def month(app: object, kind: str = "tokens") -> int:
+    """This month's tokens (or micro-dollars, for ``"spend"``)."""
+    budget = find(app, TokenBudget)
+    return await budget.storage.get(f"budget:month-{kind}:{datetime.now(timezone.utc):%Y-%m}")
 
 
-@pytest.fixture
-async def guarded(provider: FakeProvider) -> AsyncIterator[Factory]:
-    clients: list[httpx.AsyncClient] = []
-    lifespans: list[Any] = []
-
-    async def make(*, authenticate: Any = None, transport: Any = None, **overrides: Any) -> Guarded:
-        app = create_app(
-            make_settings(**overrides), authenticate=authenticate, transport=transport or provider.transport()
-        )
-        lifespan = app.router.lifespan_context(app)
-        await lifespan.__aenter__()
-        lifespans.append(lifespan)
-        return Guarded(app, provider, clients)
-
-    yield make
-    for client in clients:
-        await client.aclose()
-    for lifespan in reversed(lifespans):
-        await lifespan.__aexit__(None, None, None)
+async def counters(app: object) -> tuple[int, int, int]:
+    """The default client's window, this month's tokens and this month's spend."""
+    return await client_tokens(app), await month(app, "tokens"), await month(app, "spend")
 
 
 async def eventually(condition: Callable[[], Any]) -> None:
@@ -140,14 +99,6 @@ async def eventually(condition: Callable[[], Any]) -> None:
             if await result if inspect.isawaitable(result) else result:
                 return
             await anyio.sleep(0.01)
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body: dict[str, Any] = response.json()
-    assert body["error"] == code
-    assert body["message"]
-    return body
 
 
 def seconds_to_next_month() -> float:
@@ -173,44 +124,44 @@ def seconds_to_next_month() -> float:
     ],
 )
 async def test_an_oversized_prompt_gets_413_and_never_reaches_the_provider(
-    guarded: Factory, settings: dict[str, Any], body: Any
+    harness_factory: Factory, settings: dict[str, Any], body: Any
 ) -> None:
-    app = await guarded(max_prompt_tokens=50, monthly_token_cap=100_000, **settings)
-    response = await app.chat(body)
+    harness: Harness = await harness_factory(max_prompt_tokens=50, monthly_token_cap=100_000, **settings)
+    response = await harness.chat(body)
     error = assert_error(response, 413, "PromptTooLarge")
     assert "50" in error["message"]
-    assert app.provider.requests == []
-    assert await app.month() == 0
+    assert harness.provider.requests == []
+    assert await month(harness.app) == 0
 
 
-async def test_a_prompt_within_max_prompt_tokens_is_served(guarded: Factory) -> None:
-    app = await guarded(max_prompt_tokens=estimate_prompt_tokens(["x" * 400]))
-    response = await app.chat({"messages": [{"role": "user", "content": "x" * 400}]})
-    assert response.status_code == 200, response.text
+async def test_a_prompt_within_max_prompt_tokens_is_served(harness_factory: Factory) -> None:
+    harness: Harness = await harness_factory(max_prompt_tokens=estimate_prompt_tokens(["x" * 400]))
+    harness.provider.enqueue(words(3))
+    assert reply_text(await harness.chat({"messages": [{"role": "user", "content": "x" * 400}]})) == "word " * 3
 
 
 # -- the per-client window -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_client_past_its_token_window_gets_429_with_when_to_retry(guarded: Factory, stream: bool) -> None:
-    app = await guarded(tokens_per_ip="60/hour", max_tokens=40)
-    app.provider.enqueue(words(40))
-    client = app.client()
-    token = await app.token(client)
-    first = await app.chat(STREAM if stream else HELLO, token=token, client=client)
-    assert first.status_code == 200, first.text
-    assert await app.client_tokens() == PROMPT + 40
+async def test_a_client_past_its_token_window_gets_429_with_when_to_retry(
+    harness_factory: Factory, stream: bool
+) -> None:
+    harness: Harness = await harness_factory(tokens_per_ip="60/hour", max_tokens=40)
+    harness.provider.enqueue(words(40))
+    token = await harness.token()
+    assert reply_text(await harness.chat(STREAM if stream else HELLO, token=token)) == "word " * 40
+    assert await client_tokens(harness.app) == PROMPT + 40
 
-    refused = await app.chat(STREAM if stream else HELLO, token=token, client=client)
+    refused = await harness.chat(STREAM if stream else HELLO, token=token)
     error = assert_error(refused, 429, "TokenBudgetExceeded")
     retry_after = int(refused.headers["retry-after"])
     assert 1 <= retry_after <= 2 * 3600
     assert error["retry_after"] == retry_after
     assert "try again" in error["message"].lower()
     assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
-    assert len(app.provider.requests) == 1
-    assert await app.client_tokens() == PROMPT + 40, "a refusal must give its reservation back"
+    assert len(harness.provider.requests) == 1
+    assert await client_tokens(harness.app) == PROMPT + 40, "a refusal must give its reservation back"
 
 
 def user_from_header(request: Request) -> Mapping[str, Any]:
@@ -220,61 +171,62 @@ def user_from_header(request: Request) -> Mapping[str, Any]:
     return claims
 
 
-async def test_budgets_follow_the_user_when_the_token_names_one(guarded: Factory) -> None:
-    app = await guarded(tokens_per_ip="60/hour", max_tokens=40, authenticate=user_from_header)
-    app.provider.enqueue(words(40), words(40))
-    client = app.client()  # both users behind one IP (an office, a mobile carrier)
-    alice = await app.token(client, {"x-user": "alice"})
-    bob = await app.token(client, {"x-user": "bob"})
+async def test_budgets_follow_the_user_when_the_token_names_one(harness_factory: Factory) -> None:
+    harness: Harness = await harness_factory(tokens_per_ip="60/hour", max_tokens=40, authenticate=user_from_header)
+    harness.provider.enqueue(words(40), words(40))
+    # Both users behind one IP (an office, a mobile carrier).
+    alice = await harness.token(headers={"x-user": "alice"})
+    bob = await harness.token(headers={"x-user": "bob"})
 
-    assert (await app.chat(token=alice, client=client)).status_code == 200
-    assert_error(await app.chat(token=alice, client=client), 429, "TokenBudgetExceeded")
-    assert (await app.chat(token=bob, client=client)).status_code == 200
+    assert reply_text(await harness.chat(token=alice)) == "word " * 40
+    assert_error(await harness.chat(token=alice), 429, "TokenBudgetExceeded")
+    assert reply_text(await harness.chat(token=bob)) == "word " * 40
 
-    assert await app.client_tokens("user:alice") == PROMPT + 40
-    assert await app.client_tokens("user:bob") == PROMPT + 40
-    assert await app.client_tokens(f"ip:{IP}") == 0
+    assert await client_tokens(harness.app, "user:alice") == PROMPT + 40
+    assert await client_tokens(harness.app, "user:bob") == PROMPT + 40
+    assert await client_tokens(harness.app, f"ip:{PEER}") == 0
 
 
-async def test_without_a_user_the_budget_follows_the_ip(guarded: Factory) -> None:
-    app = await guarded(tokens_per_ip="60/hour", max_tokens=40)
-    app.provider.enqueue(words(40), words(40))
-    here = app.client(IP)
-    assert (await app.chat(client=here)).status_code == 200
+async def test_without_a_user_the_budget_follows_the_ip(harness_factory: Factory) -> None:
+    harness: Harness = await harness_factory(tokens_per_ip="60/hour", max_tokens=40)
+    harness.provider.enqueue(words(40), words(40))
+    assert reply_text(await harness.chat()) == "word " * 40
     # A fresh token does not buy a fresh budget.
-    assert_error(await app.chat(client=here), 429, "TokenBudgetExceeded")
-    assert (await app.chat(client=app.client("198.51.100.20"))).status_code == 200
-    assert await app.client_tokens("ip:198.51.100.20") == PROMPT + 40
+    assert_error(await harness.chat(), 429, "TokenBudgetExceeded")
+    assert reply_text(await harness.chat(client=harness.client_from("198.51.100.20"))) == "word " * 40
+    assert await client_tokens(harness.app, "ip:198.51.100.20") == PROMPT + 40
 
 
 @pytest.mark.parametrize(
-    ("window", "quota", "second_status"),
+    ("window", "quota", "second_served"),
     [
-        pytest.param("60/hour", 1000, 200, id="larger-quota"),
-        pytest.param("100000/day", 60, 429, id="smaller-quota"),
+        pytest.param("60/hour", 1000, True, id="larger-quota"),
+        pytest.param("100000/day", 60, False, id="smaller-quota"),
     ],
 )
 async def test_a_quota_claim_replaces_the_window_amount(
-    guarded: Factory, window: str, quota: int, second_status: int
+    harness_factory: Factory, window: str, quota: int, second_served: bool
 ) -> None:
-    app = await guarded(tokens_per_ip=window, max_tokens=40, authenticate=user_from_header)
-    app.provider.enqueue(words(40), words(40), words(40))
-    client = app.client()
-    token = await app.token(client, {"x-user": "carol", "x-quota": str(quota)})
-    assert (await app.chat(token=token, client=client)).status_code == 200
-    assert (await app.chat(token=token, client=client)).status_code == second_status
+    harness: Harness = await harness_factory(tokens_per_ip=window, max_tokens=40, authenticate=user_from_header)
+    harness.provider.enqueue(words(40), words(40), words(40))
+    token = await harness.token(headers={"x-user": "carol", "x-quota": str(quota)})
+    assert reply_text(await harness.chat(token=token)) == "word " * 40
+    second = await harness.chat(token=token)
+    if second_served:
+        assert reply_text(second) == "word " * 40
+    else:
+        assert_error(second, 429, "TokenBudgetExceeded")
     # The quota is that user's: another user keeps the window's amount.
-    other = await app.token(client, {"x-user": "dave"})
-    assert (await app.chat(token=other, client=client)).status_code == 200
+    other = await harness.token(headers={"x-user": "dave"})
+    assert reply_text(await harness.chat(token=other)) == "word " * 40
 
 
-async def test_a_zero_quota_allows_nothing(guarded: Factory) -> None:
+async def test_a_zero_quota_allows_nothing(harness_factory: Factory) -> None:
     # An app that hands out what is left of a user's plan must be able to say "nothing left".
-    app = await guarded(tokens_per_ip="100000/day", authenticate=user_from_header)
-    client = app.client()
-    token = await app.token(client, {"x-user": "erin", "x-quota": "0"})
-    assert_error(await app.chat(token=token, client=client), 429, "TokenBudgetExceeded")
-    assert app.provider.requests == []
+    harness: Harness = await harness_factory(tokens_per_ip="100000/day", authenticate=user_from_header)
+    token = await harness.token(headers={"x-user": "erin", "x-quota": "0"})
+    assert_error(await harness.chat(token=token), 429, "TokenBudgetExceeded")
+    assert harness.provider.requests == []
 
 
 @pytest.mark.parametrize(
@@ -285,17 +237,16 @@ async def test_a_zero_quota_allows_nothing(guarded: Factory) -> None:
     ],
 )
 async def test_a_request_that_can_never_fit_the_window_is_not_told_to_retry(
-    guarded: Factory, settings: dict[str, Any], quota: str | None
+    harness_factory: Factory, settings: dict[str, Any], quota: str | None
 ) -> None:
     # The prompt and the smallest output (16 tokens) are more than the whole allowance:
     # no wait makes room, so a Retry-After would send the client back for the same refusal.
-    app = await guarded(authenticate=user_from_header, **settings)
-    client = app.client()
-    token = await app.token(client, {"x-user": "frank", **({"x-quota": quota} if quota else {})})
-    response = await app.chat(token=token, client=client)
-    assert response.json()["error"] == "TokenBudgetExceeded"
+    harness: Harness = await harness_factory(authenticate=user_from_header, **settings)
+    token = await harness.token(headers={"x-user": "frank", **({"x-quota": quota} if quota else {})})
+    response = await harness.chat(token=token)
+    assert_error(response, 429, "TokenBudgetExceeded")
     assert "retry-after" not in response.headers
-    assert app.provider.requests == []
+    assert harness.provider.requests == []
 
 
 # -- reservation and settlement ----------------------------------------------------------
@@ -329,16 +280,20 @@ async def test_a_request_that_can_never_fit_the_window_is_not_told_to_retry(
     ],
 )
 async def test_the_counters_settle_to_what_the_reply_used(
-    guarded: Factory, reply: FakeReply, stream: bool, completion: int
+    harness_factory: Factory, reply: FakeReply, stream: bool, completion: int
 ) -> None:
-    app = await guarded(tokens_per_ip="100000/day", monthly_token_cap=1_000_000, monthly_spend_cap_usd=100.0)
-    app.provider.enqueue(reply)
-    response = await app.chat(STREAM if stream else HELLO)
+    harness: Harness = await harness_factory(**EVERY_BUDGET)
+    harness.provider.enqueue(reply)
+    response = await harness.chat(STREAM if stream else HELLO)
     assert response.status_code == 200, response.text
     if not stream:
         assert response.json()["usage"]["total_tokens"] == PROMPT + completion
     price = DEFAULT_PRICES[MODEL]
-    assert await app.counters() == (PROMPT + completion, PROMPT + completion, price.micro_usd(PROMPT, completion))
+    assert await counters(harness.app) == (
+        PROMPT + completion,
+        PROMPT + completion,
+        price.micro_usd(PROMPT, completion),
+    )
 
 
 def showing_reasoning(*, stream: bool) -> httpx.MockTransport:
@@ -359,59 +314,63 @@ def showing_reasoning(*, stream: bool) -> httpx.MockTransport:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_a_reply_that_shows_reasoning_is_charged_as_a_reasoning_model(guarded: Factory, stream: bool) -> None:
+async def test_a_reply_that_shows_reasoning_is_charged_as_a_reasoning_model(
+    harness_factory: Factory, stream: bool
+) -> None:
     # Its hidden tokens are not in the text: without the provider's usage, the whole output cap.
-    app = await guarded(tokens_per_ip="100000/day", max_tokens=300, transport=showing_reasoning(stream=stream))
-    response = await app.chat(STREAM if stream else HELLO)
-    assert response.status_code == 200, response.text
-    assert await app.client_tokens() == PROMPT + 300
+    harness: Harness = await harness_factory(
+        tokens_per_ip="100000/day", max_tokens=300, transport=showing_reasoning(stream=stream)
+    )
+    response = await harness.chat(STREAM if stream else HELLO)
+    assert reply_text(response) == ("Par" if stream else "Paris.")
+    assert await client_tokens(harness.app) == PROMPT + 300
 
 
-async def test_the_worst_case_is_held_while_the_provider_answers(guarded: Factory) -> None:
-    app = await guarded(tokens_per_ip="100000/day", monthly_token_cap=1_000_000, max_tokens=300)
-    app.provider.enqueue(FakeReply(chunks=["word "] * 5, first_byte_delay=0.3))
+async def test_the_worst_case_is_held_while_the_provider_answers(harness_factory: Factory) -> None:
+    harness: Harness = await harness_factory(tokens_per_ip="100000/day", monthly_token_cap=1_000_000, max_tokens=300)
+    harness.provider.enqueue(FakeReply(chunks=["word "] * 5, first_byte_delay=0.3))
     held: tuple[int, int] | None = None
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(app.chat)
-        await eventually(lambda: bool(app.provider.requests))
-        held = (await app.client_tokens(), await app.month())
+        tasks.start_soon(harness.chat)
+        await eventually(lambda: bool(harness.provider.requests))
+        held = (await client_tokens(harness.app), await month(harness.app))
     assert held == (PROMPT + 300, PROMPT + 300)
-    assert (await app.client_tokens(), await app.month()) == (PROMPT + 5, PROMPT + 5)
+    assert (await client_tokens(harness.app), await month(harness.app)) == (PROMPT + 5, PROMPT + 5)
 
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("status", [500, 400])
 async def test_a_provider_refusal_leaves_the_counters_where_they_were(
-    guarded: Factory, stream: bool, status: int
+    harness_factory: Factory, stream: bool, status: int
 ) -> None:
-    app = await guarded(tokens_per_ip="100000/day", monthly_token_cap=1_000_000, monthly_spend_cap_usd=100.0)
-    app.provider.enqueue(words(7), FakeReply.failure(status))
-    assert (await app.chat()).status_code == 200
-    before = await app.counters()
-    response = await app.chat(STREAM if stream else HELLO)
+    harness: Harness = await harness_factory(**EVERY_BUDGET)
+    harness.provider.enqueue(words(7), FakeReply.failure(status))
+    assert reply_text(await harness.chat()) == "word " * 7
+    before = await counters(harness.app)
+    response = await harness.chat(STREAM if stream else HELLO)
     assert_error(response, 502, "UpstreamError")
-    assert await app.counters() == before
+    assert await counters(harness.app) == before
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "status"),
     [
-        pytest.param(b"{not json", id="not-json"),
-        pytest.param({"messages": []}, id="no-messages"),
-        pytest.param({"messages": [{"role": "system", "content": "obey"}]}, id="system-message"),
-        pytest.param({"messages": [{"role": "user", "content": 42}]}, id="not-text"),
+        pytest.param(b"{not json", 400, id="not-json"),
+        pytest.param({"messages": []}, 422, id="no-messages"),
+        pytest.param({"messages": [{"role": "system", "content": "obey"}]}, 422, id="system-message"),
+        pytest.param({"messages": [{"role": "user", "content": 42}]}, 422, id="not-text"),
     ],
 )
-async def test_an_invalid_request_leaves_the_counters_untouched(guarded: Factory, body: Any) -> None:
-    app = await guarded(tokens_per_ip="100000/day", monthly_token_cap=1_000_000, monthly_spend_cap_usd=100.0)
-    app.provider.enqueue(words(7))
-    assert (await app.chat()).status_code == 200
-    before = await app.counters()
-    response = await app.chat(body)
-    assert response.status_code in (400, 422), response.text
-    assert response.json()["error"] == "InvalidRequest"
-    assert await app.counters() == before
-    assert len(app.provider.requests) == 1
+async def test_an_invalid_request_leaves_the_counters_untouched(
+    harness_factory: Factory, body: Any, status: int
+) -> None:
+    harness: Harness = await harness_factory(**EVERY_BUDGET)
+    harness.provider.enqueue(words(7))
+    assert reply_text(await harness.chat()) == "word " * 7
+    before = await counters(harness.app)
+    assert_error(await harness.chat(body), status, "InvalidRequest")
+    assert await counters(harness.app) == before
+    assert len(harness.provider.requests) == 1
 
 
 # -- lowering the output cap ------------------------------------------------------------
@@ -428,27 +387,25 @@ async def test_an_invalid_request_leaves_the_counters_untouched(guarded: Factory
     ],
 )
 async def test_with_little_left_the_provider_is_asked_for_fewer_tokens(
-    guarded: Factory, settings: dict[str, Any], lowered: int
+    harness_factory: Factory, settings: dict[str, Any], lowered: int
 ) -> None:
-    app = await guarded(max_tokens=60, **settings)
-    app.provider.enqueue(words(40), words(10))
-    assert (await app.chat()).status_code == 200
-    assert app.provider.last_request.json[LIMIT_PARAM] == 60
+    harness: Harness = await harness_factory(max_tokens=60, **settings)
+    harness.provider.enqueue(words(40), words(10))
+    assert reply_text(await harness.chat()) == "word " * 40
+    assert harness.provider.last_request.json[LIMIT_PARAM] == 60
 
-    response = await app.chat()
-    assert response.status_code == 200, response.text
-    assert response.json()["content"]
-    assert app.provider.last_request.json[LIMIT_PARAM] == lowered
+    assert reply_text(await harness.chat()) == "word " * 10
+    assert harness.provider.last_request.json[LIMIT_PARAM] == lowered
 
 
-async def test_a_client_asking_for_fewer_tokens_reserves_fewer(guarded: Factory) -> None:
-    app = await guarded(monthly_token_cap=1_000_000, max_tokens=500)
-    app.provider.enqueue(FakeReply(chunks=["word "] * 5, first_byte_delay=0.3))
+async def test_a_client_asking_for_fewer_tokens_reserves_fewer(harness_factory: Factory) -> None:
+    harness: Harness = await harness_factory(monthly_token_cap=1_000_000, max_tokens=500)
+    harness.provider.enqueue(FakeReply(chunks=["word "] * 5, first_byte_delay=0.3))
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(app.chat, {**HELLO, "max_tokens": 30})
-        await eventually(lambda: bool(app.provider.requests))
-        assert await app.month() == PROMPT + 30
-    assert app.provider.last_request.json[LIMIT_PARAM] == 30
+        tasks.start_soon(harness.chat, {**HELLO, "max_tokens": 30})
+        await eventually(lambda: bool(harness.provider.requests))
+        assert await month(harness.app) == PROMPT + 30
+    assert harness.provider.last_request.json[LIMIT_PARAM] == 30
 
 
 # -- the monthly caps ----------------------------------------------------------------
@@ -462,20 +419,20 @@ async def test_a_client_asking_for_fewer_tokens_reserves_fewer(guarded: Factory)
     ],
 )
 async def test_a_monthly_cap_refuses_everyone_with_503_until_next_month(
-    guarded: Factory, settings: dict[str, Any], code: str
+    harness_factory: Factory, settings: dict[str, Any], code: str
 ) -> None:
-    app = await guarded(max_tokens=40, **settings)
-    app.provider.enqueue(words(40))
-    assert (await app.chat()).status_code == 200
+    harness: Harness = await harness_factory(max_tokens=40, **settings)
+    harness.provider.enqueue(words(40))
+    assert reply_text(await harness.chat()) == "word " * 40
 
-    for ip in (IP, "198.51.100.20", "2001:db8::1"):
-        refused = await app.chat(client=app.client(ip))
+    for ip in (PEER, "198.51.100.20", "2001:db8::1"):
+        refused = await harness.chat(client=harness.client_from(ip))
         error = assert_error(refused, 503, code)
         retry_after = int(refused.headers["retry-after"])
         assert error["retry_after"] == retry_after
         assert abs(retry_after - seconds_to_next_month()) <= 5
         assert "month" in error["message"]
-    assert len(app.provider.requests) == 1
+    assert len(harness.provider.requests) == 1
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -487,13 +444,13 @@ async def test_a_monthly_cap_refuses_everyone_with_503_until_next_month(
     ],
 )
 async def test_the_access_log_carries_the_tokens_and_their_cost(
-    guarded: Factory, caplog: pytest.LogCaptureFixture, stream: bool, prices: dict[str, Price], price: Price
+    harness_factory: Factory, caplog: pytest.LogCaptureFixture, stream: bool, prices: dict[str, Price], price: Price
 ) -> None:
     caplog.set_level(logging.INFO, logger="llmguard.access")
-    app = await guarded(model_prices=prices)
-    app.provider.enqueue(words(40))
-    assert (await app.chat(STREAM if stream else HELLO)).status_code == 200
-    fields = [r for r in caplog.records if r.name == "llmguard.access"][-1].llmguard  # type: ignore[attr-defined]
+    harness: Harness = await harness_factory(model_prices=prices)
+    harness.provider.enqueue(words(40))
+    assert reply_text(await harness.chat(STREAM if stream else HELLO)) == "word " * 40
+    fields = access_fields(caplog)
     assert fields["path"] == "/api/chat"
     assert (fields["prompt_tokens"], fields["completion_tokens"]) == (PROMPT, 40)
     expected = (PROMPT * price.input + 40 * price.output) / 1e6
@@ -528,11 +485,9 @@ def reported_total(response: httpx.Response) -> int:
     if not response.headers["content-type"].startswith("text/event-stream"):
         total: int = response.json()["usage"]["total_tokens"]
         return total
-    for line in response.text.splitlines():
-        if line.startswith("data: {") and (event := json.loads(line[6:]))["type"] == "finish":
-            total = event["messageMetadata"]["usage"]["total_tokens"]
-            return total
-    raise AssertionError("no finish event in the stream")
+    [finish] = [event for event in sse_events(response) if isinstance(event, dict) and event["type"] == "finish"]
+    total = finish["messageMetadata"]["usage"]["total_tokens"]
+    return total
 
 
 @pytest.mark.parametrize(
@@ -543,17 +498,18 @@ def reported_total(response: httpx.Response) -> int:
     ],
 )
 async def test_a_burst_of_concurrent_requests_never_asks_the_provider_for_more_than_the_budget(
-    guarded: Factory, provider: FakeProvider, settings: dict[str, Any], status: int, code: str
+    harness_factory: Factory, provider: FakeProvider, settings: dict[str, Any], status: int, code: str
 ) -> None:
     delay = 0.5
-    app = await guarded(max_tokens=500, transport=WorstCaseReplies(provider, first_byte_delay=delay), **settings)
-    client = app.client()
-    token = await app.token(client)
+    harness: Harness = await harness_factory(
+        max_tokens=500, transport=WorstCaseReplies(provider, first_byte_delay=delay), **settings
+    )
+    token = await harness.token()
     bodies = [STREAM if i % 2 else HELLO for i in range(32)]
     responses: list[httpx.Response] = []
 
     async def one(body: Any) -> None:
-        responses.append(await app.chat(body, token=token, client=client))
+        responses.append(await harness.chat(body, token=token))
 
     with anyio.fail_after(15):
         async with anyio.create_task_group() as tasks:
@@ -574,7 +530,7 @@ async def test_a_burst_of_concurrent_requests_never_asks_the_provider_for_more_t
     asked = sum(PROMPT + r.json[LIMIT_PARAM] for r in provider.requests)
     assert asked <= 3000
     reported = sum(reported_total(r) for r in served)
-    counter = await app.month() if "monthly_token_cap" in settings else await app.client_tokens()
+    counter = await month(harness.app) if "monthly_token_cap" in settings else await client_tokens(harness.app)
     assert counter == reported == asked
 
 
@@ -583,7 +539,6 @@ async def test_a_burst_of_concurrent_requests_never_asks_the_provider_for_more_t
 
 async def test_a_client_abort_mid_stream_is_charged_for_what_was_streamed(provider: FakeProvider) -> None:
     app = create_app(make_settings(tokens_per_ip="100000/day"), transport=provider.transport())
-    budget = find(app, TokenBudget)
     provider.enqueue(FakeReply(chunks=["word "] * 200, delay=0.02))
     read: list[str] = []
     with ThreadedServer(app) as server:
@@ -601,7 +556,7 @@ async def test_a_client_abort_mid_stream_is_charged_for_what_was_streamed(provid
         settled: list[int] = []
 
         async def charged_now() -> bool:
-            settled.append(await client_tokens(budget, "ip:127.0.0.1"))
+            settled.append(await client_tokens(app, "ip:127.0.0.1"))
             return settled[-1] != reservation
 
         await eventually(charged_now)
@@ -631,7 +586,7 @@ async def test_a_storage_failure_during_the_reservation_follows_the_policy(
     chat = ChatEndpoint(api_key=KEY, max_tokens=300, transport=provider.transport(), retries=0)
     app = TokenBudget(chat, storage=storage, tokens_per_client="1000/hour", monthly_token_cap=10_000)
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        async with asgi_client(app) as client:
             with anyio.fail_after(5):
                 response = await client.post("/api/chat", json=HELLO)
     finally:
@@ -644,226 +599,3 @@ async def test_a_storage_failure_during_the_reservation_follows_the_policy(
     else:
         assert response.json()["content"]
         assert provider.last_request.json[LIMIT_PARAM] == 300
-
-
-# -- units: when to retry -------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("moment", "expected"),
-    [
-        (datetime(2025, 12, 15, 8, 30, tzinfo=timezone.utc), datetime(2026, 1, 1, tzinfo=timezone.utc)),
-        (datetime(2025, 12, 31, 23, 59, 59, tzinfo=timezone.utc), datetime(2026, 1, 1, tzinfo=timezone.utc)),
-        (datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 2, 1, tzinfo=timezone.utc)),
-        (datetime(2024, 2, 29, 12, tzinfo=timezone.utc), datetime(2024, 3, 1, tzinfo=timezone.utc)),
-    ],
-)
-def test_next_month_starts_on_the_first_at_midnight_utc(moment: datetime, expected: datetime) -> None:
-    assert next_month(moment) == expected
-
-
-def fits_after(wait: float, *, now: float, previous: int, current: int, needed: int, limit: int, length: int) -> bool:
-    """Whether the sliding window has room for ``needed`` tokens ``wait`` seconds from ``now``."""
-    later = now + wait
-    start = now - now % length
-    if later < start + length:
-        used = previous * (1 - (later % length) / length) + current
-    elif later < start + 2 * length:
-        used = current * (1 - (later % length) / length)
-    else:
-        used = 0
-    return used + needed <= limit + 1e-9
-
-
-@pytest.mark.parametrize(
-    ("into", "previous", "current", "needed"),
-    [
-        pytest.param(0, 50, 30, 40, id="the-last-period-fades"),
-        pytest.param(1200, 120, 0, 40, id="the-last-period-fades-later-on"),
-        pytest.param(1800, 0, 80, 40, id="this-period-fades-in-the-next"),
-        pytest.param(3000, 60, 70, 40, id="both"),
-        pytest.param(100, 100, 0, 3, id="almost-room"),
-    ],
-)
-def test_the_client_retry_after_is_when_the_window_has_room_again(
-    into: int, previous: int, current: int, needed: int
-) -> None:
-    length, limit = 3600, 100
-    now = 1000 * length + into
-    carried = previous * (1 - into / length)
-    assert not fits_after(0, now=now, previous=previous, current=current, needed=needed, limit=limit, length=length)
-    wait = client_wait(limit=limit, carried=carried, current=current, needed=needed, now=now, length=length)
-    state = {"now": now, "previous": previous, "current": current, "needed": needed, "limit": limit, "length": length}
-    assert wait >= 1
-    assert fits_after(wait, **state)
-    # And not much sooner: the estimate is whole seconds, rounded up.
-    assert wait == 1 or not fits_after(wait - 1.5, **state)
-
-
-@pytest.mark.parametrize(
-    ("kind", "code"),
-    [("month-tokens", "TokenCapReached"), ("month-spend", "SpendCapReached")],
-)
-def test_a_monthly_refusal_says_to_retry_at_the_start_of_next_month(kind: Any, code: str) -> None:
-    now = datetime(2025, 12, 31, 23, 59, 30, tzinfo=timezone.utc).timestamp()
-    counter = Counter(kind, f"budget:{kind}:2025-12", 1000, 86400)
-    error = refusal(counter, 1000, now=now, needed=25)
-    assert (error.code, error.status_code, error.retry_after) == (code, 503, 30)
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(1, "1 second"), (2, "2 seconds"), (89, "89 seconds"), (90, "2 minutes"), (600, "10 minutes"), (5400, "2 hours")],
-)
-def test_retry_times_read_naturally(seconds: int, text: str) -> None:
-    assert humane(seconds) == text
-
-
-def test_the_refusal_message_says_when_to_retry() -> None:
-    counter = Counter("client", "budget:client:ip:192.0.2.1:1000", 100, 7200, period=3600)
-    error = refusal(counter, 80, now=1000 * 3600 + 1800, needed=40)
-    assert (error.code, error.status_code) == ("TokenBudgetExceeded", 429)
-    assert error.retry_after is not None
-    assert f"Try again in {humane(error.retry_after)}." in error.message
-
-
-# -- properties of the arithmetic and of reservations (hypothesis) -----------------------------
-
-counts = st.integers(min_value=0, max_value=100_000)
-caps = st.integers(min_value=1, max_value=100_000)
-recorded = st.one_of(
-    st.just(("nothing", None)),
-    st.just(("refused", None)),
-    st.tuples(st.just("usage"), st.tuples(counts, counts)),
-    st.tuples(st.just("text"), st.tuples(counts, st.booleans())),
-)
-
-
-@given(prompt=counts, cap=caps, outcome=recorded, reasoning=st.booleans())
-def test_a_charge_is_never_negative_and_never_below_what_was_seen(
-    prompt: int, cap: int, outcome: tuple[str, Any], reasoning: bool
-) -> None:
-    kind, detail = outcome
-    usage = Usage(*detail) if kind == "usage" else None
-    text, complete = detail if kind == "text" else (None, False)
-    charged = charge(
-        prompt_tokens=prompt,
-        output_cap=cap,
-        refused=kind == "refused",
-        usage=usage,
-        output_text_tokens=text,
-        complete=complete,
-        reasoning=reasoning,
-    )
-    assert charged.prompt_tokens >= 0
-    assert charged.completion_tokens >= 0
-    if usage is not None:
-        assert charged == usage  # the provider's word is final
-    elif kind == "refused":
-        assert charged.total_tokens == 0
-    else:
-        # Never more than the provider could bill (it got this output cap) ...
-        assert charged.prompt_tokens == prompt
-        assert charged.completion_tokens <= cap
-        # ... never less than what came back, and the worst case whenever hidden tokens are possible.
-        assert charged.completion_tokens >= min(cap, text or 0)
-        if kind == "nothing" or reasoning:
-            assert charged.completion_tokens == cap
-
-
-prices = st.builds(Price, st.floats(0, 100), st.floats(0.01, 200))
-
-
-@given(kind=st.sampled_from(["client", "month-tokens", "month-spend"]), price=prices, room=counts, prompt=counts)
-def test_the_output_room_fits_in_the_room(kind: Any, price: Price, room: int, prompt: int) -> None:
-    output = output_room(kind, price, room, prompt)
-    if output >= 0:
-        assert units(kind, price, prompt, output) <= room
-        # And it is the largest that fits (one more token would not).
-        assert units(kind, price, prompt, output + 1) > room or output >= 1 << 30
-
-
-@given(
-    length=st.sampled_from([60, 3600, 86400]),
-    into=st.floats(0, 0.999),
-    previous=st.integers(0, 1000),
-    current=st.integers(0, 1000),
-    needed=st.integers(1, 500),
-    limit=st.integers(1, 1000),
-)
-def test_the_client_wait_is_when_there_is_room_again(
-    length: int, into: float, previous: int, current: int, needed: int, limit: int
-) -> None:
-    now = 1000 * length + into * length
-    state = {"now": now, "previous": previous, "current": current, "needed": needed, "limit": limit, "length": length}
-    carried = previous * (1 - (now % length) / length)
-    assume(needed <= limit and not fits_after(0, **state))
-    wait = client_wait(limit=limit, carried=carried, current=current, needed=needed, now=now, length=length)
-    assert wait >= 1
-    assert fits_after(wait, **state)
-
-
-async def _no_app(scope: Any, receive: Any, send: Any) -> None:
-    raise AssertionError("not called")
-
-
-requests = st.lists(
-    st.tuples(st.integers(1, 400), st.integers(1, 600), recorded, st.integers(0, 3)),
-    min_size=1,
-    max_size=12,
-)
-
-
-@settings(max_examples=150, deadline=None)
-@given(requests=requests, limit=st.integers(20, 3000), spend=st.booleans())
-def test_concurrent_reservations_never_pass_the_cap_and_each_settles_once(
-    requests: list[tuple[int, int, tuple[str, Any], int]], limit: int, spend: bool
-) -> None:
-    price = DEFAULT_PRICES[MODEL]
-
-    async def scenario() -> None:
-        storage = Storage("memory://")
-        owner = TokenBudget(
-            _no_app,
-            storage=storage,
-            tokens_per_client=None,
-            monthly_token_cap=None if spend else limit,
-            monthly_spend_cap_usd=limit / 1e6 if spend else None,  # micro-dollars: the same numbers
-            min_output_tokens=1,
-        )
-        budgets = ClientBudgets(owner, "ip:192.0.2.1", RequestState())
-        kind = "month-spend" if spend else "month-tokens"
-        key = f"budget:{kind}:{datetime.now(timezone.utc):%Y-%m}"
-        charges: list[int] = []
-
-        async def one(prompt: int, cap: int, outcome: tuple[str, Any], pauses: int) -> None:
-            try:
-                reservation = await budgets.reserve(model=MODEL, prompt_tokens=prompt, max_output_tokens=cap)
-            except (TokenCapReached, SpendCapReached):
-                return
-            assert 1 <= reservation.output_tokens <= cap
-            assert await storage.get(key) <= limit, "the holds passed the cap"
-            for _ in range(pauses):
-                await anyio.lowlevel.checkpoint()  # let the others interleave
-            kind_, detail = outcome
-            if kind_ == "refused":
-                reservation.refused()
-            elif kind_ == "usage":
-                # What a provider may bill: at most the prompt bound and the granted output cap.
-                used = Usage(detail[0] % (prompt + 1), detail[1] % (reservation.output_tokens + 1))
-                reservation.answered(used, 0, complete=True)
-            elif kind_ == "text":
-                reservation.answered(None, detail[0], complete=detail[1])
-            charged = await reservation.settle()
-            assert await reservation.settle() is charged  # twice, charged once
-            charges.append(units(kind, price, charged.prompt_tokens, charged.completion_tokens))
-
-        async with anyio.create_task_group() as tasks:
-            for request in requests:
-                tasks.start_soon(one, *request)
-        await budgets.settle_all()  # the middleware's net: nothing more to do
-        total = await storage.get(key)
-        assert total == sum(charges)
-        assert total <= limit
-
-    anyio.run(scenario)
