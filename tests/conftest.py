@@ -8,17 +8,11 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
-from harness import KEY, ORIGIN, SECRET, Harness, find, make_settings, running
+from harness import KEY, Harness, running
 from hypothesis import settings as hypothesis_settings
 from servers import ThreadedServer, free_port
 
 from llmguard.testing import FakeProvider
-
-# Temporary: KEY, ORIGIN, SECRET, find and make_settings are re-exported (and Harness named) for the
-# modules that still import them from here: test_access_log, test_budget, test_chat_endpoint,
-# test_client_ip, test_openai_route, test_rate_limit, test_sdk_route, test_settings, test_storage and
-# test_upstream. Drop them once those import from harness; tests import scaffolding from harness.py.
-__all__ = ["KEY", "ORIGIN", "SECRET", "Harness", "find", "make_settings"]
 
 # Shared, noisy machines: a property is about what happens, never how fast (bench/ measures that).
 hypothesis_settings.register_profile("llmguard", deadline=None, print_blob=True)
@@ -72,7 +66,8 @@ def provider() -> FakeProvider:
 
 @pytest.fixture
 async def harness_factory(provider: FakeProvider) -> AsyncIterator[Callable[..., Any]]:
-    """``await harness_factory(**overrides)``: a Harness on ``make_settings(**overrides)``, closed after the test."""
+    """``await harness_factory(authenticate=..., transport=..., **overrides)``: a Harness on
+    ``make_settings(**overrides)`` (in front of ``provider`` unless ``transport``), closed after the test."""
     async with AsyncExitStack() as stack:
 
         async def make(**overrides: Any) -> Harness:
