@@ -11,6 +11,7 @@ settings it is about.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import re
 import socket
@@ -221,13 +222,17 @@ def test_3_a_reasoning_stream_closed_early_is_charged_its_output_cap(
     with serve(OPENAI_MODEL="o4-mini", TOKENS_PER_IP=f"{window}/hour", MAX_TOKENS=str(cap)) as server:
         token = mint(server)
         statuses = []
+
+        def closed_by_the_client(requests_before: int) -> bool:
+            return len(fake.requests) > requests_before and fake.requests[-1].disconnected_at is not None
+
         for _ in range(8):
             fake.enqueue(FakeReply(chunks=["word "] * 100, reasoning_tokens=250, delay=0.05))
             before = len(fake.requests)
             statuses.append(read_deltas_then_close(server, token, 2))
             if statuses[-1] != 200:
                 break
-            wait_for(lambda n=before: len(fake.requests) > n and fake.requests[-1].disconnected_at is not None)
+            wait_for(functools.partial(closed_by_the_client, before))
         # Each stream closed mid-reply is charged its prompt and the whole output cap it was given
         # (the hidden tokens came before the text), not the two deltas the client saw.
         charged = sum(prompt + request.json["max_tokens"] for request in fake.requests)

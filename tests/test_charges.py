@@ -61,7 +61,14 @@ def test_the_client_retry_after_is_when_the_window_has_room_again(
     carried = previous * (1 - into / length)
     assert not fits_after(0, now=now, previous=previous, current=current, needed=needed, limit=limit, length=length)
     wait = client_wait(limit=limit, carried=carried, current=current, needed=needed, now=now, length=length)
-    state = {"now": now, "previous": previous, "current": current, "needed": needed, "limit": limit, "length": length}
+    state: dict[str, Any] = {
+        "now": now,
+        "previous": previous,
+        "current": current,
+        "needed": needed,
+        "limit": limit,
+        "length": length,
+    }
     assert wait >= 1
     assert fits_after(wait, **state)
     # And not much sooner: the estimate is whole seconds, rounded up.
@@ -161,7 +168,14 @@ def test_the_client_wait_is_when_there_is_room_again(
     length: int, into: float, previous: int, current: int, needed: int, limit: int
 ) -> None:
     now = 1000 * length + into * length
-    state = {"now": now, "previous": previous, "current": current, "needed": needed, "limit": limit, "length": length}
+    state: dict[str, Any] = {
+        "now": now,
+        "previous": previous,
+        "current": current,
+        "needed": needed,
+        "limit": limit,
+        "length": length,
+    }
     carried = previous * (1 - (now % length) / length)
     assume(needed <= limit and not fits_after(0, **state))
     wait = client_wait(limit=limit, carried=carried, current=current, needed=needed, now=now, length=length)

@@ -13,7 +13,7 @@ from starlette.types import Message, Receive, Scope
 
 from llmguard import InvalidRequest, PayloadTooLarge
 from llmguard._chat_request import MAX_DEPTH, ChatMessage, ChatRequest, parse_chat_request, parse_json, read_body
-from llmguard._settings import DEFAULT_MODEL
+from llmguard._chat_service import DEFAULT_MODEL
 
 MODEL = DEFAULT_MODEL
 USER_HI = {"role": "user", "content": "Hi"}

@@ -23,7 +23,8 @@ async def sdk(harness: Harness, token: str | None = None) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(
         base_url="http://testserver/v1",
         api_key=token or await harness.token(),
-        http_client=harness.client,
+        # openai types this as its httpx2 client; it takes an httpx one too (_httpx2.is_legacy_httpx_async_client).
+        http_client=harness.client,  # type: ignore[arg-type]
         max_retries=0,
     )
 

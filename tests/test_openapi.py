@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import httpx
 import jsonschema_rs
@@ -38,7 +38,7 @@ import jwt
 import pytest
 import requests
 import schemathesis
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML among the dev dependencies
 from harness import DONE, HELLO, KEY, ORIGIN, SECRET, sse_events
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
@@ -57,6 +57,9 @@ SEED = 20261201
 FUZZ_TARGET = 10_000
 ALLOWED_MODEL = "gpt-4.1-nano"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+# A generated case for any operation, as schemathesis types its own checks.
+Case: TypeAlias = schemathesis.Case[Any]
 
 
 # -- the spec itself ------------------------------------------------------------------------
@@ -334,7 +337,7 @@ def _event_data_validators() -> dict[str, jsonschema_rs.Validator]:
 EVENT_DATA = _event_data_validators()
 
 
-def stream_events_conform(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool | None:
+def stream_events_conform(ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Case) -> bool | None:
     """Each event of a stream is ``data: <JSON>`` as the spec's contentSchema says, and ``[DONE]`` ends it."""
     content_type = response.headers.get("content-type", [""])[0]
     if not content_type.startswith("text/event-stream"):
@@ -354,7 +357,7 @@ def stream_events_conform(ctx: Any, response: schemathesis.Response, case: schem
     return True
 
 
-def request_id_matches(ctx: Any, response: schemathesis.Response, case: schemathesis.Case) -> bool | None:
+def request_id_matches(ctx: schemathesis.CheckContext, response: schemathesis.Response, case: Case) -> bool | None:
     """An llmguard error body's ``request_id`` is the one in ``X-Request-ID``."""
     content_type = response.headers.get("content-type", [""])[0]
     if response.status_code < 400 or not content_type.startswith("application/json"):
@@ -365,7 +368,7 @@ def request_id_matches(ctx: Any, response: schemathesis.Response, case: schemath
     return True
 
 
-EXTRA_CHECKS = [stream_events_conform, request_id_matches]
+EXTRA_CHECKS: list[schemathesis.CheckFunction] = [stream_events_conform, request_id_matches]
 
 
 def _token(secret: str = SECRET, **changes: Any) -> str:
@@ -426,7 +429,7 @@ class Fuzzing:
             self.token, self.minted_at = response.json()["token"], time.monotonic()
         return f"Bearer {self.token}"
 
-    def send(self, case: schemathesis.Case) -> None:
+    def send(self, case: Case) -> None:
         explicit = self.prepare(case)
         label = case.operation.label
         try:
@@ -446,7 +449,7 @@ class Fuzzing:
         self.sent[label] += 1
         self.statuses[(label, response.status_code)] += 1
 
-    def prepare(self, case: schemathesis.Case) -> dict[str, str]:
+    def prepare(self, case: Case) -> dict[str, str]:
         """Put an allowed Origin and a valid token on the case, unless it is about them.
 
         Negative cases and probes get both, so that what they test is the one thing that is wrong.
@@ -519,13 +522,13 @@ def fuzzing(upstream: tuple[FakeProvider, str], tmp_path_factory: pytest.TempPat
 
 @pytest.mark.timeout(900)
 @SCHEMA.parametrize()
-def test_fuzz(case: schemathesis.Case, fuzzing: Fuzzing) -> None:
+def test_fuzz(case: Case, fuzzing: Fuzzing) -> None:
     fuzzing.send(case)
 
 
 @pytest.mark.timeout(900)
 @CHAT_FIELDS.parametrize()
-def test_fuzz_chat_fields(case: schemathesis.Case, fuzzing: Fuzzing) -> None:
+def test_fuzz_chat_fields(case: Case, fuzzing: Fuzzing) -> None:
     fuzzing.send(case)
 
 
@@ -620,7 +623,7 @@ class Explicit:
 
     def case(
         self, method: str, path: str, *, body: Any = None, origin: str | None = ORIGIN, token: str | None = MINT
-    ) -> schemathesis.Case:
+    ) -> Case:
         """A request to ``path`` from ``origin`` with ``token`` (by default a new one from the server)."""
         headers = {} if origin is None else {"Origin": origin}
         if token is not None:
@@ -655,7 +658,7 @@ def error_code(response: schemathesis.Response) -> str:
     return code
 
 
-def validate_raw(case: schemathesis.Case, url: str, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+def validate_raw(case: Case, url: str, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
     """Check a response read off a raw connection against the spec, as call_and_validate would."""
     request = httpx.Request(case.method, url, headers=dict(case.headers))
     response = httpx.Response(status, headers=headers, content=body, request=request)

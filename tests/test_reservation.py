@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from llmguard import TokenBudget
 from llmguard._budget import ClientBudgets
-from llmguard._charges import units
+from llmguard._charges import Kind, units
 from llmguard._chat_service import DEFAULT_MODEL
 from llmguard._errors import SpendCapReached, TokenCapReached
 from llmguard._prices import DEFAULT_PRICES
@@ -50,7 +50,7 @@ def test_concurrent_reservations_never_pass_the_cap_and_each_settles_once(
             min_output_tokens=1,
         )
         budgets = ClientBudgets(owner, "ip:192.0.2.1", RequestState())
-        kind = "month-spend" if spend else "month-tokens"
+        kind: Kind = "month-spend" if spend else "month-tokens"
         key = f"budget:{kind}:{datetime.now(timezone.utc):%Y-%m}"
         charges: list[int] = []
 

@@ -332,7 +332,7 @@ def test_every_setting_is_declared_once_with_a_parser_a_check_help_and_what_it_f
 
 
 # Where each ``Name(argument=)`` of a declaration's ``feeds`` is looked up.
-FED = {
+FED: dict[str, Callable[..., Any]] = {
     "ChatEndpoint": ChatEndpoint,
     "ClientIP": ClientIP,
     "IPRateLimit": IPRateLimit,

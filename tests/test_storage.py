@@ -334,7 +334,8 @@ async def test_on_redis_a_late_or_repeated_step_after_the_settlement_changes_not
 
 
 async def test_pooled_connections_survive_a_redis_restart() -> None:
-    with RestartableRedis() as redis_server:
+    redis_server = RestartableRedis()
+    with redis_server:
         storage = Storage(redis_server.url, timeout=1)
         try:
             # Several connections in the pool, all of them dead once Redis restarts.

@@ -444,7 +444,7 @@ def failing_with(error: Exception, *, mapped_by: type[httpx.TransportError] | No
             True,
             False,
             id="bad-status-line",
-        ),  # type: ignore[arg-type]
+        ),
     ],
 )
 async def test_aiohttp_errors_are_judged_by_aiohttp_s_own_class(
