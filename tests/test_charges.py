@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,17 +31,34 @@ def test_next_month_starts_on_the_first_at_midnight_utc(moment: datetime, expect
     assert next_month(moment) == expected
 
 
-def fits_after(wait: float, *, now: float, previous: int, current: int, needed: int, limit: int, length: int) -> bool:
-    """Whether the sliding window has room for ``needed`` tokens ``wait`` seconds from ``now``."""
-    later = now + wait
-    start = now - now % length
-    if later < start + length:
-        used = previous * (1 - (later % length) / length) + current
-    elif later < start + 2 * length:
-        used = current * (1 - (later % length) / length)
-    else:
-        used = 0
-    return used + needed <= limit + 1e-9
+@dataclass(frozen=True)
+class Window:
+    """A client's sliding window at ``now``: the last period's count, this one's, its limit and length."""
+
+    now: float
+    previous: int
+    current: int
+    limit: int
+    length: int
+
+    def fits_after(self, wait: float, needed: int) -> bool:
+        """Whether the window has room for ``needed`` tokens ``wait`` seconds from now."""
+        later = self.now + wait
+        start = self.now - self.now % self.length
+        if later < start + self.length:
+            used = self.previous * (1 - (later % self.length) / self.length) + self.current
+        elif later < start + 2 * self.length:
+            used = self.current * (1 - (later % self.length) / self.length)
+        else:
+            used = 0
+        return used + needed <= self.limit + 1e-9
+
+    def client_wait(self, needed: int) -> int:
+        """What llmguard tells a client asking for ``needed`` tokens to wait."""
+        carried = self.previous * (1 - (self.now % self.length) / self.length)
+        return client_wait(
+            limit=self.limit, carried=carried, current=self.current, needed=needed, now=self.now, length=self.length
+        )
 
 
 @pytest.mark.parametrize(
@@ -56,23 +74,13 @@ def fits_after(wait: float, *, now: float, previous: int, current: int, needed: 
 def test_the_client_retry_after_is_when_the_window_has_room_again(
     into: int, previous: int, current: int, needed: int
 ) -> None:
-    length, limit = 3600, 100
-    now = 1000 * length + into
-    carried = previous * (1 - into / length)
-    assert not fits_after(0, now=now, previous=previous, current=current, needed=needed, limit=limit, length=length)
-    wait = client_wait(limit=limit, carried=carried, current=current, needed=needed, now=now, length=length)
-    state: dict[str, Any] = {
-        "now": now,
-        "previous": previous,
-        "current": current,
-        "needed": needed,
-        "limit": limit,
-        "length": length,
-    }
+    window = Window(now=1000 * 3600 + into, previous=previous, current=current, limit=100, length=3600)
+    assert not window.fits_after(0, needed)
+    wait = window.client_wait(needed)
     assert wait >= 1
-    assert fits_after(wait, **state)
+    assert window.fits_after(wait, needed)
     # And not much sooner: the estimate is whole seconds, rounded up.
-    assert wait == 1 or not fits_after(wait - 1.5, **state)
+    assert wait == 1 or not window.fits_after(wait - 1.5, needed)
 
 
 @pytest.mark.parametrize(
@@ -167,17 +175,8 @@ def test_the_output_room_fits_in_the_room(kind: Any, price: Price, room: int, pr
 def test_the_client_wait_is_when_there_is_room_again(
     length: int, into: float, previous: int, current: int, needed: int, limit: int
 ) -> None:
-    now = 1000 * length + into * length
-    state: dict[str, Any] = {
-        "now": now,
-        "previous": previous,
-        "current": current,
-        "needed": needed,
-        "limit": limit,
-        "length": length,
-    }
-    carried = previous * (1 - (now % length) / length)
-    assume(needed <= limit and not fits_after(0, **state))
-    wait = client_wait(limit=limit, carried=carried, current=current, needed=needed, now=now, length=length)
+    window = Window(now=1000 * length + into * length, previous=previous, current=current, limit=limit, length=length)
+    assume(needed <= limit and not window.fits_after(0, needed))
+    wait = window.client_wait(needed)
     assert wait >= 1
-    assert fits_after(wait, **state)
+    assert window.fits_after(wait, needed)
