@@ -47,7 +47,7 @@ def watching(server: RedisServer) -> Iterator[list[str]]:
     commands: list[str] = []
     marker = redis.Redis(port=server.port, socket_timeout=5)
     marker.ping()  # its handshake happens now, not inside the block
-    with redis.Redis(port=server.port, socket_timeout=5).monitor() as monitor:
+    with redis.Redis(port=server.port, socket_timeout=5).monitor() as monitor:  # type: ignore[no-untyped-call]  # redis-py leaves monitor() unannotated
 
         def listen() -> None:
             for event in monitor.listen():
