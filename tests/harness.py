@@ -39,6 +39,16 @@ HELLO: dict[str, Any] = {"messages": [{"role": "user", "content": "Hello"}]}
 STREAM: dict[str, Any] = {**HELLO, "stream": True}
 #: The last event of a UI message stream; ``sse_events`` gives it as this string.
 DONE = "[DONE]"
+# (OPENAI_BASE_URL, MAX_TOKENS_PARAM) → the payload field that carries the output cap.
+TOKEN_PARAM_CASES = [
+    ("https://api.openai.com/v1", "auto", "max_completion_tokens"),
+    ("https://API.OpenAI.com/v1", "auto", "max_completion_tokens"),
+    ("https://api.groq.com/openai/v1", "auto", "max_tokens"),
+    ("http://localhost:11434/v1", "auto", "max_tokens"),
+    ("https://api.openai.com.proxy.example/v1", "auto", "max_tokens"),
+    ("https://api.groq.com/openai/v1", "max_completion_tokens", "max_completion_tokens"),
+    ("https://api.openai.com/v1", "max_tokens", "max_tokens"),
+]
 
 
 # -- settings and the ASGI tree --------------------------------------------------------

@@ -11,7 +11,17 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from harness import HELLO, KEY, STREAM, Harness, access_fields, assert_error, make_settings, sse_events
+from harness import (
+    HELLO,
+    KEY,
+    STREAM,
+    TOKEN_PARAM_CASES,
+    Harness,
+    access_fields,
+    assert_error,
+    make_settings,
+    sse_events,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -84,16 +94,7 @@ async def test_the_default_cap_is_2000(harness: Harness) -> None:
     assert harness.provider.last_request.json[LIMIT_PARAM] == 2000
 
 
-@pytest.mark.parametrize(
-    ("base_url", "choice", "param"),
-    [
-        ("https://api.openai.com/v1", "auto", "max_completion_tokens"),
-        ("https://openrouter.ai/api/v1", "auto", "max_tokens"),
-        ("http://localhost:11434/v1", "auto", "max_tokens"),
-        ("https://api.openai.com/v1", "max_tokens", "max_tokens"),
-        ("http://localhost:11434/v1", "max_completion_tokens", "max_completion_tokens"),
-    ],
-)
+@pytest.mark.parametrize(("base_url", "choice", "param"), TOKEN_PARAM_CASES)
 async def test_the_cap_uses_the_providers_field_name(
     harness_factory: Factory, base_url: str, choice: str, param: str
 ) -> None:

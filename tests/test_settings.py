@@ -8,7 +8,7 @@ from typing import Any
 import limits
 import pytest
 import uvicorn
-from harness import KEY, SECRET
+from harness import KEY, SECRET, TOKEN_PARAM_CASES
 
 from llmguard import (
     ChatEndpoint,
@@ -294,18 +294,7 @@ def test_repr_never_shows_the_key_or_the_secret() -> None:
         assert SECRET not in text
 
 
-@pytest.mark.parametrize(
-    ("base_url", "max_tokens_param", "expected"),
-    [
-        ("https://api.openai.com/v1", "auto", "max_completion_tokens"),
-        ("https://API.OpenAI.com/v1", "auto", "max_completion_tokens"),
-        ("https://api.groq.com/openai/v1", "auto", "max_tokens"),
-        ("http://localhost:11434/v1", "auto", "max_tokens"),
-        ("https://api.openai.com.proxy.example/v1", "auto", "max_tokens"),
-        ("https://api.groq.com/openai/v1", "max_completion_tokens", "max_completion_tokens"),
-        ("https://api.openai.com/v1", "max_tokens", "max_tokens"),
-    ],
-)
+@pytest.mark.parametrize(("base_url", "max_tokens_param", "expected"), TOKEN_PARAM_CASES)
 def test_token_limit_param_follows_the_provider_unless_overridden(
     base_url: str, max_tokens_param: Any, expected: str
 ) -> None:
