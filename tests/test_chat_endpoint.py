@@ -24,6 +24,7 @@ from harness import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from starlette.types import Message
 
 from llmguard import ChatEndpoint
 from llmguard.testing import FakeProvider, FakeReply
@@ -550,3 +551,63 @@ def test_garbage_from_the_provider_ends_the_stream_cleanly(raw: bytes, cuts: lis
     assert events[-2]["type"] in ("finish", "error")
     if events[-2]["type"] == "error":
         assert events[-2]["code"] == "UpstreamError"
+
+
+# -- options and its own lifespan ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("api_key", ""),
+        ("max_tokens", 0),
+        ("max_body_bytes", 0),
+        ("body_timeout", 0),
+        ("request_timeout", -1),
+        ("retries", -1),
+        ("max_tokens_param", "max_output"),
+        ("transport", "carrier-pigeon"),
+    ],
+)
+def test_each_bad_option_is_a_value_error_naming_it(option: str, value: object) -> None:
+    options: dict[str, Any] = {"api_key": KEY, option: value}
+    with pytest.raises(ValueError, match=f"^{option} "):
+        ChatEndpoint(**options)
+
+
+def test_the_server_model_comes_first_among_the_models_a_client_may_name() -> None:
+    chat = ChatEndpoint(api_key=KEY, model="gpt-4.1-nano", models=["gpt-4.1-mini", "gpt-4.1-nano"])
+    assert (chat.model, chat.models) == ("gpt-4.1-nano", ("gpt-4.1-nano", "gpt-4.1-mini"))
+
+
+async def test_served_on_its_own_it_opens_and_closes_its_provider_client() -> None:
+    chat = ChatEndpoint(api_key=KEY, transport=FakeProvider(api_key=KEY).transport())
+    sent: list[str] = []
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    opened: list[bool] = []
+
+    async def receive() -> dict[str, Any]:
+        opened.append(chat.upstream._client is not None)
+        return next(messages)
+
+    async def send(message: Message) -> None:
+        sent.append(message["type"])
+
+    await chat({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert opened == [False, True]  # open after start-up, before shutdown
+    assert chat.upstream._client is None  # closed by the shutdown
+
+
+async def test_a_websocket_is_not_answered() -> None:
+    chat = ChatEndpoint(api_key=KEY)
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("nothing is read")
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await chat({"type": "websocket", "path": "/"}, receive, send)
+    assert sent == []

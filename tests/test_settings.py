@@ -27,7 +27,7 @@ from llmguard._origin import check_origins
 from llmguard._prices import Price, check_prices
 from llmguard._server import protocol
 from llmguard._settings import SHORTHANDS, declarations
-from llmguard._settings_docs import REGENERATE, markdown, table_in
+from llmguard._settings_docs import END, REGENERATE, START, main, markdown, table_in
 from llmguard._storage import Storage
 from llmguard._token_endpoint import check_ttl
 
@@ -349,6 +349,24 @@ def test_the_readme_table_is_generated_from_the_declarations() -> None:
     assert table_in(README.read_text(encoding="utf-8")) == markdown(), (
         f"README.md's settings table differs from the declarations in llmguard/_settings.py: run `{REGENERATE}`"
     )
+
+
+def test_the_regenerate_command_rewrites_only_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n{START} keep me -->\n| stale |\n{END}\n\nAfter.\n", encoding="utf-8")
+    assert main([str(readme)]) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith(f"# Title\n\n{START} keep me -->\n| variable |")
+    assert text.endswith(f"{END}\n\nAfter.\n")
+    assert table_in(text) == markdown()
+    assert main([str(readme)]) == 0  # a second run changes nothing
+    assert readme.read_text(encoding="utf-8") == text
+    assert capsys.readouterr().out.splitlines() == [
+        f"{readme}: settings table updated",
+        f"{readme}: settings table already up to date",
+    ]
+    assert main([]) == 0  # no path: the table on stdout
+    assert capsys.readouterr().out == markdown()
 
 
 def test_the_table_has_a_row_for_every_variable() -> None:
