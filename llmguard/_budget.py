@@ -29,13 +29,12 @@ import anyio
 import limits
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmguard._charges import IN_FLIGHT_TOKENS as IN_FLIGHT_TOKENS
 from llmguard._charges import Counter, seconds_to_next_month
 from llmguard._client_ip import client_key
 from llmguard._errors import LLMGuardError, PromptTooLarge, StorageUnavailable
 from llmguard._prices import DEFAULT_PRICES, Price, price_of
 from llmguard._rate_limit import parse_rate
-from llmguard._reservation import Reservation as Reservation
+from llmguard._reservation import Reservation
 from llmguard._state import RequestState, request_state
 from llmguard._storage import Storage
 
