@@ -55,3 +55,24 @@ def service(
 def redis_command(port: int) -> list[str]:
     """A throwaway redis-server on loopback, with no persistence."""
     return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+def guarded_env(upstream: str, *, secret: str, origin: str, **extra: str) -> dict[str, str]:
+    """The environment of an ``llmguard serve`` whose every guard is on but out of reach.
+
+    Every request is rate-limited, reserves and settles on the client window and the monthly
+    cap, and none is refused: what a benchmark measures is the guards' cost, not their refusals.
+    """
+    return {
+        "OPENAI_API_KEY": "sk-bench-not-a-real-key-0123456789",
+        "OPENAI_BASE_URL": upstream,
+        "JWT_SECRET": secret,
+        "ALLOWED_ORIGIN": origin,
+        "RATE_LIMIT_MAX": "1000000000",
+        "TOKEN_RATE_LIMIT": "1000000/minute",
+        "TOKENS_PER_IP": "1000000000000/day",
+        "MONTHLY_TOKEN_CAP": "1000000000000000",
+        "MAX_TOKENS": "2000",
+        "LOG_LEVEL": "info",
+        **extra,
+    }

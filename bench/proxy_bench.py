@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from processes import free_port, redis_command, service
+from processes import free_port, guarded_env, redis_command, service
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -262,19 +262,12 @@ def environment(quick: bool) -> Iterator[tuple[list[Arm], str]]:
         bare_aiohttp = [*bare, "--transport", "aiohttp"]
         bare_aiohttp[bare_aiohttp.index(str(passthrough_port))] = str(aiohttp_port)
         passthrough_aiohttp = stack.enter_context(service(pinned(bare_aiohttp, server_core), aiohttp_port))
-        guard_env = {
-            "OPENAI_API_KEY": "sk-bench-not-a-real-key-0123456789",
-            "OPENAI_BASE_URL": upstream,
-            "JWT_SECRET": SECRET,
-            "ALLOWED_ORIGIN": ORIGIN,
-            "RATE_LIMIT_MAX": "1000000000",
-            "TOKEN_RATE_LIMIT": "1000000/minute",
-            "TOKENS_PER_IP": "1000000000000/day",
-            "MONTHLY_TOKEN_CAP": "1000000000000000",
-            "MAX_TOKENS": "2000",
-            "LOG_LEVEL": "info",
-            "UPSTREAM_TRANSPORT": os.environ.get("BENCH_UPSTREAM_TRANSPORT", "auto"),
-        }
+        guard_env = guarded_env(
+            upstream,
+            secret=SECRET,
+            origin=ORIGIN,
+            UPSTREAM_TRANSPORT=os.environ.get("BENCH_UPSTREAM_TRANSPORT", "auto"),
+        )
         arms = [
             Arm("direct", f"{upstream}/chat/completions"),
             Arm("passthrough", f"http://127.0.0.1:{passthrough_port}/v1/chat/completions", pid=passthrough.pid),

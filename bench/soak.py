@@ -71,7 +71,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from processes import free_port, redis_command, service
+from processes import free_port, guarded_env, redis_command, service
 from proxy_bench import cores, percentile, pinned, rss_kib
 
 T = TypeVar("T")
@@ -545,26 +545,18 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
 
 
 def guard_env(upstream: str, storage_url: str, streams: int) -> dict[str, str]:
-    return {
-        "OPENAI_API_KEY": "sk-soak-not-a-real-key-0123456789",
-        "OPENAI_BASE_URL": upstream,
-        "OPENAI_MODEL": "gpt-4.1-mini",
-        "JWT_SECRET": SECRET,
-        "JWT_TTL": "1 hour",
-        "ALLOWED_ORIGIN": ORIGIN,
-        "RATE_LIMIT_MAX": "1000000000",
-        "TOKEN_RATE_LIMIT": "1000000/minute",
-        # On, and high: every request reserves and settles on both, and none is refused.
-        "TOKENS_PER_IP": "1000000000000/day",
-        "MONTHLY_TOKEN_CAP": "1000000000000000",
-        "MAX_TOKENS": "2000",
+    return guarded_env(
+        upstream,
+        secret=SECRET,
+        origin=ORIGIN,
+        OPENAI_MODEL="gpt-4.1-mini",
+        JWT_TTL="1 hour",
         # The default (1000) is the soak's own number of streams: a client's next connection seen before
         # its last one's close would be refused. The cap is not what a soak is about.
-        "MAX_CONNECTIONS": str(2 * streams),
-        "STORAGE_URL": storage_url,
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "info",
-    }
+        MAX_CONNECTIONS=str(2 * streams),
+        STORAGE_URL=storage_url,
+        LOG_FORMAT="json",
+    )
 
 
 def raise_fd_limit(needed: int) -> None:
