@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -19,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmguard import Settings, create_app
+from llmguard import Settings, TokenBudget, create_app
 from llmguard._token_endpoint import Authenticate
 from llmguard.testing import FakeProvider
 
@@ -83,6 +84,14 @@ def find(node: object, kind: type[T]) -> T:
         stack.extend(child for child in (getattr(current, "app", None), getattr(current, "router", None)) if child)
         stack.extend(getattr(current, "routes", None) or [])
     raise LookupError(f"no {kind.__name__} in the app")
+
+
+async def client_tokens(app: object, client: str = f"ip:{PEER}") -> int:
+    """Tokens counted on one client's window in ``app``'s TokenBudget (this period and the last one)."""
+    budget = find(app, TokenBudget)
+    assert budget.window is not None
+    period = int(time.time() // budget.window.get_expiry())
+    return sum([await budget.storage.get(f"budget:client:{client}:{p}") for p in (period - 1, period)])
 
 
 # -- the bundled app in-process ----------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -23,6 +22,7 @@ from harness import (
     access_fields,
     asgi_client,
     assert_error,
+    client_tokens,
     find,
     make_settings,
     sse_events,
@@ -70,14 +70,6 @@ def reply_text(response: httpx.Response) -> str:
 
 
 # -- the budget's counters, in the storage of an app's TokenBudget ---------------------
-
-
-async def client_tokens(app: object, client: str = f"ip:{PEER}") -> int:
-    """Tokens counted on one client's window (this period and the last one)."""
-    budget = find(app, TokenBudget)
-    assert budget.window is not None
-    period = int(time.time() // budget.window.get_expiry())
-    return sum([await budget.storage.get(f"budget:client:{client}:{p}") for p in (period - 1, period)])
 
 
 async def month(app: object, kind: str = "tokens") -> int:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from harness import PEER, Harness, access_records, asgi_client, assert_error, fields_of
+from harness import HELLO, PEER, Harness, access_records, asgi_client, assert_error, client_tokens, fields_of
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
@@ -365,6 +365,40 @@ async def test_rotating_forged_forwarding_headers_does_not_escape_the_limit(
         headers = {"x-forwarded-for": forwarded, "forwarded": f"for={forged}", "fly-client-ip": forged}
         statuses.append((await harness.client.post("/api/token", headers=headers)).status_code)
     assert statuses == [200, 200, 429, 429]
+
+
+FORGED = ["6.6.6.1", "6.6.6.2", "6.6.6.3", "2001:db8:9::1"]
+
+
+def forged_headers(forged: str) -> dict[str, str]:
+    return {"x-forwarded-for": forged, "forwarded": f"for={forged}", "fly-client-ip": forged}
+
+
+async def test_forged_forwarding_headers_share_one_chat_limit_across_both_chat_routes(
+    harness_factory: Callable[..., Any],
+) -> None:
+    harness: Harness = await harness_factory(rate_limit_max=2, rate_limit_window=60)
+    token = await harness.token()
+    statuses = []
+    for index, forged in enumerate(FORGED):
+        headers = {**forged_headers(forged), "authorization": f"Bearer {token}"}
+        body = {"messages": [{"role": "user", "content": "Hello"}]}
+        path = "/api/chat" if index % 2 == 0 else "/v1/chat/completions"
+        statuses.append((await harness.client.post(path, json=body, headers=headers)).status_code)
+    assert statuses == [200, 200, 429, 429]
+
+
+async def test_forged_forwarding_headers_do_not_open_a_new_token_window(harness_factory: Callable[..., Any]) -> None:
+    harness: Harness = await harness_factory(tokens_per_ip="100000/day")
+    token = await harness.token()
+    for forged in FORGED:
+        headers = {**forged_headers(forged), "authorization": f"Bearer {token}"}
+        assert (await harness.client.post("/api/chat", json=HELLO, headers=headers)).status_code == 200
+    # Every token billed is on the socket peer's window; none on a window a header named.
+    assert await client_tokens(harness.app) == harness.provider.billed_tokens > 0
+    for forged in FORGED:
+        client = str(ipaddress.ip_network(f"{forged}/64", strict=False)) if ":" in forged else forged
+        assert await client_tokens(harness.app, f"ip:{client}") == 0
 
 
 async def test_clients_behind_a_trusted_proxy_get_their_own_limits(harness_factory: Callable[..., Any]) -> None:
