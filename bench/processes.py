@@ -74,5 +74,7 @@ def guarded_env(upstream: str, *, secret: str, origin: str, **extra: str) -> dic
         "MONTHLY_TOKEN_CAP": "1000000000000000",
         "MAX_TOKENS": "2000",
         "LOG_LEVEL": "info",
+        # What a mint costs a client is bench/challenge.py's subject; here the proxy's cost is.
+        "TOKEN_CHALLENGE": "off",
         **extra,
     }

@@ -3,7 +3,9 @@
     LLMGuardError                  500 InternalError
     ├── InvalidRequest             400 / 422
     ├── Unauthorized               401
+    ├── ChallengeRequired          401
     ├── Forbidden                  403
+    ├── ChallengeFailed            403
     ├── NotFound                   404
     ├── MethodNotAllowed           405
     ├── RequestTimeout             408
@@ -15,6 +17,7 @@
     ├── SpendCapReached            503
     ├── TokenCapReached            503
     ├── ServerBusy                 503
+    ├── ChallengeUnavailable       503
     └── StorageUnavailable         503
 
 An error's class name is its stable ``code``: the JSON body is
@@ -41,6 +44,8 @@ from llmguard._state import request_state
 
 ErrorStyle = Literal["llmguard", "openai"]
 JSONScalar = str | int | float | bool | None
+#: What an error's ``context`` may carry: scalars, or JSON objects such as a fresh challenge.
+JSONValue = JSONScalar | Mapping[str, object]
 
 
 class LLMGuardError(Exception):
@@ -59,7 +64,7 @@ class LLMGuardError(Exception):
         retry_after: int | None = None,
         headers: Mapping[str, str] | None = None,
         param: str | None = None,
-        context: Mapping[str, JSONScalar] | None = None,
+        context: Mapping[str, JSONValue] | None = None,
     ) -> None:
         self.message = message or self.default_message
         self.status_code = status_code or self.default_status
@@ -88,6 +93,18 @@ class Unauthorized(LLMGuardError):
     code = "Unauthorized"
     default_status = 401
     default_message = "A valid bearer token is required. Get one from POST /api/token."
+    openai_type = "authentication_error"
+
+
+class ChallengeRequired(LLMGuardError):
+    """``POST /api/token`` came without the solution of the challenge this server asks for.
+
+    The body carries the challenge to solve (``"challenge"``: what ``GET /api/challenge`` answers).
+    """
+
+    code = "ChallengeRequired"
+    default_status = 401
+    default_message = "Solve the challenge first: this server asks for a moment of work before it hands out a token."
     openai_type = "authentication_error"
 
 
@@ -182,6 +199,27 @@ class TokenCapReached(LLMGuardError):
     openai_type = "insufficient_quota"
 
 
+class ChallengeFailed(LLMGuardError):
+    """The solution sent to ``POST /api/token`` is wrong, forged, reused, expired, or another client's.
+
+    The body carries a fresh challenge (``"challenge"``) to try again with.
+    """
+
+    code = "ChallengeFailed"
+    default_status = 403
+    default_message = "The challenge was not solved. Try again with the new one."
+    openai_type = "permission_error"
+
+
+class ChallengeUnavailable(LLMGuardError):
+    """The CAPTCHA provider's verifier did not answer (in time), so no token can be minted now."""
+
+    code = "ChallengeUnavailable"
+    default_status = 503
+    default_message = "The server cannot check the CAPTCHA right now. Try again shortly."
+    openai_type = "server_error"
+
+
 class ServerBusy(LLMGuardError):
     """The bundled server has ``MAX_CONNECTIONS`` connections open already."""
 
@@ -207,7 +245,7 @@ def error_body(error: LLMGuardError, *, style: ErrorStyle, request_id: str | Non
             "param": error.param,
         }
         return _dumps({"error": inner})
-    body: dict[str, JSONScalar] = {"error": error.code, "message": error.message}
+    body: dict[str, JSONValue] = {"error": error.code, "message": error.message}
     if error.param is not None:
         body["param"] = error.param
     if error.retry_after is not None:

@@ -8,17 +8,23 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import anyio
 import jwt
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
-from llmguard._errors import LLMGuardError, MethodNotAllowed, Unauthorized, send_error
+from llmguard._challenge import TokenChallenge
+from llmguard._chat_request import parse_json, read_body
+from llmguard._errors import InvalidRequest, LLMGuardError, MethodNotAllowed, RequestTimeout, Unauthorized, send_error
 from llmguard._jwt import ALGORITHM, RESERVED_CLAIMS, check_max_uses, check_secret
 
 ClaimsResult = Mapping[str, Any] | None
 Authenticate = Callable[[Request], ClaimsResult | Awaitable[ClaimsResult]]
 MIN_TTL, MAX_TTL = 10, 86400
+#: A token request's body only carries a challenge's solution.
+MAX_BODY_BYTES = 8192
+BODY_TIMEOUT = 10
 
 
 def check_ttl(ttl: float, option: str = "ttl") -> float:
@@ -40,6 +46,11 @@ class TokenEndpoint:
     refuses with 401, and raising any
     ``LLMGuardError`` refuses with that error. The registered claims (``iss``,
     ``aud``, ``iat``, ``nbf``, ``exp``, ``jti``) are always the server's.
+
+    With a ``challenge`` (:class:`TokenChallenge`), the body must carry its
+    solution, ``{"solution": "..."}``, checked before ``authenticate`` runs:
+    401 ``ChallengeRequired`` without one, 403 ``ChallengeFailed`` for a wrong
+    one (both bodies carry the challenge to solve).
     """
 
     def __init__(
@@ -51,6 +62,7 @@ class TokenEndpoint:
         audience: str = "llmguard",
         authenticate: Authenticate | None = None,
         max_uses: int | None = None,
+        challenge: TokenChallenge | None = None,
     ) -> None:
         self.secret = check_secret(secret)
         self.ttl = int(check_ttl(ttl))
@@ -58,6 +70,7 @@ class TokenEndpoint:
         self.audience = audience
         self.authenticate = authenticate
         self.max_uses = check_max_uses(max_uses)
+        self.challenge = challenge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -65,7 +78,10 @@ class TokenEndpoint:
         try:
             if scope["method"] != "POST":
                 raise MethodNotAllowed(headers={"allow": "POST"})
-            extra = await self.extra_claims(Request(scope, receive))
+            request = Request(scope, receive)
+            if self.challenge is not None and not self.challenge.off:
+                await self.challenge.verify(scope, await self.solution(request))
+            extra = await self.extra_claims(request)
         except LLMGuardError as error:
             await send_error(scope, send, error)
             return
@@ -73,6 +89,22 @@ class TokenEndpoint:
         body = {"token": token, "expires_at": expires_at, "expires_in": self.ttl, "max_uses": self.max_uses}
         response = JSONResponse(body, headers={"cache-control": "no-store"})
         await response(scope, receive, send)
+
+    async def solution(self, request: Request) -> object:
+        """The ``solution`` of ``{"solution": ...}`` (``None`` for an empty body); the body stays readable."""
+        try:
+            with anyio.fail_after(BODY_TIMEOUT):
+                body = await read_body(request.scope, request.receive, max_bytes=MAX_BODY_BYTES)
+        except TimeoutError:
+            message = f"The request body did not arrive within {BODY_TIMEOUT} seconds."
+            raise RequestTimeout(message, headers={"connection": "close"}) from None
+        request._body = body  # what Request.body() returns to an authenticate hook
+        if not body.strip():
+            return None
+        data = parse_json(body)
+        if not isinstance(data, dict):
+            raise InvalidRequest('The request body must be a JSON object, such as {"solution": "..."}.')
+        return data.get("solution")
 
     async def extra_claims(self, request: Request) -> Mapping[str, Any]:
         if self.authenticate is None:

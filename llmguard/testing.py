@@ -9,8 +9,21 @@ requests get: errors, slow or cut streams, missing usage::
     provider = FakeProvider(api_key="sk-test")
     provider.enqueue(FakeReply.failure(429, retry_after=1), FakeReply(text="Hi!"))
     app = create_app(Settings(openai_api_key="sk-test", ...), transport=provider.transport())
+
+For the token endpoint's challenges: ``solve_challenge_payload(challenge)``
+solves a proof-of-work challenge as the browser SDK does, and
+``FakeSiteverify`` stands in for Turnstile's or hCaptcha's verifier.
 """
 
 from llmguard._fake_provider import FakeProvider, FakeReply, RecordedRequest, billable_prompt_tokens, demo_reply
+from llmguard._fake_siteverify import FakeSiteverify, solve_challenge_payload
 
-__all__ = ["FakeProvider", "FakeReply", "RecordedRequest", "billable_prompt_tokens", "demo_reply"]
+__all__ = [
+    "FakeProvider",
+    "FakeReply",
+    "FakeSiteverify",
+    "RecordedRequest",
+    "billable_prompt_tokens",
+    "demo_reply",
+    "solve_challenge_payload",
+]

@@ -66,6 +66,7 @@ def make_settings(**overrides: Any) -> Settings:
         "rate_limit_max": 100_000,
         "token_rate_limit": "100000/minute",
         "tokens_per_ip": None,
+        "token_challenge": "off",
     }
     values.update(overrides)
     return Settings(**values)

@@ -64,6 +64,8 @@ class LLMGuardProcess:
         self.env = {
             "PATH": os.environ.get("PATH", ""),
             "PYTHONUNBUFFERED": "1",
+            # Challenges are tested where they are the subject (test_challenge_e2e); elsewhere, off.
+            "TOKEN_CHALLENGE": "off",
             **env,
         }
         self.args = args

@@ -6,7 +6,10 @@ stack costs today, watched from the server's side (``MONITOR``: the commands
 clients sent, not the ones a script ran inside Redis). A change that adds a
 round trip fails here; one that saves a round trip updates the number.
 
-- ``/api/token``: the token route's rate limit (one `limits` script).
+- ``/api/token``: the token route's rate limit (one `limits` script); under
+  proof-of-work three more: the client's rung (its mints), the solution's
+  single use, and the mint counted. ``/api/challenge``: its rate limit and the
+  client's rung.
 - ``/api/chat``: the rate limit (one `limits` script), the budget hold (one
   script for every budget, the client window's last period read in it) and the
   settlement (one script). A hold lowered to the room left costs one more; a
@@ -26,7 +29,7 @@ import redis
 from servers import RedisServer
 
 from llmguard import Settings, create_app
-from llmguard.testing import FakeProvider
+from llmguard.testing import FakeProvider, solve_challenge_payload
 
 ORIGIN = "https://app.example.com"
 KEY = "sk-test-round-trips-0123456789"
@@ -76,6 +79,7 @@ async def client_of(server: RedisServer, **overrides: Any) -> AsyncIterator[http
         "tokens_per_ip": "100000/day",
         "monthly_token_cap": 10_000_000,
         "monthly_spend_cap_usd": 1000.0,
+        "token_challenge": "off",
     }
     app = create_app(Settings(**{**values, **overrides}), transport=FakeProvider(api_key=KEY).transport())
     async with app.router.lifespan_context(app):
@@ -84,7 +88,11 @@ async def client_of(server: RedisServer, **overrides: Any) -> AsyncIterator[http
             transport=transport, base_url="http://testserver", headers={"origin": ORIGIN}
         ) as client:
             # Warm: the scripts are loaded and the pool's connections open before anything is counted.
-            token = (await client.post("/api/token")).json()["token"]
+            minted = await client.post("/api/token")
+            if minted.status_code == 401:  # under a challenge: solve it
+                solution = solve_challenge_payload(minted.json()["challenge"])
+                minted = await client.post("/api/token", json={"solution": solution})
+            token = minted.json()["token"]
             response = await client.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"})
             assert response.status_code == 200, response.text
             yield client
@@ -95,6 +103,19 @@ async def test_minting_a_token_is_one_round_trip(redis_server: RedisServer) -> N
         with watching(redis_server) as commands:
             assert (await client.post("/api/token")).status_code == 200
     assert commands == ["EVALSHA"]
+
+
+async def test_minting_under_proof_of_work_costs_four_round_trips(redis_server: RedisServer) -> None:
+    """The rate limit, the client's rung (its mints), the solution's single use, and the mint counted."""
+    async with client_of(redis_server, token_challenge="pow") as client:
+        with watching(redis_server) as commands:
+            challenge = (await client.get("/api/challenge")).json()
+        assert len(commands) == 2, commands  # the challenge route's rate limit, and the client's rung
+        solution = solve_challenge_payload(challenge)
+        with watching(redis_server) as commands:
+            response = await client.post("/api/token", json={"solution": solution})
+        assert response.status_code == 200, response.text
+    assert len(commands) == 4, commands
 
 
 @pytest.mark.parametrize(
