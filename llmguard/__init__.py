@@ -2,9 +2,13 @@
 
 from llmguard._app import create_app
 from llmguard._budget import TokenBudget
+from llmguard._challenge import TokenChallenge
 from llmguard._chat_endpoint import ChatEndpoint
 from llmguard._client_ip import ClientIP
 from llmguard._errors import (
+    ChallengeFailed,
+    ChallengeRequired,
+    ChallengeUnavailable,
     Forbidden,
     InvalidRequest,
     LLMGuardError,
@@ -33,6 +37,9 @@ from llmguard._token_endpoint import TokenEndpoint
 from llmguard._version import __version__
 
 __all__ = [
+    "ChallengeFailed",
+    "ChallengeRequired",
+    "ChallengeUnavailable",
     "ChatEndpoint",
     "ClientIP",
     "Forbidden",
@@ -59,6 +66,7 @@ __all__ = [
     "TokenBudget",
     "TokenBudgetExceeded",
     "TokenCapReached",
+    "TokenChallenge",
     "TokenEndpoint",
     "Unauthorized",
     "UpstreamError",

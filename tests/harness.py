@@ -159,10 +159,16 @@ async def running(
     *,
     authenticate: Authenticate | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    captcha_transport: httpx.AsyncBaseTransport | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
     """``create_app(make_settings(**overrides))`` with its lifespan running, in front of ``provider``."""
-    app = create_app(make_settings(**overrides), authenticate=authenticate, transport=transport or provider.transport())
+    app = create_app(
+        make_settings(**overrides),
+        authenticate=authenticate,
+        transport=transport or provider.transport(),
+        captcha_transport=captcha_transport,
+    )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(app.router.lifespan_context(app))
         harness = Harness(app, provider)

@@ -23,8 +23,13 @@ ENDPOINTS: dict[str, Callable[[], Any]] = {
     "ChatEndpoint": lambda: llmguard.ChatEndpoint(api_key=KEY),
     "OpenAICompatible": lambda: llmguard.OpenAICompatible(llmguard.ChatEndpoint(api_key=KEY)),
     "TokenEndpoint": lambda: llmguard.TokenEndpoint(secret=SECRET),
+    # GET /api/challenge; TokenEndpoint(challenge=) checks its solutions.
+    "TokenChallenge": lambda: llmguard.TokenChallenge(secret=SECRET),
 }
 ERRORS = [
+    "ChallengeFailed",
+    "ChallengeRequired",
+    "ChallengeUnavailable",
     "Forbidden",
     "InvalidRequest",
     "LLMGuardError",
@@ -47,6 +52,9 @@ VALUES = ["Price", "Settings", "SettingsError", "Storage"]
 
 def test_all_is_pinned_and_sorted() -> None:
     assert llmguard.__all__ == [
+        "ChallengeFailed",
+        "ChallengeRequired",
+        "ChallengeUnavailable",
         "ChatEndpoint",
         "ClientIP",
         "Forbidden",
@@ -73,6 +81,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "TokenBudget",
         "TokenBudgetExceeded",
         "TokenCapReached",
+        "TokenChallenge",
         "TokenEndpoint",
         "Unauthorized",
         "UpstreamError",

@@ -18,6 +18,7 @@ from llmguard import (
     Settings,
     SettingsError,
     TokenBudget,
+    TokenChallenge,
     TokenEndpoint,
 )
 from llmguard._app import create_app
@@ -329,6 +330,7 @@ FED: dict[str, Callable[..., Any]] = {
     "OriginFilter": OriginFilter,
     "Storage": Storage,
     "TokenBudget": TokenBudget,
+    "TokenChallenge": TokenChallenge,
     "TokenEndpoint": TokenEndpoint,
     "create_app": create_app,
     "protocol": protocol,
