@@ -198,6 +198,16 @@ async def test_spending_the_token_window_climbs_the_ladder() -> None:
     assert (light.mints, light.step) == (0, 1000)
 
 
+async def test_a_client_that_spent_its_window_climbs_in_the_bundled_app(harness_factory: Factory) -> None:
+    harness = await harness_factory(token_challenge="pow", challenge_ladder="0=1000, 2=20000, 9=refuse",
+                                    tokens_per_ip="100/day")  # fmt: skip
+    token = await solved_mint(harness)  # one mint: still the first rung
+    assert (await challenged(harness))["maxnumber"] == 1000
+    response = await harness.chat(token=token)  # some tens of tokens: a tenth or more of the window
+    assert response.status_code == 200, response.text
+    assert (await challenged(harness))["maxnumber"] == 20000
+
+
 async def test_the_body_is_checked_and_the_authenticate_hook_can_still_read_it(harness_factory: Factory) -> None:
     seen: list[Any] = []
 

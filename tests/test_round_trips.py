@@ -7,13 +7,15 @@ clients sent, not the ones a script ran inside Redis). A change that adds a
 round trip fails here; one that saves a round trip updates the number.
 
 - ``/api/token``: the token route's rate limit (one `limits` script); under
-  proof-of-work three more: the client's rung (its mints), the solution's
-  single use, and the mint counted. ``/api/challenge``: its rate limit and the
-  client's rung.
+  proof-of-work three or four more: the client's rung (its mints; with a token
+  window, what it spent of it: one more read), the solution's single use, and
+  the mint counted. ``/api/challenge``: its rate limit and the client's rung.
 - ``/api/chat``: the rate limit (one `limits` script), the budget hold (one
   script for every budget, the client window's last period read in it) and the
   settlement (one script). A hold lowered to the room left costs one more; a
-  single-use token one more (its ``jti`` count).
+  single-use token one more (its ``jti`` count). With ``DEGRADE``, the month's
+  use is read (one script for both monthly caps) at most once a second per
+  process, not on every request.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import redis
 from servers import RedisServer
 
 from llmguard import Settings, create_app
+from llmguard._degrade import parse_degrade
 from llmguard.testing import FakeProvider, solve_challenge_payload
 
 ORIGIN = "https://app.example.com"
@@ -105,17 +108,27 @@ async def test_minting_a_token_is_one_round_trip(redis_server: RedisServer) -> N
     assert commands == ["EVALSHA"]
 
 
-async def test_minting_under_proof_of_work_costs_four_round_trips(redis_server: RedisServer) -> None:
-    """The rate limit, the client's rung (its mints), the solution's single use, and the mint counted."""
-    async with client_of(redis_server, token_challenge="pow") as client:
+@pytest.mark.parametrize(
+    ("overrides", "challenge", "mint"),
+    [
+        pytest.param({}, 3, 5, id="with-a-token-window"),
+        pytest.param({"tokens_per_ip": None}, 2, 4, id="no-token-window"),
+    ],
+)
+async def test_minting_under_proof_of_work_costs_a_pinned_number_of_round_trips(
+    redis_server: RedisServer, overrides: dict[str, Any], challenge: int, mint: int
+) -> None:
+    """The rate limit and the client's rung (its mints, and what it spent of its token window, in one read);
+    a mint also marks the solution used and counts itself."""
+    async with client_of(redis_server, token_challenge="pow", **overrides) as client:
         with watching(redis_server) as commands:
-            challenge = (await client.get("/api/challenge")).json()
-        assert len(commands) == 2, commands  # the challenge route's rate limit, and the client's rung
-        solution = solve_challenge_payload(challenge)
+            answer = (await client.get("/api/challenge")).json()
+        assert len(commands) == challenge, commands
+        solution = solve_challenge_payload(answer)
         with watching(redis_server) as commands:
             response = await client.post("/api/token", json={"solution": solution})
         assert response.status_code == 200, response.text
-    assert len(commands) == 4, commands
+    assert len(commands) == mint, commands
 
 
 @pytest.mark.parametrize(
@@ -133,6 +146,28 @@ async def test_one_chat_request_costs_a_pinned_number_of_round_trips(
     redis_server: RedisServer, overrides: dict[str, Any], expected: int
 ) -> None:
     async with client_of(redis_server, **overrides) as client:
+        token = (await client.post("/api/token")).json()["token"]
+        with watching(redis_server) as commands:
+            response = await client.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+    assert len(commands) == expected, commands
+    assert set(commands) == {"EVALSHA"}, commands
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        # Within the reading interval (a second in production) the process goes on its last reading of the month.
+        pytest.param(3600.0, 3, id="reading-still-fresh"),
+        # A stale reading is one more round trip: both monthly counters read in one script.
+        pytest.param(0.0, 4, id="reading-refreshed"),
+    ],
+)
+async def test_degradation_reads_the_month_at_most_once_an_interval(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, interval: float, expected: int
+) -> None:
+    monkeypatch.setattr("llmguard._budget.READING_INTERVAL", interval)
+    async with client_of(redis_server, degrade=parse_degrade("80%:gpt-4.1-nano:300")) as client:
         token = (await client.post("/api/token")).json()["token"]
         with watching(redis_server) as commands:
             response = await client.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"})
