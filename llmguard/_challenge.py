@@ -47,6 +47,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast, get_args
 
+import anyio
 import httpx
 import limits
 from altcha.v1 import ChallengeOptions, PayloadType, create_challenge, verify_solution
@@ -416,9 +417,11 @@ class Captcha:
         if client and "/" not in client:  # an address, not an IPv6 group
             form["remoteip"] = client
         try:
-            reply = await self.client.post(self.verify_url, data=form, timeout=self.timeout)
+            # One deadline for the whole call: httpx's timeouts are per read, and a verifier may drip.
+            with anyio.fail_after(self.timeout):
+                reply = await self.client.post(self.verify_url, data=form)
             result = reply.json() if reply.status_code == 200 else None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, TimeoutError) as exc:
             logger.warning("%s siteverify failed: %s", self.kind, type(exc).__name__)
             raise ChallengeUnavailable(retry_after=5) from None
         if not isinstance(result, dict):

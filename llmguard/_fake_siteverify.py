@@ -6,6 +6,7 @@ import base64
 import json
 import secrets
 import time
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,8 +59,9 @@ class FakeSiteverify:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        form = dict(await Request(scope, receive).form())
-        self.requests.append({key: str(value) for key, value in form.items()})
+        # Both verifiers take a urlencoded form (what Captcha.check sends).
+        form = dict(urllib.parse.parse_qsl((await Request(scope, receive).body()).decode()))
+        self.requests.append(form)
         if self.delay:
             await anyio.sleep(self.delay)
         await JSONResponse(self.answer(form), status_code=self.status)(scope, receive, send)
