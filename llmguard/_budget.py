@@ -13,6 +13,12 @@ Budgets, each optional:
   (an integer, from an ``authenticate`` hook) replaces the amount for that
   user (it needs the window on: it sets an amount, not a period);
 - for the whole service: tokens and US dollars per calendar month (UTC).
+
+With ``degrade`` steps (``_degrade``), past a fraction of the monthly caps the
+endpoint serves a cheaper model and/or a lower output cap. How much of the
+month is used is read at most once every ``READING_INTERVAL`` seconds per
+process (one round trip for both caps), never on every request: the steps
+are a soft limit, the caps the hard one.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Literal
 
@@ -31,6 +37,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._charges import Counter, seconds_to_next_month
 from llmguard._client_ip import client_key
+from llmguard._degrade import Degradation, check_degrade, step_for
 from llmguard._errors import LLMGuardError, PromptTooLarge, StorageUnavailable
 from llmguard._prices import DEFAULT_PRICES, Price, price_of
 from llmguard._rate_limit import parse_rate
@@ -39,6 +46,11 @@ from llmguard._state import RequestState, request_state
 from llmguard._storage import Storage
 
 logger = logging.getLogger("llmguard.budget")
+
+# Seconds a process goes on one reading of the monthly caps' use before reading them again.
+READING_INTERVAL = 1.0
+# The marker of a read-only step: it never exists, so the hold script only reads the counters.
+_READING_MARKER = "budget:reading"
 
 
 class TokenBudget:
@@ -62,6 +74,7 @@ class TokenBudget:
         monthly_spend_cap_usd: float | None = None,
         prices: Mapping[str, Price] = DEFAULT_PRICES,
         min_output_tokens: int = 16,
+        degrade: Sequence[Degradation] = (),
     ) -> None:
         for name, value in (
             ("max_prompt_tokens", max_prompt_tokens),
@@ -84,6 +97,16 @@ class TokenBudget:
         self.monthly_spend_micro = None if monthly_spend_cap_usd is None else round(monthly_spend_cap_usd * 1e6)
         self.prices = dict(prices)
         self.min_output_tokens = min_output_tokens
+        self.degrade = check_degrade(degrade)
+        if self.degrade and monthly_token_cap is None and monthly_spend_cap_usd is None:
+            raise ValueError("degrade needs a monthly cap: monthly_token_cap or monthly_spend_cap_usd")
+        for step in self.degrade:
+            if step.model is not None and self.monthly_spend_micro is not None and price_of(step.model, prices) is None:
+                raise ValueError(f"degrade names the model {step.model!r}, which has no price under the spend cap")
+        # Per process, not per request: how much of the month was used, and when that was read.
+        self._used: float = 0.0
+        self._read_at = -math.inf
+        self._reading = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,6 +143,61 @@ class TokenBudget:
             )
         return price
 
+    async def degradation(self) -> Degradation | None:
+        """The degradation step in force now, from a reading at most ``READING_INTERVAL`` old.
+
+        The request that finds the reading stale reads again (one round trip);
+        requests that arrive meanwhile use the last reading rather than wait.
+        A storage that does not answer leaves the last reading: the caps still
+        hold, and the hold reports the outage.
+        """
+        if not self.degrade:
+            return None
+        now = time.monotonic()
+        if now - self._read_at >= READING_INTERVAL and not self._reading:
+            self._reading = True
+            try:
+                self._used = await self.month_used()
+                self._read_at = now
+            except StorageUnavailable:
+                self._read_at = now  # tried: the next try is a reading interval away
+            finally:
+                self._reading = False
+        return step_for(self.degrade, self._used)
+
+    async def month_used(self, now: float | None = None) -> float:
+        """The fraction of the monthly caps used (the more used of tokens and spend), holds included."""
+        month = f"{datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc):%Y-%m}"
+        caps = [
+            (f"budget:{kind}:{month}", limit)
+            for kind, limit in (("month-tokens", self.monthly_token_cap), ("month-spend", self.monthly_spend_micro))
+            if limit is not None
+        ]
+        # Both counters in one round trip (on Redis, one script that only reads).
+        reads = [(key, (0, 0, 0, 0), 1) for key, _ in caps]
+        totals = await self.storage.hold_step(_READING_MARKER, reads, ("", "", "", ""))
+        return max(total / limit for (_, limit), total in zip(caps, totals, strict=True))
+
+    def window_keys(self, client: str, now: float) -> tuple[str, str]:
+        """The client window's keys: this period's, and the last one's (whose use still partly counts)."""
+        assert self.window is not None
+        period = int(now // self.window.get_expiry())
+        return f"budget:client:{client}:{period}", f"budget:client:{client}:{period - 1}"
+
+    async def client_share(self, address: str) -> float:
+        """What share of its token window the client at ``address`` has used, 0 to 1 (the challenge ladder's).
+
+        One round trip: both periods in one read-only step.
+        """
+        if self.window is None:
+            return 0.0
+        now = time.time()
+        length = self.window.get_expiry()
+        reads = [(key, (0, 0, 0, 0), 1) for key in self.window_keys(f"ip:{address}", now)]
+        current, previous = await self.storage.hold_step(_READING_MARKER, reads, ("", "", "", ""))
+        fading = 1 - (now % length) / length
+        return min(1.0, max(0.0, (current + previous * fading) / self.window.amount))
+
     def counters(self, client: str, claims: Mapping[str, object], price: Price | None, now: float) -> list[Counter]:
         """The budgets one request counts against, the client window first."""
         counters: list[Counter] = []
@@ -129,8 +207,7 @@ class TokenBudget:
             quota = claims.get("quota")
             if isinstance(quota, int) and not isinstance(quota, bool):
                 limit = max(0, quota)
-            period = int(now // length)
-            key, previous = f"budget:client:{client}:{period}", f"budget:client:{client}:{period - 1}"
+            key, previous = self.window_keys(client, now)
             counters.append(Counter("client", key, limit, expiry=2 * length, period=length, previous=previous))
         moment = datetime.fromtimestamp(now, tz=timezone.utc)
         month = f"{moment:%Y-%m}"
@@ -188,6 +265,10 @@ class ClientBudgets:
                 # the hold landed, once the storage answers again.
         self.reservations.append(reservation)
         return reservation
+
+    async def degradation(self) -> Degradation | None:
+        """The degradation step in force for this request (``TokenBudget.degradation``)."""
+        return await self.owner.degradation()
 
     async def settle_all(self) -> None:
         for reservation in self.reservations:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 import httpx
@@ -11,6 +11,8 @@ from starlette.types import Receive, Scope, Send
 from llmguard._chat_request import parse_chat_request, parse_json, read_body
 from llmguard._chat_service import DEFAULT_BASE_URL, DEFAULT_MODEL, ChatPolicy, ChatService
 from llmguard._errors import LLMGuardError, MethodNotAllowed, RequestTimeout, send_error
+from llmguard._presets import Preset, check_presets
+from llmguard._state import request_state
 from llmguard._tokens import load as load_tokenizer
 from llmguard._upstream import TokenParam, TransportName, Upstream, check_choice, token_limit_param
 from llmguard._wire import UIMessageWire
@@ -26,7 +28,11 @@ class ChatEndpoint:
 
     The server decides what the provider sees: its model (or one of
     ``models`` the client names), its output cap, its system prompt when the
-    client sends none, ``n = 1``. The caller's headers
+    client sends none, ``n = 1``; or, for a request naming one of ``presets``,
+    the preset's system prompt, model, output cap and temperature.
+    ``allow_client_system`` says whether a client may send its own system
+    prompt: ``None`` ("auto") allows it only when the server has neither a
+    ``system_prompt`` nor ``presets``. The caller's headers
     (``Authorization`` included) are never forwarded. The usage the provider
     reports (or an estimate when it reports none, or the client went away) is
     left in ``scope["llmguard"].usage`` for the layers around this endpoint.
@@ -39,8 +45,9 @@ class ChatEndpoint:
         base_url: str = DEFAULT_BASE_URL,
         model: str = DEFAULT_MODEL,
         system_prompt: str = "",
-        allow_client_system: bool = True,
+        allow_client_system: bool | None = None,
         max_tokens: int = 2000,
+        presets: Mapping[str, Preset | Mapping[str, object]] | None = None,
         max_tokens_param: str = "auto",
         max_body_bytes: int = 1_048_576,
         body_timeout: float = 10,
@@ -61,6 +68,7 @@ class ChatEndpoint:
             system_prompt=system_prompt,
             allow_client_system=allow_client_system,
             max_tokens=max_tokens,
+            presets=check_presets(presets or {}),
         )
         upstream = Upstream(
             base_url=base_url, api_key=api_key, retries=retries, read_timeout=request_timeout, transport=transport
@@ -102,13 +110,16 @@ class ChatEndpoint:
             messages = [{"role": message.role, "content": message.content} for message in request.messages]
             if request.system is not None:
                 messages.insert(0, {"role": "system", "content": request.system})
-            provider_request = policy.provider_request(
+            state = request_state(scope)
+            provider_request, state.preset = policy.provider_request(
                 model=request.model,
                 messages=messages,
                 max_tokens=request.max_tokens,
                 stream=request.stream,
                 params={} if request.temperature is None else {"temperature": request.temperature},
                 system_param="system",
+                preset=request.preset,
+                allowed_presets=(state.claims or {}).get("presets"),
             )
         except LLMGuardError as error:
             await send_error(scope, send, error)

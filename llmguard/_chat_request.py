@@ -35,6 +35,8 @@ class ChatRequest:
     temperature: float | None = None
     #: The model the client named, when it is one the server offers (else the server's).
     model: str | None = None
+    #: The server preset the client named (``_presets``).
+    preset: str | None = None
 
 
 async def read_body(scope: Scope, receive: Receive, *, max_bytes: int) -> bytes:
@@ -151,7 +153,19 @@ def parse_chat_request(data: Any, *, server_model: str, models: Collection[str] 
         max_tokens=_optional_int(data.get("max_tokens"), "max_tokens"),
         temperature=_temperature(data.get("temperature")),
         model=model if model != server_model else None,
+        preset=preset_name(data.get("preset")),
     )
+
+
+def preset_name(value: Any, *, status_code: int = 422) -> str | None:
+    """The ``preset`` field: a preset's name, or absent (null, or an empty string)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            "'preset' must be the name of a preset (a string).", status_code=status_code, param="preset"
+        )
+    return value
 
 
 def _message(item: Any, where: str) -> ChatMessage:

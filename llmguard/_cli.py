@@ -36,6 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--host", help="interface to bind (default: 127.0.0.1, or 0.0.0.0 when PORT is set)")
     serve.add_argument("--port", type=int, help=f"port to listen on (default: $PORT or {DEFAULT_PORT})")
+    serve.add_argument(
+        "--uds",
+        metavar="PATH",
+        help="listen on this Unix socket instead of a port (behind a proxy on the same machine: "
+        "set TRUSTED_PROXIES=unix so that clients keep their own limits)",
+    )
     serve.add_argument("--demo", action="store_true", help="run offline against a built-in fake provider")
     serve.add_argument("--env-file", help="read settings from this file too (the environment wins)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (share limits with redis://)")
@@ -93,19 +99,22 @@ def _serve(args: argparse.Namespace) -> int:
     _raise_open_files_limit(settings, log)
     shown = "127.0.0.1" if host in (all_interfaces, "::") else host
     mode = "offline demo (fake provider, no key used)" if settings.demo else settings.openai_base_url
+    where = f"unix:{args.uds}" if args.uds else f"http://{shown}:{port}"
     log.info(
-        "llmguard %s on http://%s:%d, provider: %s, model: %s%s",
+        "llmguard %s on %s, provider: %s, model: %s%s",
         __version__,
-        shown,
-        port,
+        where,
         mode,
         settings.openai_model,
-        f"; open http://{shown}:{port}/ in a browser" if settings.serves_demo_page else "",
+        f"; open http://{shown}:{port}/ in a browser" if settings.serves_demo_page and not args.uds else "",
     )
+    if args.uds:
+        warn_blind_socket(settings, log)
     uvicorn.run(
         app,  # an app, or an import string for the workers
         host=host,
         port=port,
+        uds=args.uds,
         workers=args.workers,
         factory=args.workers > 1,
         log_config=None,
@@ -122,12 +131,30 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_blind_socket(settings: Settings, log: logging.Logger) -> None:
+    """Warn when serving on a Unix socket whose peers' forwarding headers will not be read.
+
+    A Unix-socket peer has no address, so without ``TRUSTED_PROXIES=unix``
+    every client is the same client to every limit, budget and ladder.
+    """
+    if "unix" in settings.trusted_proxies:
+        return
+    log.warning(
+        "serving on a Unix socket, where clients have no address, and TRUSTED_PROXIES does not name 'unix'%s: "
+        "every client shares one rate limit, one token budget and one challenge ladder, and the first "
+        "heavy user locks everyone out. Set TRUSTED_PROXIES=unix (and have the proxy send X-Forwarded-For%s).",
+        ", so CLIENT_IP_HEADER is not read" if settings.client_ip_header else "",
+        f" or {settings.client_ip_header}" if settings.client_ip_header else "",
+    )
+
+
 def _prepare_workers(settings: Settings, workers: int, log: logging.Logger) -> Settings:
     """Hand the settings to the worker processes, exactly: through the environment they inherit."""
     if settings.storage_url.startswith("memory"):
         log.warning(
             "STORAGE_URL is memory:// with %d workers: each worker counts on its own, so every rate limit, "
-            "token budget and monthly cap is %d times looser. Use redis:// to share the counts.",
+            "token budget, monthly cap and challenge ladder is %d times looser (and a solved challenge or a "
+            "single-use token is good once per worker). Use redis:// to share the counts.",
             workers,
             workers,
         )

@@ -12,6 +12,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmguard._chat_request import preset_name
 from llmguard._errors import InvalidRequest
 
 # Forwarded as the client sent them, once checked.
@@ -20,7 +21,7 @@ PASSED_THROUGH = frozenset(
 )
 # Read by llmguard itself.
 HANDLED = frozenset(
-    {"model", "messages", "max_tokens", "max_completion_tokens", "n", "stream", "stream_options", "user"}
+    {"model", "messages", "max_tokens", "max_completion_tokens", "n", "stream", "stream_options", "user", "preset"}
 )
 SYSTEM_ROLES = ("system", "developer")
 CHAT_ROLES = ("user", "assistant")
@@ -34,6 +35,8 @@ class OpenAIRequest:
     max_tokens: int | None = None
     include_usage: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    #: The server preset named (llmguard's own field: ``extra_body={"preset": ...}`` in the SDKs).
+    preset: str | None = None
 
 
 def parse_openai_request(data: Any, *, server_model: str, models: Collection[str]) -> OpenAIRequest:
@@ -83,6 +86,7 @@ def parse_openai_request(data: Any, *, server_model: str, models: Collection[str
         max_tokens=min(caps) if caps else None,
         include_usage=include_usage,
         params=params,
+        preset=preset_name(data.get("preset"), status_code=400),
     )
 
 

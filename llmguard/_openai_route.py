@@ -3,7 +3,7 @@
 The official SDKs (``openai`` for Python and JavaScript) work against these with
 the JWT from ``/api/token`` as their API key. Every guard still applies: the
 same origin, rate and budget checks, the server's models and output cap, its
-system-prompt policy, ``n = 1``. Replies are the provider's own
+system-prompt policy and presets (``extra_body={"preset": "support"}``), ``n = 1``. Replies are the provider's own
 ``chat.completion`` objects and ``chat.completion.chunk`` events, passed
 through; errors are in OpenAI's shape so the SDKs raise their own typed errors.
 """
@@ -67,13 +67,16 @@ class ChatCompletions:
                 raise MethodNotAllowed(headers={"allow": "POST"})
             body = await self.chat.read_body(scope, receive)
             request = parse_openai_request(parse_json(body), server_model=policy.model, models=policy.models)
-            provider_request = policy.provider_request(
+            state = request_state(scope)
+            provider_request, state.preset = policy.provider_request(
                 model=request.model,
                 messages=request.messages,
                 max_tokens=request.max_tokens,
                 stream=request.stream,
                 params=request.params,
                 system_param="messages",
+                preset=request.preset,
+                allowed_presets=(state.claims or {}).get("presets"),
             )
         except LLMGuardError as error:
             await send_error(scope, send, error)

@@ -7,7 +7,11 @@
   objects and ``chat.completion.chunk`` events through (:class:`OpenAIWire`).
 
 A wire only formats; what is sent when, and what it costs, is the chat
-service's (``_chat_service``).
+service's (``_chat_service``). When the request was degraded (``_degrade``),
+``/api/chat`` says so in its reply (``"degraded"``) and in the stream's
+``start`` and ``finish`` metadata; ``/v1`` says it in the
+``x-llmguard-degraded`` header only (the service sends it), and its reply's
+``model`` names the model used.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import json
 import secrets
 from typing import Protocol
 
+from llmguard._degrade import Degradation
 from llmguard._errors import LLMGuardError
 from llmguard._state import Usage
 from llmguard._upstream import Completion, StreamEvent
@@ -49,11 +54,11 @@ class Wire(Protocol):
 
     stream_headers: list[tuple[bytes, bytes]]
 
-    def reply(self, body: bytes, completion: Completion, usage: Usage) -> bytes:
+    def reply(self, body: bytes, completion: Completion, usage: Usage, degraded: Degradation | None) -> bytes:
         """The JSON body of a non-streamed reply (``body`` is the provider's)."""
         ...
 
-    def start(self) -> bytes:
+    def start(self, degraded: Degradation | None) -> bytes:
         """What opens a stream."""
         ...
 
@@ -61,7 +66,7 @@ class Wire(Protocol):
         """What one provider event becomes (maybe nothing)."""
         ...
 
-    def finish(self, finish_reason: str | None, usage: Usage) -> bytes:
+    def finish(self, finish_reason: str | None, usage: Usage, degraded: Degradation | None) -> bytes:
         """What closes a complete stream."""
         ...
 
@@ -78,18 +83,22 @@ class UIMessageWire:
     def __init__(self) -> None:
         self.text_started = False
 
-    def reply(self, body: bytes, completion: Completion, usage: Usage) -> bytes:
-        reply = {
+    def reply(self, body: bytes, completion: Completion, usage: Usage, degraded: Degradation | None) -> bytes:
+        reply: dict[str, object] = {
             "role": "assistant",
             "content": completion.content,
             "finish_reason": completion.finish_reason,
             "usage": usage.as_dict(),
         }
+        if degraded is not None:
+            reply["degraded"] = degraded.as_dict()
         return _dumps(reply)
 
-    def start(self) -> bytes:
-        message_id = "msg_" + secrets.token_hex(12)
-        return sse({"type": "start", "messageId": message_id}) + sse({"type": "start-step"})
+    def start(self, degraded: Degradation | None) -> bytes:
+        start: dict[str, object] = {"type": "start", "messageId": "msg_" + secrets.token_hex(12)}
+        if degraded is not None:
+            start["messageMetadata"] = {"degraded": degraded.as_dict()}
+        return sse(start) + sse({"type": "start-step"})
 
     def event(self, event: StreamEvent) -> bytes:
         if not event.text:
@@ -98,10 +107,13 @@ class UIMessageWire:
         self.text_started = True
         return prefix + sse({"type": "text-delta", "id": TEXT_ID, "delta": event.text})
 
-    def finish(self, finish_reason: str | None, usage: Usage) -> bytes:
+    def finish(self, finish_reason: str | None, usage: Usage, degraded: Degradation | None) -> bytes:
         # The AI SDK validates this against its enum, which has no "unknown": an unnamed end is "other".
         reason = FINISH_REASONS.get(finish_reason or "", "other")
-        finish = sse({"type": "finish", "finishReason": reason, "messageMetadata": {"usage": usage.as_dict()}})
+        metadata: dict[str, object] = {"usage": usage.as_dict()}
+        if degraded is not None:
+            metadata["degraded"] = degraded.as_dict()
+        finish = sse({"type": "finish", "finishReason": reason, "messageMetadata": metadata})
         return (_TEXT_END if self.text_started else b"") + _FINISH_STEP + finish + DONE
 
     def error(self, error: LLMGuardError) -> bytes:
@@ -117,10 +129,10 @@ class OpenAIWire:
         # The provider is always asked for usage (budgets settle on it); the client sees it if it asked.
         self.include_usage = include_usage
 
-    def reply(self, body: bytes, completion: Completion, usage: Usage) -> bytes:
+    def reply(self, body: bytes, completion: Completion, usage: Usage, degraded: Degradation | None) -> bytes:
         return body
 
-    def start(self) -> bytes:
+    def start(self, degraded: Degradation | None) -> bytes:
         return b""
 
     def event(self, event: StreamEvent) -> bytes:
@@ -129,7 +141,7 @@ class OpenAIWire:
             return b""
         return b"data: " + event.data + b"\n\n"
 
-    def finish(self, finish_reason: str | None, usage: Usage) -> bytes:
+    def finish(self, finish_reason: str | None, usage: Usage, degraded: Degradation | None) -> bytes:
         return DONE
 
     def error(self, error: LLMGuardError) -> bytes:
