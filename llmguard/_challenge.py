@@ -260,7 +260,10 @@ class TokenChallenge:
             return
         position = await self.position(scope)
         if solution is None or solution == "":
-            raise ChallengeRequired(context={"challenge": self.issue(scope, position)})
+            challenge = self.issue(scope, position)
+            # A 401 names how to authenticate: here, by solving this kind of challenge (not with a bearer token).
+            scheme = {"www-authenticate": f'LLMGuard-Challenge kind="{challenge["kind"]}"'}
+            raise ChallengeRequired(headers=scheme, context={"challenge": challenge})
         if not isinstance(solution, str) or len(solution) > 4096:
             await self.fail(scope, position, "The solution must be the text the challenge solver gave.")
         assert isinstance(solution, str)

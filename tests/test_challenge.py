@@ -63,6 +63,8 @@ def own_challenge(*, secret: str = SECRET, expires_in: float = 300, params: dict
 
 async def test_a_token_needs_a_solved_challenge_and_then_works_for_chat(harness_factory: Factory) -> None:
     harness = await harness_factory(token_challenge="pow")
+    refused = await harness.client.post("/api/token")
+    assert refused.headers["www-authenticate"] == 'LLMGuard-Challenge kind="pow"'
     challenge = await challenged(harness)
     assert challenge["kind"] == "pow"
     assert challenge["algorithm"] == "SHA-256"
