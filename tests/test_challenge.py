@@ -13,8 +13,10 @@ import httpx
 import pytest
 from altcha.v1 import ChallengeOptions, create_challenge
 from harness import ORIGIN, PEER, SECRET, Harness, assert_error, assert_no_secrets, bearer, make_settings
+from starlette.applications import Starlette
+from starlette.routing import Route
 
-from llmguard import Settings, TokenChallenge
+from llmguard import IPRateLimit, OriginFilter, Settings, Storage, TokenChallenge, TokenEndpoint
 from llmguard._challenge import parse_ladder
 from llmguard.testing import FakeSiteverify, solve_challenge_payload
 
@@ -438,3 +440,24 @@ def test_settings_feed_the_challenge() -> None:
     assert gate.captcha.hostnames == {"app.example.com"}
     assert "captcha_secret" not in repr(settings)
     assert CAPTCHA_SECRET not in repr(settings)
+
+
+async def test_a_hand_built_stack_asks_for_work_as_the_readme_shows() -> None:
+    """README, "Use it as a library": TokenEndpoint(challenge=...) and the challenge as its own route."""
+    storage = Storage("memory://")
+    challenge = TokenChallenge(kind="pow", secret=SECRET, storage=storage)
+    minting = IPRateLimit(TokenEndpoint(secret=SECRET, challenge=challenge), limit="10/minute", name="token",
+                          storage=storage)  # fmt: skip
+    routes = [
+        Route("/api/token", OriginFilter(minting, allow_origins=[ORIGIN])),
+        Route("/api/challenge", OriginFilter(challenge, allow_origins=[ORIGIN])),
+    ]
+    app = Starlette(routes=routes)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(PEER, 1)), base_url="http://t", headers={"origin": ORIGIN}
+    ) as client:
+        assert_error(await client.post("/api/token"), 401, "ChallengeRequired")
+        fetched = (await client.get("/api/challenge")).json()
+        minted = await client.post("/api/token", json={"solution": solve_challenge_payload(fetched)})
+        assert minted.status_code == 200, minted.text
+        assert_error(await client.get("/api/challenge", headers={"origin": "https://evil.example"}), 403, "Forbidden")
