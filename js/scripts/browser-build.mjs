@@ -1,10 +1,11 @@
-// The Python package serves the browser build at /sdk.js, and `pip install` must not need
-// Node, so the build is committed at llmguard/static/sdk.js.
-//   node scripts/browser-build.mjs sync   copy dist/browser/sdk.js there (after `npm run build`)
-//   node scripts/browser-build.mjs check  fail unless the committed file equals a fresh build
+// The Python package serves the browser build at /sdk.js, /widget.js, and the files they import
+// only when a server asks for a challenge, /sdk-pow.js and /sdk-captcha.js; `pip install` must
+// not need Node, so the build is committed in llmguard/static/.
+//   node scripts/browser-build.mjs sync   copy dist/browser/*.js there (after `npm run build`)
+//   node scripts/browser-build.mjs check  fail unless the committed files equal a fresh build
 import { readFileSync, writeFileSync } from "node:fs";
 
-const FILES = ["sdk.js", "widget.js"];
+const FILES = ["sdk.js", "widget.js", "sdk-pow.js", "sdk-captcha.js"];
 const mode = process.argv[2];
 if (mode !== "sync" && mode !== "check") {
   console.error("usage: browser-build.mjs sync|check");

@@ -6,6 +6,12 @@
 //   apps already have: `useChat` alone must not bring the widget or marked along (the widget has its
 //   own entry, `@llmguard/sdk/widget/react`), and `<ChatWidget />` is the widget plus a thin wrapper.
 // Measured (gzipped): marked 15.3 KB (micromark 15.7, with GFM 21.4), the core 5.4, the element 5.
+// Raised on 2026-12-02 for issue 12 (challenges, presets, degradation): minting through a
+// challenge, the "checking" and "degraded" states and the widget's note and CAPTCHA slot add
+// 0.6 KB to the core and 0.8 KB to widget.js, which had 0.3 KB left (sdk.js still fits 6 KB). The
+// solver itself is not counted with them: it is a lazy chunk, budgeted below. An app built with
+// Vite also gets Vite's preload helper (about 0.7 KB) for that lazy import(), once per app; an app
+// with any lazy route already has it, and other bundlers add none.
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { gzipSync } from "node:zlib";
@@ -14,19 +20,26 @@ import { build } from "vite";
 const KB = 1024;
 const root = fileURLToPath(new URL("..", import.meta.url));
 
-const FILES = { "dist/browser/sdk.js": 6 * KB, "dist/browser/widget.js": 26 * KB };
+// sdk-pow.js (the proof-of-work solver with its worker) and sdk-captcha.js (the widget's CAPTCHA)
+// are downloaded only when a server asks for a challenge: budgeted on their own.
+const FILES = {
+  "dist/browser/sdk.js": 6 * KB,
+  "dist/browser/widget.js": 27 * KB,
+  "dist/browser/sdk-pow.js": 2 * KB,
+  "dist/browser/sdk-captcha.js": 1 * KB,
+};
 
 const APPS = [
   {
     name: "an app with useChat only (@llmguard/sdk/react)",
     code: `export { useChat } from "${root}dist/react.js";`,
-    budget: 6 * KB,
     without: ["dist/widget-react.js", "chat-element", "node_modules/marked/"],
+    budget: 7 * KB,
   },
   {
     name: "an app with <ChatWidget /> (@llmguard/sdk/widget/react)",
     code: `export { ChatWidget } from "${root}dist/widget-react.js";`,
-    budget: 26 * KB,
+    budget: 28 * KB,
     without: [],
   },
 ];
@@ -57,7 +70,16 @@ for (const app of APPS) {
       rollupOptions: { input: "app", external: ["react", "react/jsx-runtime"], preserveEntrySignatures: "strict" },
     },
   });
-  const chunks = (Array.isArray(output) ? output : [output]).flatMap((result) => result.output).filter((item) => item.type === "chunk");
+  const all = (Array.isArray(output) ? output : [output]).flatMap((result) => result.output).filter((item) => item.type === "chunk");
+  // What loads with the page: the entry and what it imports statically, not the lazy chunks (the solver).
+  const chunks = [];
+  const wanted = all.filter((chunk) => chunk.isEntry).map((chunk) => chunk.fileName);
+  for (const name of wanted) {
+    const chunk = all.find((item) => item.fileName === name);
+    if (!chunk || chunks.includes(chunk)) continue;
+    chunks.push(chunk);
+    wanted.push(...chunk.imports);
+  }
   const code = chunks.map((chunk) => chunk.code).join("");
   const modules = chunks.flatMap((chunk) => chunk.moduleIds);
   const unwanted = app.without.filter((part) => modules.some((id) => id.includes(part)));

@@ -1,3 +1,4 @@
+import type { Attest } from "./challenge.ts";
 import { type Client, getClient } from "./client.ts";
 import { LLMGuardError, toLLMGuardError } from "./errors.ts";
 import { readUIMessageStream, type Usage } from "./ui-stream.ts";
@@ -14,12 +15,26 @@ export type ChatInput = string | readonly ChatMessage[];
 export interface ChatOptions {
   /** Instructions for this conversation, if the server allows clients to set them. */
   system?: string;
+  /** The name of a prompt preset defined on the server (`PRESETS`): its instructions, model and caps. */
+  preset?: string;
   /** Cancels the request, and so the provider call behind it. */
   signal?: AbortSignal;
   /** Ask for fewer output tokens than the server's cap. */
   maxTokens?: number;
   /** Another client than the one `configure()` set up. */
   client?: Client;
+  /** Shows a CAPTCHA if the server asks for one before it mints a token and the client has no `attest` of its own. */
+  attest?: Attest;
+}
+
+/** The cheaper service a server near its monthly cap gives (`DEGRADE`): the model and output cap it uses now. */
+export interface Degraded {
+  /** The fraction of the monthly cap past which this step applies (`0.8`). */
+  threshold: number;
+  /** The model answering now, when the step changes it. */
+  model: string | null;
+  /** The output cap now, when the step lowers it. */
+  maxTokens: number | null;
 }
 
 /** A finished reply. */
@@ -29,6 +44,8 @@ export interface ChatResult {
   finishReason: string | undefined;
   usage: Usage | undefined;
   messageId: string | undefined;
+  /** Set when the server answered with a cheaper model or a lower cap because it is near its monthly cap. */
+  degraded: Degraded | null;
 }
 
 /**
@@ -54,7 +71,7 @@ export interface ChatStream extends AsyncIterable<string> {
  */
 export async function chat(input: ChatInput, options: ChatOptions = {}): Promise<string> {
   const client = options.client ?? getClient();
-  const response = await client.post("/api/chat", requestBody(input, options, false), options.signal);
+  const response = await client.post("/api/chat", requestBody(input, options, false), options.signal, options.attest);
   let reply: unknown;
   try {
     reply = await response.json();
@@ -96,11 +113,13 @@ export function streamChat(input: ChatInput, options: ChatOptions = {}): ChatStr
 
   const result = (async (): Promise<ChatResult> => {
     try {
-      const response = await client.post("/api/chat", requestBody(input, options, true), signal);
+      const response = await client.post("/api/chat", requestBody(input, options, true), signal, options.attest);
       if (!response.body) throw new LLMGuardError("InvalidResponse", "The server's reply has no body.");
       let text = "";
       let messageId: string | undefined;
+      let degraded: Degraded | null = null;
       for await (const chunk of readUIMessageStream(response.body)) {
+        degraded = readDegraded((chunk as { messageMetadata?: unknown }).messageMetadata) ?? degraded;
         if (chunk.type === "text-delta" && typeof chunk["delta"] === "string") {
           text += chunk["delta"];
           deltas.push(chunk["delta"]);
@@ -113,7 +132,7 @@ export function streamChat(input: ChatInput, options: ChatOptions = {}): ChatStr
           throw new LLMGuardError(code, message); // no status: the response itself was a 200
         } else if (chunk.type === "finish") {
           const finish = chunk as { finishReason?: string; messageMetadata?: { usage?: Usage } };
-          return { text, finishReason: finish.finishReason, usage: finish.messageMetadata?.usage, messageId };
+          return { text, finishReason: finish.finishReason, usage: finish.messageMetadata?.usage, messageId, degraded };
         }
       }
       throw new LLMGuardError("InvalidResponse", "The stream ended before the reply was complete.");
@@ -155,8 +174,15 @@ function requestBody(input: ChatInput, options: ChatOptions, stream: boolean): R
     messages,
     stream,
     ...(options.system !== undefined && { system: options.system }),
+    ...(options.preset !== undefined && { preset: options.preset }),
     ...(options.maxTokens !== undefined && { max_tokens: options.maxTokens }),
   };
+}
+
+/** The `degraded` of a reply's metadata (`{threshold, model, max_tokens}`), or `undefined`. */
+function readDegraded(metadata: unknown): Degraded | undefined {
+  const degraded = (metadata as { degraded?: { threshold: number; model?: string; max_tokens?: number } } | undefined)?.degraded;
+  return degraded && { threshold: degraded.threshold, model: degraded.model ?? null, maxTokens: degraded.max_tokens ?? null };
 }
 
 /** Abort `controller` with `outer`; returns the function that stops listening (a long-lived signal must not pile up listeners). */

@@ -1,3 +1,4 @@
+import type { Attest } from "./challenge.ts";
 import { errorFromResponse, LLMGuardError, toLLMGuardError } from "./errors.ts";
 import { TokenCache } from "./token.ts";
 
@@ -15,6 +16,13 @@ export interface ClientOptions {
   fetch?: typeof fetch;
   /** Extra headers for every request, or a function returning them (for example your own session header). */
   headers?: Record<string, string> | (() => Record<string, string> | Promise<Record<string, string>>);
+  /**
+   * Shows the CAPTCHA a server asks for before it mints a token (`TOKEN_CHALLENGE=turnstile` or
+   * `hcaptcha`) and resolves to the provider's response token. Without it (and outside the widget,
+   * which has its own) such a server's refusal is an `LLMGuardError` with code `ChallengeRequired`.
+   * A proof-of-work challenge needs nothing: the SDK solves it in a worker.
+   */
+  attest?: Attest;
 }
 
 function defaultBaseUrl(): string {
@@ -33,17 +41,25 @@ export class Client {
   constructor(options: ClientOptions = {}) {
     this.options = options;
     this.baseUrl = (options.baseUrl ?? defaultBaseUrl()).replace(/\/+$/, "");
-    this.tokens = new TokenCache(async () => this.fetch("/api/token", { method: "POST", headers: await this.headers() }));
+    this.tokens = new TokenCache(
+      async (solution) =>
+        this.fetch("/api/token", {
+          method: "POST",
+          headers: { ...(await this.headers()), "content-type": "application/json" },
+          body: JSON.stringify(solution ? { solution } : {}),
+        }),
+      options.attest,
+    );
   }
 
   /**
    * POST `body` as JSON to `path` with a token; one transparent retry with a
    * fresh token after a 401. Resolves to a 2xx response or throws an
-   * `LLMGuardError`.
+   * `LLMGuardError`. `attest` shows a CAPTCHA if the server asks for one and the client has no `attest`.
    */
-  async post(path: string, body: unknown, signal?: AbortSignal): Promise<Response> {
+  async post(path: string, body: unknown, signal?: AbortSignal, attest?: Attest): Promise<Response> {
     for (let attempt = 0; ; attempt++) {
-      const token = await this.tokens.acquire(signal);
+      const token = await this.tokens.acquire(signal, attest);
       const headers = { ...(await this.headers()), "content-type": "application/json", authorization: `Bearer ${token}` };
       let response: Response;
 

@@ -5,6 +5,9 @@
  * one per `LLMGuardError` class of the Python package, with its default status and message.
  */
 export type ServerErrorCode =
+  | "ChallengeFailed" // 403 The challenge was not solved. Try again with the new one.
+  | "ChallengeRequired" // 401 Solve the challenge first: this server asks for a moment of work before it hands out a token.
+  | "ChallengeUnavailable" // 503 The server cannot check the CAPTCHA right now. Try again shortly.
   | "Forbidden" // 403 This origin is not allowed to use this server.
   | "InternalError" // 500 Something went wrong on the server.
   | "InvalidRequest" // 422 The request is not valid.

@@ -68,11 +68,12 @@ export function isLLMGuardError(error: unknown, ...codes: LLMGuardErrorCode[]): 
 }
 
 /**
- * Whether waiting `error.retryAfter` seconds may help: a rate limit, a used-up token budget, or a
- * server with all its connections busy (not the monthly caps, which last until next month).
+ * Whether waiting `error.retryAfter` seconds may help: a rate limit, a used-up token budget, a
+ * server with all its connections busy, or a CAPTCHA verifier that did not answer (not the monthly
+ * caps, which last until next month).
  */
 export function isRateLimitError(error: unknown): error is LLMGuardError & { retryAfter: number | undefined } {
-  return isLLMGuardError(error, "RateLimitExceeded", "TokenBudgetExceeded", "ServerBusy");
+  return isLLMGuardError(error, "RateLimitExceeded", "TokenBudgetExceeded", "ServerBusy", "ChallengeUnavailable");
 }
 
 /** Whether the request was cancelled (by `stop()` or an `AbortSignal`). */
@@ -89,14 +90,9 @@ export function parseRetryAfter(value: string | null | undefined, now = Date.now
   return Number.isNaN(date) ? undefined : Math.max(0, Math.ceil((date - now) / 1000));
 }
 
-/** The SDK error for a non-2xx response: the server's JSON error if there is one. */
-export async function errorFromResponse(response: Response): Promise<LLMGuardError> {
-  let body: unknown;
-  try {
-    body = await response.json();
-  } catch {
-    body = undefined;
-  }
+/** The SDK error for a non-2xx response: the server's JSON error if there is one (`body`, when already read). */
+export async function errorFromResponse(response: Response, body?: unknown): Promise<LLMGuardError> {
+  body ??= await response.json().catch(() => undefined);
   const fields = typeof body === "object" && body !== null ? (body as Record<string, unknown>) : {};
   // llmguard's shape is {"error": "Code", "message"}; OpenAI's is {"error": {"code", "message"}}.
   const nested = typeof fields["error"] === "object" && fields["error"] !== null ? (fields["error"] as Record<string, unknown>) : {};

@@ -1,5 +1,15 @@
 export { Client, type ClientOptions, configure, getAuthHeaders, getClient, getToken } from "./client.ts";
-export { chat, type ChatInput, type ChatMessage, type ChatOptions, type ChatResult, type ChatStream, streamChat } from "./chat.ts";
+export type { Attest, CaptchaChallenge } from "./challenge.ts";
+export {
+  chat,
+  type ChatInput,
+  type ChatMessage,
+  type ChatOptions,
+  type ChatResult,
+  type ChatStream,
+  type Degraded,
+  streamChat,
+} from "./chat.ts";
 export {
   isAbortError,
   isLLMGuardError,

@@ -24,7 +24,7 @@ function statuses(snapshots: readonly ChatSessionState[]): string[] {
   return all.slice(Math.max(start, 0)).filter((status, index, kept) => index === 0 || kept[index - 1] !== status);
 }
 
-const EMPTY: ChatSessionState = { messages: [], status: "ready", error: undefined, isBusy: false, retryIn: 0 };
+const EMPTY: ChatSessionState = { messages: [], status: "ready", error: undefined, isBusy: false, retryIn: 0, isChecking: false, degraded: null };
 
 describe("a turn", () => {
   test("goes ready → submitted → streaming → ready; onFinish gets the message and the result", async () => {
@@ -45,7 +45,7 @@ describe("a turn", () => {
     expect(onFinish).toHaveBeenCalledTimes(1);
     const [message, result] = onFinish.mock.calls[0] ?? [];
     expect(message).toEqual(session.messages[1]);
-    expect(result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1" });
+    expect(result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null });
   });
 
   test("the status is submitted at once, and streaming with the partial reply as deltas arrive", async () => {

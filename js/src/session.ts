@@ -1,8 +1,9 @@
-import type { Client } from "./client.ts";
-import { type ChatMessage, type ChatResult, streamChat } from "./chat.ts";
+import type { Attest } from "./challenge.ts";
+import { type Client, getClient } from "./client.ts";
+import { type ChatMessage, type ChatResult, type Degraded, streamChat } from "./chat.ts";
 import { isRateLimitError, type LLMGuardError, toLLMGuardError } from "./errors.ts";
 
-/** `submitted`: sent, nothing back yet; `streaming`: the reply is arriving. */
+/** `submitted`: sent, nothing back yet (see `isChecking`); `streaming`: the reply is arriving. */
 export type ChatStatus = "ready" | "submitted" | "streaming" | "error";
 
 /** A message of a session: a {@link ChatMessage} with a stable id. */
@@ -25,6 +26,20 @@ export interface ChatSessionState {
    * @defaultValue 0
    */
   readonly retryIn: number;
+  /**
+   * Whether the server's challenge is being solved before the reply can start (a proof-of-work in a
+   * worker, or a CAPTCHA): `status` is `submitted` meanwhile. Show "Checking your browser…".
+   *
+   * @defaultValue false
+   */
+  readonly isChecking: boolean;
+  /**
+   * Set when the last reply came from a cheaper model or under a lower cap, because the server is
+   * near its monthly cap; `null` otherwise.
+   *
+   * @defaultValue null
+   */
+  readonly degraded: Degraded | null;
 }
 
 /**
@@ -48,6 +63,8 @@ export interface ChatStorage {
 export interface ChatSessionOptions {
   /** Instructions for the conversation, if the server allows clients to set them. */
   system?: string;
+  /** The name of a prompt preset defined on the server (`PRESETS`). */
+  preset?: string;
   /** Start from an earlier conversation (when `persist` has none saved). */
   initialMessages?: readonly (ChatMessage | SessionMessage)[];
   /**
@@ -58,6 +75,8 @@ export interface ChatSessionOptions {
   persist?: string | ChatStorage;
   /** Another client than the one `configure()` set up. */
   client?: Client;
+  /** Shows a CAPTCHA if the server asks for one and the client has no `attest` of its own. */
+  attest?: Attest;
   /** Called when a reply fails (not when it is stopped). */
   onError?: (error: LLMGuardError) => void;
   /** Called when a reply is complete. */
@@ -143,7 +162,15 @@ function localStorageChat(name: string): ChatStorage {
 export function createChatSession(options: ChatSessionOptions = {}): ChatSession {
   const storage = typeof options.persist === "string" ? localStorageChat(options.persist) : options.persist;
   const initialMessages = savedMessages(storage?.load()) ?? options.initialMessages ?? [];
-  let state: ChatSessionState = { messages: withIds(initialMessages), status: "ready", error: undefined, isBusy: false, retryIn: 0 };
+  let state: ChatSessionState = {
+    messages: withIds(initialMessages),
+    status: "ready",
+    error: undefined,
+    isBusy: false,
+    retryIn: 0,
+    isChecking: false,
+    degraded: null,
+  };
   const listeners = new Set<() => void>();
   let controller: AbortController | undefined;
   /** When a rate limit's wait ends (ms since the epoch), and the timer that counts it down. */
@@ -186,10 +213,14 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     const isCurrent = () => controller === current;
     update({ messages, status: "submitted", error: undefined });
     const history = messages.filter((message) => message.content !== "");
+    const client = options.client ?? getClient();
+    const unwatch = client.tokens.watch((checking) => isCurrent() && update({ isChecking: checking }));
     const stream = streamChat(history, {
       signal: current.signal,
+      client,
       ...(options.system !== undefined && { system: options.system }),
-      ...(options.client && { client: options.client }),
+      ...(options.preset !== undefined && { preset: options.preset }),
+      ...(options.attest && { attest: options.attest }),
     });
     let answer: SessionMessage | undefined;
     try {
@@ -208,7 +239,7 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
       answer ??= { id: newId(), role: "assistant", content: result.text };
       const complete = state.messages.at(-1)?.id === answer.id ? state.messages : [...state.messages, answer];
       controller = undefined;
-      update({ messages: complete, status: "ready" });
+      update({ messages: complete, status: "ready", degraded: result.degraded });
       options.onFinish?.(answer, result);
     } catch (thrown) {
       if (!isCurrent()) return; // stopped or cleared: the partial reply stays as it was
@@ -219,6 +250,10 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
       update({ status: "error", error, ...(wait > 0 && { retryIn: wait }) });
       startTicking();
       options.onError?.(error);
+    } finally {
+      unwatch();
+      // Stopped or failed while checking (a new reply in progress sees to its own).
+      if (state.isChecking && !state.isBusy) update({ isChecking: false });
     }
   }
 
@@ -237,6 +272,12 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     },
     get retryIn() {
       return state.retryIn;
+    },
+    get isChecking() {
+      return state.isChecking;
+    },
+    get degraded() {
+      return state.degraded;
     },
     getSnapshot: () => state,
     subscribe(listener) {
@@ -257,7 +298,7 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
       if (!controller) return;
       controller.abort();
       controller = undefined;
-      update({ status: "ready" });
+      update({ status: "ready", isChecking: false });
     },
     async retry() {
       if (state.isBusy || waiting()) return;
@@ -269,7 +310,7 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     clear() {
       controller?.abort();
       controller = undefined;
-      update({ messages: [], status: "ready", error: undefined });
+      update({ messages: [], status: "ready", error: undefined, isChecking: false });
     },
     setMessages(messages) {
       update({ messages: withIds(messages) });

@@ -269,7 +269,7 @@ describe("useChat", () => {
     expect(latestFinish).toHaveBeenCalledTimes(1);
     const [message, finished] = latestFinish.mock.calls[0] ?? [];
     expect(message).toMatchObject({ role: "assistant", content: "Hello" });
-    expect(finished).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1" });
+    expect(finished).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null });
 
     await act(() => result.current.send("Two"));
     expect(latestError).toHaveBeenCalledTimes(1);

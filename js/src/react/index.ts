@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useRef, useState, useSyncExternalStore } from "react";
 
-import type { ChatMessage, ChatResult } from "../chat.ts";
+import type { Attest } from "../challenge.ts";
+import type { ChatMessage, ChatResult, Degraded } from "../chat.ts";
 import type { Client } from "../client.ts";
 import type { LLMGuardError } from "../errors.ts";
 import { type ChatSession, type ChatStatus, type ChatStorage, createChatSession, type SessionMessage } from "../session.ts";
@@ -13,10 +14,12 @@ import { type ChatSession, type ChatStatus, type ChatStorage, createChatSession,
  */
 export { ChatWidget, type ChatWidgetProps } from "../widget/react.ts";
 
-/** Options of {@link useChat}. `system`, `initialMessages`, `persist` and `client` are read once, on mount. */
+/** Options of {@link useChat}. `system`, `preset`, `initialMessages`, `persist`, `client` and `attest` are read once, on mount. */
 export interface UseChatOptions {
   /** Instructions for the conversation, if the server allows clients to set them. */
   system?: string;
+  /** The name of a prompt preset defined on the server (`PRESETS`). */
+  preset?: string;
   /** Start from an earlier conversation (when `persist` has none saved). */
   initialMessages?: readonly ChatMessage[];
   /**
@@ -31,6 +34,8 @@ export interface UseChatOptions {
   persist?: string | ChatStorage;
   /** Another client than the one `configure()` set up. */
   client?: Client;
+  /** Shows a CAPTCHA if the server asks for one and the client has no `attest` of its own. */
+  attest?: Attest;
   onError?: (error: LLMGuardError) => void;
   onFinish?: (message: SessionMessage, result: ChatResult) => void;
 }
@@ -59,6 +64,18 @@ export interface UseChatResult {
    * ```
    */
   retryIn: number;
+  /**
+   * Whether the server's challenge is being solved before the reply starts (`status` is
+   * `submitted` meanwhile): a proof-of-work in a worker, or a CAPTCHA.
+   *
+   * @example
+   * ```tsx
+   * {isChecking && <p>Checking your browser…</p>}
+   * ```
+   */
+  isChecking: boolean;
+  /** Set when the last reply came from a cheaper model or under a lower cap (the server is near its monthly cap). */
+  degraded: Degraded | null;
   /** The text box's value, kept by the hook. */
   input: string;
   setInput: (input: string) => void;
@@ -89,6 +106,8 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
   const [session] = useState(() =>
     createChatSession({
       ...(options.system !== undefined && { system: options.system }),
+      ...(options.preset !== undefined && { preset: options.preset }),
+      ...(options.attest && { attest: options.attest }),
       ...(options.initialMessages && { initialMessages: options.initialMessages }),
       ...(options.persist !== undefined && { persist: options.persist }),
       ...(options.client && { client: options.client }),
@@ -120,6 +139,8 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
     error: state.error,
     isBusy: state.isBusy,
     retryIn: state.retryIn,
+    isChecking: state.isChecking,
+    degraded: state.degraded,
     input,
     setInput,
     send,

@@ -417,7 +417,7 @@ describe("errors", () => {
     const finished: ChatFinishEvent[] = await eventsOfOneTurn("llmguard-finish", streamed("Hel", "lo"));
     expect(finished).toHaveLength(1);
     expect(finished[0]?.detail.message).toMatchObject({ role: "assistant", content: "Hello" });
-    expect(finished[0]?.detail.result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1" });
+    expect(finished[0]?.detail.result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null });
   });
 });
 

@@ -24,7 +24,7 @@ export type ChatErrorEvent = CustomEvent<LLMGuardError>;
 export type ChatFinishEvent = CustomEvent<{ message: SessionMessage; result: ChatResult }>;
 
 // `heading`, not `title`: a `title` attribute would show as a tooltip over the whole widget.
-const ATTRIBUTES = ["heading", "placeholder", "theme", "system", "persist", "base-url"] as const;
+const ATTRIBUTES = ["heading", "placeholder", "theme", "system", "preset", "persist", "base-url"] as const;
 const NEAR_BOTTOM_PX = 48;
 
 // Not HTMLElement itself at module scope: importing this file on a server must not fail.
@@ -34,7 +34,7 @@ const Base = (globalThis.HTMLElement ?? class {}) as typeof HTMLElement;
  * `<llmguard-chat>`: a complete chat panel on the core session.
  *
  * Attributes: `heading`, `placeholder`, `theme` (`light`, `dark`, `auto`),
- * `system`, `persist` (keep the conversation in localStorage; its value names
+ * `system`, `preset` (a prompt preset of the server), `persist` (keep the conversation in localStorage; its value names
  * the conversation), `base-url`. Events: `llmguard-error`, `llmguard-finish`.
  */
 export class ChatElement extends Base implements LLMGuardChatElement {
@@ -98,7 +98,7 @@ export class ChatElement extends Base implements LLMGuardChatElement {
 
   attributeChangedCallback(name: string, previous: string | null, value: string | null): void {
     if (previous === value || !this.#view) return;
-    if (name === "system" || name === "base-url" || name === "persist") {
+    if (name === "system" || name === "preset" || name === "base-url" || name === "persist") {
       this.#restart();
     } else {
       this.#view.applyAttributes();
@@ -111,12 +111,21 @@ export class ChatElement extends Base implements LLMGuardChatElement {
     const baseUrl = this.getAttribute("base-url");
     const client = this.client ?? (baseUrl ? new Client({ baseUrl }) : undefined);
     const system = this.getAttribute("system");
+    const preset = this.getAttribute("preset");
     const persist = this.getAttribute("persist");
     const session = createChatSession({
       initialMessages: this.initialMessages ?? [],
       ...(persist !== null && persist !== "false" && { persist }),
       ...(client && { client }),
       ...(system !== null && { system }),
+      ...(preset !== null && { preset }),
+      // A CAPTCHA the server asks for is shown in the panel (its code is loaded then, not before).
+      // (In the browser build, /sdk-captcha.js beside /widget.js: see the solver in challenge.ts.)
+      attest: async (challenge, signal) =>
+        (__LLMGUARD_BROWSER_BUILD__
+          ? ((await import(/* @vite-ignore */ "./sdk-" + "captcha.js")) as typeof import("./captcha.ts"))
+          : await import("./captcha.ts")
+        ).renderCaptcha(this, challenge, signal),
       onError: (error) => this.dispatchEvent(new CustomEvent("llmguard-error", { detail: error })),
       onFinish: (message, result) => this.dispatchEvent(new CustomEvent("llmguard-finish", { detail: { message, result } })),
     });
@@ -128,7 +137,7 @@ export class ChatElement extends Base implements LLMGuardChatElement {
     view.render(session.getSnapshot());
   }
 
-  /** The session is configured with system, base-url, persist and client: a new one keeps the conversation. */
+  /** The session is configured with system, preset, base-url, persist and client: a new one keeps the conversation. */
   #restart(): void {
     if (!this.#session) return;
     const messages = this.#session.messages;
@@ -158,6 +167,7 @@ class View {
   readonly #errorText: HTMLElement;
   readonly #countdownText: HTMLElement;
   readonly #retry: HTMLButtonElement;
+  readonly #note: HTMLElement;
   readonly #announcer: HTMLElement;
   readonly #bubbles = new Map<string, { node: HTMLElement; content: string }>();
   #session: ChatSession | undefined;
@@ -197,6 +207,9 @@ class View {
     this.#countdownText = make(document, "span", "countdown");
     this.#retry = button(document, "Retry", "secondary");
     this.#error.append(this.#errorText, this.#countdownText, this.#retry);
+    // While a challenge is solved, and when replies come cheaper; the CAPTCHA, if any, shows below it.
+    this.#note = make(document, "p", "note", { part: "note", role: "status" });
+    const captcha = make(document, "slot", "", { name: "captcha" });
     const form = make(document, "form", "");
     const label = make(document, "label", "visually-hidden", { for: "input" });
     label.textContent = "Message";
@@ -208,7 +221,7 @@ class View {
     this.#stop.setAttribute("part", "stop");
     this.#stop.hidden = true;
     form.append(label, this.#input, this.#send, this.#stop);
-    panel.append(header, this.#log, this.#jump, this.#announcer, this.#error, form);
+    panel.append(header, this.#log, this.#jump, this.#announcer, this.#error, this.#note, captcha, form);
     root.append(style, panel);
 
     form.addEventListener("submit", (event) => {
@@ -280,6 +293,12 @@ class View {
     this.#send.disabled = waiting;
     this.#retry.disabled = waiting;
     this.#send.title = waiting ? "Too many requests: wait for the countdown" : "";
+    this.#note.textContent = state.isChecking
+      ? "Checking your browser…"
+      : state.degraded
+        ? "Answers are shorter for now: this service is near its monthly limit."
+        : "";
+    this.#note.hidden = !this.#note.textContent;
   }
 
   #renderMessages(state: ChatSessionState, busy: boolean): void {

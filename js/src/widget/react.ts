@@ -13,6 +13,8 @@ export interface ChatWidgetProps {
   title?: string;
   /** Instructions for the conversation, if the server allows clients to set them. */
   system?: string;
+  /** The name of a prompt preset defined on the server (`PRESETS`). */
+  preset?: string;
   /** @defaultValue "Ask anything…" */
   placeholder?: string;
   /** @defaultValue "light" */
@@ -71,6 +73,7 @@ export function ChatWidget(props: ChatWidgetProps): ReactElement {
     ref: element,
     heading: props.title,
     system: props.system,
+    preset: props.preset,
     placeholder: props.placeholder,
     theme: props.theme,
     persist: props.persist === true ? "" : props.persist || undefined,

@@ -1,0 +1,86 @@
+// The proof-of-work solver, loaded (a chunk of its own) only when a server asks for a challenge:
+// ALTCHA v1, solved by altcha-lib's own worker. The worker's code is inlined and started from a
+// blob: URL, because a page may not start a worker from another origin's URL, and the SDK is often
+// imported from the proxy (`import { chat } from "https://proxy/sdk.js"`).
+// This module imports nothing from the SDK's core, so that the browser builds (sdk.js, widget.js)
+// share one identical chunk file.
+import { solveChallenge } from "altcha-lib/v1";
+import AltchaWorker from "altcha-lib/v1/worker?worker&inline";
+
+/** What `GET /api/challenge` answers for `pow`, as far as the solver reads it. */
+export interface PowChallenge {
+  algorithm: string;
+  challenge: string;
+  maxnumber: number;
+  salt: string;
+  signature: string;
+}
+
+type Found = { number: number; took: number } | null;
+
+/** Numbers tried per slice when the main thread has to do the work: a few milliseconds each. */
+const SLICE = 500;
+
+/**
+ * The ALTCHA payload for `challenge` (what `POST /api/token` takes as `solution`), or `null` when no
+ * number up to `maxnumber` solves it. Rejects with `signal.reason` when `signal` aborts (the
+ * workers are terminated at once).
+ */
+export async function solvePow(challenge: PowChallenge, signal: AbortSignal): Promise<string | null> {
+  const { algorithm, salt, signature } = challenge;
+  const started = Date.now();
+  let found: Found;
+  try {
+    found = await inWorkers(challenge, signal);
+  } catch (error) {
+    if (signal.aborted) throw error;
+    // No worker could start (a Content-Security-Policy without `worker-src blob:`, or no Worker at all):
+    // the main thread does the work in small slices, so the page keeps answering, only slower.
+    found = await inSlices(challenge, signal);
+  }
+  return found && btoa(JSON.stringify({ algorithm, challenge: challenge.challenge, number: found.number, salt, signature, took: Date.now() - started }));
+}
+
+/** Split the numbers between a few workers; the first solution wins and every worker is terminated. */
+function inWorkers({ algorithm, challenge, maxnumber, salt }: PowChallenge, signal: AbortSignal): Promise<Found> {
+  const count = Math.max(1, Math.min(4, (globalThis.navigator?.hardwareConcurrency ?? 2) - 1));
+  const step = Math.ceil((maxnumber + 1) / count);
+  const workers: Worker[] = [];
+  return new Promise<Found>((resolve, reject) => {
+    let left = count;
+    const finish = (settle: () => void) => {
+      for (const worker of workers) worker.terminate();
+      signal.removeEventListener("abort", onAbort);
+      settle();
+    };
+    const onAbort = () => finish(() => reject(signal.reason));
+    signal.addEventListener("abort", onAbort);
+    try {
+      for (let index = 0; index < count; index++) {
+        const worker = new AltchaWorker();
+        workers.push(worker);
+        worker.onmessage = ({ data }: MessageEvent<Found>) => {
+          if (data) finish(() => resolve(data));
+          else if (--left === 0) finish(() => resolve(null));
+        };
+        // A worker that cannot run (blocked by the page's policy) fails here, before any answer.
+        worker.onerror = (event) => finish(() => reject(event));
+        const start = index * step;
+        worker.postMessage({ type: "work", payload: { algorithm, challenge, salt, start, max: Math.min(maxnumber, start + step - 1) } });
+      }
+    } catch (error) {
+      finish(() => reject(error));
+    }
+  });
+}
+
+async function inSlices({ algorithm, challenge, maxnumber, salt }: PowChallenge, signal: AbortSignal): Promise<Found> {
+  for (let start = 0; start <= maxnumber; start += SLICE) {
+    signal.throwIfAborted();
+    const found = await solveChallenge(challenge, salt, algorithm as "SHA-256", Math.min(maxnumber, start + SLICE - 1), start).promise;
+    if (found) return found;
+    // A task boundary between slices: timers, input and rendering go first.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  return null;
+}
