@@ -3,6 +3,7 @@ import { describe, expect, test } from "vitest";
 import { chat, type ChatOptions, type ChatStream, streamChat } from "./chat.ts";
 import { LLMGuardError } from "./errors.ts";
 import {
+  chatServer,
   controlledStream,
   deltaItem,
   errorResponse,
@@ -16,6 +17,7 @@ import {
   settle,
   soon,
   sseResponse,
+  streamed,
   USAGE,
 } from "./fake-server.test-util.ts";
 
@@ -277,5 +279,38 @@ describe.each(calls)("%s error mapping", (_, call) => {
       return new Promise<Response>(() => undefined);
     }, { signal: controller.signal });
     expect(error.code).toBe("Aborted");
+  });
+});
+
+describe("presets and degraded replies", () => {
+  test("preset goes in the body of chat() and streamChat(); none, no field", async () => {
+    const server = chatServer([() => jsonResponse({ role: "assistant", content: "a" }), streamed("b"), streamed("c")]);
+    const client = server.client();
+    await chat("one", { client, preset: "support" });
+    await streamChat("two", { client, preset: "sales" }).result;
+    await streamChat("three", { client }).result;
+    const bodies = server.requestsTo("/api/chat").map((request) => request.body as Record<string, unknown>);
+    expect(bodies.map((body) => body["preset"])).toEqual(["support", "sales", undefined]);
+    expect("preset" in (bodies[2] ?? {})).toBe(false);
+  });
+
+  test("the stream's start/finish metadata degraded becomes result.degraded ({threshold, model, maxTokens})", async () => {
+    const degraded = { threshold: 0.8, model: "gpt-4.1-nano", max_tokens: 300 };
+    const items = replyItems(["short"]);
+    const withMetadata = items.map((item) =>
+      item !== "[DONE]" && (item["type"] === "start" || item["type"] === "finish")
+        ? { ...item, messageMetadata: { ...(item["messageMetadata"] as object), degraded } }
+        : item,
+    );
+    const server = chatServer([() => sseResponse(withMetadata), () => sseResponse([{ type: "start", messageMetadata: { degraded: { threshold: 0.95, model: null, max_tokens: 100 } } }, ...items.slice(1)])]);
+    const client = server.client();
+    expect((await streamChat("x", { client }).result).degraded).toEqual({ threshold: 0.8, model: "gpt-4.1-nano", maxTokens: 300 });
+    // Only the start chunk says so (the finish chunk has its usage only): still degraded, the model unchanged.
+    expect((await streamChat("y", { client }).result).degraded).toEqual({ threshold: 0.95, model: null, maxTokens: 100 });
+  });
+
+  test("a reply without degraded metadata: degraded is null", async () => {
+    const server = chatServer([streamed("full")]);
+    expect((await streamChat("x", { client: server.client() }).result).degraded).toBeNull();
   });
 });

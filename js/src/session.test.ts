@@ -2,7 +2,21 @@ import { afterEach, describe, expect, test, vi } from "vitest";
 
 import type { ChatResult } from "./chat.ts";
 import type { LLMGuardError } from "./errors.ts";
-import { chatBodies, chatServer, controlled, errorResponse, failsMidStream, type Reply, settle, streamed, turns, until, USAGE } from "./fake-server.test-util.ts";
+import {
+  chatBodies,
+  chatServer,
+  controlled,
+  errorResponse,
+  failsMidStream,
+  type Reply,
+  replyItems,
+  settle,
+  sseResponse,
+  streamed,
+  turns,
+  until,
+  USAGE,
+} from "./fake-server.test-util.ts";
 import { type ChatSessionOptions, type ChatSessionState, type ChatStorage, createChatSession, type SessionMessage } from "./session.ts";
 
 /** A session whose server answers /api/chat with `replies`, one per request, in order. */
@@ -618,5 +632,27 @@ describe("persist", () => {
       ["Welcome back!", "Hi", "Sure."],
       [],
     ]);
+  });
+});
+
+describe("presets and degraded replies", () => {
+  test("the session's preset goes with every turn", async () => {
+    const { server, session } = sessionWith([streamed("a"), streamed("b")], { preset: "support" });
+    await session.send("one");
+    await session.retry();
+    expect(server.requestsTo("/api/chat").map((request) => (request.body as { preset?: string }).preset)).toEqual(["support", "support"]);
+  });
+
+  test("degraded follows the last reply: set, then null again", async () => {
+    const degraded = { threshold: 0.8, model: "gpt-4.1-nano", max_tokens: 300 };
+    const cheap: Reply = () =>
+      sseResponse([{ type: "start", messageId: "m", messageMetadata: { degraded } }, ...replyItems(["short"]).slice(1)]);
+    const { session } = sessionWith([cheap, streamed("full")]);
+    expect(session.degraded).toBeNull();
+    await session.send("one");
+    expect(session.degraded).toEqual({ threshold: 0.8, model: "gpt-4.1-nano", maxTokens: 300 });
+    expect(session.getSnapshot().degraded).toEqual(session.degraded);
+    await session.send("two");
+    expect(session.degraded).toBeNull();
   });
 });

@@ -4,7 +4,20 @@ import { afterEach, describe, expect, test, vi } from "vitest";
 
 import type { ChatResult } from "../chat.ts";
 import type { LLMGuardError } from "../errors.ts";
-import { chatBodies, chatServer, controlled, errorResponse, type Reply, streamed, turns, USAGE } from "../fake-server.test-util.ts";
+import {
+  chatBodies,
+  chatServer,
+  controlled,
+  errorResponse,
+  FakeServer,
+  type Reply,
+  replyItems,
+  sseResponse,
+  streamed,
+  tokenResponse,
+  turns,
+  USAGE,
+} from "../fake-server.test-util.ts";
 import type { SessionMessage } from "../session.ts";
 import { ChatWidget as WidgetFromItsEntry } from "../widget/react.ts";
 import { ChatWidget, useChat, type UseChatOptions, type UseChatResult } from "./index.ts";
@@ -57,6 +70,39 @@ describe("useChat", () => {
       { role: "assistant", content: "Answer" },
     ]);
     expect(result.current.messages.every((message) => typeof message.id === "string" && message.id !== "")).toBe(true);
+  });
+
+  test("preset goes in the body; degraded and isChecking come from the session", async () => {
+    const degraded = { threshold: 0.8, model: "gpt-4.1-nano", max_tokens: 300 };
+    const cheap: Reply = () => sseResponse([{ type: "start", messageId: "m", messageMetadata: { degraded } }, ...replyItems(["short"]).slice(1)]);
+    const { result, server } = renderChat([cheap], { preset: "support" });
+    expect(result.current.isChecking).toBe(false);
+    expect(result.current.degraded).toBeNull();
+    await act(() => result.current.send("Hello"));
+    expect((chatBodies(server)[0] as { preset?: string }).preset).toBe("support");
+    expect(result.current.degraded).toEqual({ threshold: 0.8, model: "gpt-4.1-nano", maxTokens: 300 });
+  });
+
+  test("isChecking is true while the server's CAPTCHA is up (status submitted)", async () => {
+    let answer!: (token: string) => void;
+    const server = new FakeServer({
+      "/api/token": (_request, index) =>
+        index === 0
+          ? errorResponse(401, "ChallengeRequired", { extra: { challenge: { kind: "hcaptcha", site_key: "k", action: null, script: "s" } } })
+          : tokenResponse("t"),
+      "/api/chat": () => sseResponse(replyItems(["ok"])),
+    });
+    const client = server.client();
+    const { result } = renderHook(() => useChat({ client, attest: () => new Promise((resolve) => (answer = resolve)) }));
+    const sent = start(result, (chat) => chat.send("Hello"));
+    await waitFor(() => expect(result.current.isChecking).toBe(true));
+    expect(result.current.status).toBe("submitted");
+    await act(async () => {
+      answer("token");
+      await sent;
+    });
+    expect(result.current.isChecking).toBe(false);
+    expect(result.current.status).toBe("ready");
   });
 
   test("a turn goes ready → submitted → streaming → ready while the messages grow", async () => {

@@ -4,7 +4,21 @@ import { afterEach, describe, expect, test, vi } from "vitest";
 
 import type { ChatMessage } from "../chat.ts";
 import { isLLMGuardError } from "../errors.ts";
-import { chatBodies, chatServer, controlled, errorResponse, type Reply, settle, streamed, until, USAGE } from "../fake-server.test-util.ts";
+import {
+  chatBodies,
+  chatServer,
+  controlled,
+  errorResponse,
+  FakeServer,
+  type Reply,
+  replyItems,
+  settle,
+  sseResponse,
+  streamed,
+  tokenResponse,
+  until,
+  USAGE,
+} from "../fake-server.test-util.ts";
 import { type ChatErrorEvent, type ChatFinishEvent, defineChatWidget, type LLMGuardChatElement, TAG } from "./chat-element.ts";
 
 interface MountOptions {
@@ -730,5 +744,66 @@ describe("code blocks in replies", () => {
     fireEvent.click(copy);
     expect(writeText).toHaveBeenCalledWith(code);
     await until(() => copy.textContent === "Copied", "the confirmation");
+  });
+});
+
+describe("challenges, presets and degraded replies", () => {
+  test("the preset attribute goes with every message", async () => {
+    const { server, textbox } = mount({ replies: [streamed("Hi")], attributes: { preset: "support" } });
+    sendMessage(textbox, "Hello");
+    await until(() => chatBodies(server).length === 1, "the request");
+    expect((chatBodies(server)[0] as { preset?: string }).preset).toBe("support");
+  });
+
+  test("'Checking your browser…' shows while a CAPTCHA is up, rendered in the panel's slot; gone once answered", async () => {
+    const rendered: { element: HTMLElement; options: Record<string, unknown> }[] = [];
+    (window as unknown as Record<string, unknown>)["turnstile"] = {
+      render: (element: HTMLElement, options: Record<string, unknown>) => rendered.push({ element, options }),
+    };
+    const server = new FakeServer({
+      "/api/token": (_request, index) =>
+        index === 0
+          ? errorResponse(401, "ChallengeRequired", {
+              extra: { challenge: { kind: "turnstile", site_key: "key", action: "llmguard-token", script: "https://captcha.test/api.js" } },
+            })
+          : tokenResponse("t"),
+      "/api/chat": () => sseResponse(replyItems(["Hi"])),
+    });
+    defineChatWidget();
+    const element = document.createElement(TAG);
+    element.client = server.client();
+    document.body.append(element);
+    const { root, textbox } = controls(element);
+    const note = () => root.querySelector<HTMLElement>(".note");
+
+    expect(note()?.hidden).toBe(true);
+    sendMessage(textbox, "Hello");
+    await until(() => rendered.length === 1, "the CAPTCHA");
+    expect(note()?.hidden).toBe(false);
+    expect(note()?.textContent).toBe("Checking your browser…");
+    const box = rendered[0]?.element;
+    expect(box?.parentElement).toBe(element);
+    expect(box?.slot).toBe("captcha");
+    expect(root.querySelector("slot[name=captcha]")).not.toBeNull();
+    expect(rendered[0]?.options).toMatchObject({ sitekey: "key", action: "llmguard-token" });
+
+    (rendered[0]?.options["callback"] as (token: string) => void)("captcha-token");
+    await until(() => element.session?.status === "ready", "the reply");
+    expect(server.requestsTo("/api/token")[1]?.body).toEqual({ solution: "captcha-token" });
+    expect(note()?.hidden).toBe(true);
+    expect(box?.isConnected).toBe(false);
+    delete (window as unknown as Record<string, unknown>)["turnstile"];
+  });
+
+  test("a degraded reply shows the one-line note", async () => {
+    const degraded = { threshold: 0.8, model: "gpt-4.1-nano", max_tokens: 300 };
+    const { root, textbox, element } = mount({
+      replies: [() => sseResponse([{ type: "start", messageId: "m", messageMetadata: { degraded } }, ...replyItems(["short"]).slice(1)])],
+    });
+    sendMessage(textbox, "Hello");
+    await until(() => element.session?.status === "ready", "the reply");
+    const note = root.querySelector<HTMLElement>(".note");
+    expect(note?.hidden).toBe(false);
+    expect(note?.textContent).toBe("Answers are shorter for now: this service is near its monthly limit.");
   });
 });

@@ -208,7 +208,7 @@ class View {
     this.#retry = button(document, "Retry", "secondary");
     this.#error.append(this.#errorText, this.#countdownText, this.#retry);
     // While a challenge is solved, and when replies come cheaper; the CAPTCHA, if any, shows below it.
-    this.#note = make(document, "p", "note", { part: "note", role: "status" });
+    this.#note = make(document, "p", "note", { part: "note", "aria-live": "polite" });
     const captcha = make(document, "slot", "", { name: "captcha" });
     const form = make(document, "form", "");
     const label = make(document, "label", "visually-hidden", { for: "input" });
