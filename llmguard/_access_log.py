@@ -80,6 +80,9 @@ class AccessLog:
             "tokens_estimated": state.usage.estimated if state.usage else None,
             "cost_usd": state.cost_usd,
             "error": state.error_code,
+            "preset": state.preset,
+            # The degradation step the request got (its threshold in percent), near the monthly caps.
+            "degraded": state.degraded.percent if state.degraded is not None else None,
         }
         self.logger.info(
             "%s %s %s %d %.1fms",
@@ -106,6 +109,10 @@ class TextFormatter(logging.Formatter):
                 line += f" tokens={mark}{fields['prompt_tokens']}+{fields['completion_tokens']}"
             if fields.get("cost_usd") is not None:
                 line += f" cost=${fields['cost_usd']:.6f}"
+            if fields.get("preset"):
+                line += f" preset={fields['preset']}"
+            if fields.get("degraded"):
+                line += f" degraded={fields['degraded']}%"
             if fields.get("error"):
                 line += f" error={fields['error']}"
             if fields.get("origin"):

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._access_log import AccessLog
 from llmguard._budget import TokenBudget
+from llmguard._challenge import TokenChallenge
 from llmguard._chat_endpoint import ChatEndpoint
 from llmguard._client_ip import ClientIP
 from llmguard._errors import LLMGuardError, MethodNotAllowed, NotFound, ServerBusy, error_response, send_error
@@ -45,39 +46,55 @@ def create_app(
     *,
     authenticate: Authenticate | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    captcha_transport: httpx.AsyncBaseTransport | None = None,
 ) -> Starlette:
     """The bundled app: ``/api/token``, ``/api/chat``, ``/healthz`` and the demo page.
 
-    ``/api/token``: OriginFilter ▶ IPRateLimit ▶ TokenEndpoint.
+    ``/api/token``: OriginFilter ▶ IPRateLimit ▶ TokenEndpoint (▶ its TokenChallenge).
+    ``/api/challenge``: OriginFilter ▶ IPRateLimit ▶ TokenChallenge.
     ``/api/chat``: OriginFilter ▶ IPRateLimit ▶ JWTAuth ▶ TokenBudget ▶ ChatEndpoint.
     ``/v1/chat/completions`` and ``/v1/models``: the same, in OpenAI's shapes.
     All counting goes to one storage (``settings.storage_url``).
 
     ``settings`` defaults to ``Settings.from_env()``. ``authenticate`` is
     passed to ``TokenEndpoint``; ``transport`` replaces the provider
-    connection (tests use ``FakeProvider.transport()``).
+    connection (tests use ``FakeProvider.transport()``), ``captcha_transport``
+    the CAPTCHA verifier's.
     """
     settings = settings or Settings.from_env()
     secret = settings.jwt_secret or _ephemeral_secret()
     chat = _chat_endpoint(settings, transport)
     # Each component takes the settings its declarations say they feed (Settings.arguments).
     storage = Storage(**settings.arguments("Storage"))
-    token = TokenEndpoint(
-        **settings.arguments("TokenEndpoint") | {"secret": secret, "ttl": int(settings.jwt_ttl)},
-        authenticate=authenticate,
-    )
 
-    def guarded(endpoint: ASGIApp) -> ASGIApp:
+    def guarded(endpoint: ASGIApp) -> tuple[ASGIApp, TokenBudget]:
         """IPRateLimit ▶ JWTAuth ▶ TokenBudget, as for /api/chat: one limit and one budget for both routes."""
         # MODEL_PRICES extends the built-in table rather than replacing it.
         budget_options = settings.arguments("TokenBudget") | {"prices": settings.prices}
         budget = TokenBudget(endpoint, storage=storage, **budget_options)
         auth = JWTAuth(budget, storage=storage, **settings.arguments("JWTAuth") | {"secret": secret})
-        return IPRateLimit(auth, limit=settings.rate_limit, name="chat", storage=storage)
+        return IPRateLimit(auth, limit=settings.rate_limit, name="chat", storage=storage), budget
 
-    chat_stack = guarded(chat)
+    chat_stack, budget = guarded(chat)
+    challenge = TokenChallenge(
+        **settings.arguments("TokenChallenge"),
+        secret=secret,
+        storage=storage,
+        allow_origins=settings.allowed_origins,
+        # The ladder climbs with what a client spent of its token window, as well as with its mints.
+        spent=budget.client_share if budget.window is not None else None,
+        transport=captcha_transport,
+    )
+    token = TokenEndpoint(
+        **settings.arguments("TokenEndpoint") | {"secret": secret, "ttl": int(settings.jwt_ttl)},
+        authenticate=authenticate,
+        challenge=challenge,
+    )
     token_stack = IPRateLimit(token, limit=settings.token_rate_limit, name="token", storage=storage)
-    api = ServerBusyGate(Router(routes=[Route("/token", token_stack), Route("/chat", chat_stack)]))
+    # Challenges are counted apart from mints: fetching one does not use up the client's mints.
+    challenge_stack = IPRateLimit(challenge, limit=settings.token_rate_limit, name="challenge", storage=storage)
+    api_routes = [Route("/token", token_stack), Route("/challenge", challenge_stack), Route("/chat", chat_stack)]
+    api = ServerBusyGate(Router(routes=api_routes))
 
     async def healthz(request: Request) -> Response:
         storage_ok = await storage.check()
@@ -87,7 +104,7 @@ def create_app(
     origins = settings.arguments("OriginFilter")
     # Every route answers a request that came past MAX_CONNECTIONS (bundled server) with 503
     # ServerBusy, inside its own layers: CORS on /api, OpenAI's error shape on /v1.
-    openai = ServerBusyGate(guarded(OpenAICompatible(chat)))
+    openai = ServerBusyGate(guarded(OpenAICompatible(chat))[0])
     routes: list[BaseRoute] = [
         _page("/healthz", healthz),
         Mount("/api", app=OriginFilter(api, **origins)),
@@ -109,6 +126,7 @@ def create_app(
             yield
         finally:
             await chat.aclose()
+            await challenge.aclose()
             await storage.aclose()
 
     app = Starlette(

@@ -18,6 +18,7 @@ DEFAULT_EXPOSE_HEADERS = (
     "ratelimit-policy",
     "x-request-id",
     "x-vercel-ai-ui-message-stream",
+    "x-llmguard-degraded",
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _ORIGIN = re.compile(r"^(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[0-9a-f:.]+\]|[a-z0-9.-]+)(?::(?P<port>\d{1,5}))?$")

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from llmguard import _settings_values as v
+from llmguard._challenge import DEFAULT_LADDER, ChallengeKind, check_ladder, parse_ladder
 from llmguard._chat_service import DEFAULT_BASE_URL, DEFAULT_MODEL
-from llmguard._client_ip import header_name, trusted_networks
+from llmguard._client_ip import check_ipv6_prefix, check_trusted_proxies, header_name
+from llmguard._degrade import Degradation, check_degrade, parse_degrade
 from llmguard._jwt import check_max_uses, check_secret
 from llmguard._origin import check_origins
+from llmguard._presets import Presets, check_presets, parse_presets
 from llmguard._prices import DEFAULT_PRICES, Price, check_prices, parse_prices, price_of
 from llmguard._rate_limit import check_rate
 from llmguard._settings_values import parse_duration
@@ -163,9 +166,17 @@ class Settings:
     system_prompt: str = field(default="", metadata=setting(
         "SYSTEM_PROMPT", v.parse_text, check=v.text, feeds="ChatEndpoint(system_prompt=)",
         help="sent as the system message when the client sends no `system`"))
-    allow_client_system: bool = field(default=True, metadata=setting(
-        "ALLOW_CLIENT_SYSTEM", v.parse_bool, check=v.boolean, feeds="ChatEndpoint(allow_client_system=)",
-        help="`false` refuses a client's `system` field with 422"))
+    allow_client_system: bool | None = field(default=None, metadata=setting(
+        "ALLOW_CLIENT_SYSTEM", v.parse_auto_bool, check=v.or_none(v.boolean), default="`auto`",
+        feeds="ChatEndpoint(allow_client_system=)",
+        help="a client's own system prompt (`system`; system messages on `/v1`): `auto` refuses it with 422 when "
+        "the server has a `SYSTEM_PROMPT` or `PRESETS`, `true` always allows it, `false` always refuses it"))
+    presets: Presets = field(default_factory=Presets, metadata=setting(
+        "PRESETS", parse_presets, check=v.component(check_presets, "presets"), default="none",
+        feeds="ChatEndpoint(presets=)",
+        help='locked prompts clients pick by name (`preset`): JSON, or `@path` to a JSON file, as `{"support": '
+        '{"system": "…", "model": "gpt-4.1-nano", "max_tokens": 300, "temperature": 0.2}}` (all but `system` '
+        "optional; they win over the client's); see Locked prompts"))
     max_tokens: int = field(default=2000, metadata=setting(
         "MAX_TOKENS", v.parse_int, check=v.positive_int, feeds="ChatEndpoint(max_tokens=)",
         help="output tokens a request may ask for; larger asks are clamped"))
@@ -205,6 +216,37 @@ class Settings:
         feeds="JWTAuth(max_uses=), TokenEndpoint(max_uses=)",
         help="requests per token, `1` = single-use; the token response says `max_uses`"))
 
+    # -- bots: what POST /api/token asks for first (the challenge ladder)
+    token_challenge: ChallengeKind = field(default="pow", metadata=setting(
+        "TOKEN_CHALLENGE", v.parse_text, check=v.choice(*get_args(ChallengeKind)), feeds="TokenChallenge(kind=)",
+        help="`pow` (proof-of-work, ALTCHA), `turnstile`, `hcaptcha`, `pow+turnstile` / `pow+hcaptcha` (work, then "
+        "the CAPTCHA at the ladder's `captcha` rung), or `off`; see Stopping bots"))
+    challenge_ladder: str = field(default=DEFAULT_LADDER, metadata=setting(
+        "CHALLENGE_LADDER", v.parse_text, check=v.component(check_ladder, "ladder"), feeds="TokenChallenge(ladder=)",
+        help="after N mints by a client in `CHALLENGE_WINDOW`: an ALTCHA max number (the work), `captcha` or "
+        "`refuse`"))
+    challenge_window: float = field(default=3600, metadata=setting(
+        "CHALLENGE_WINDOW", parse_duration, check=v.whole_seconds(60, 7 * _DAY), default="`1 hour`",
+        feeds="TokenChallenge(window=)", help="the window in which the ladder counts a client's mints"))
+    challenge_ttl: float = field(default=300, metadata=setting(
+        "CHALLENGE_TTL", parse_duration, check=v.whole_seconds(10, 3600), default="`5 minutes`",
+        feeds="TokenChallenge(ttl=)", help="how long a proof-of-work challenge may be solved for"))
+    captcha_site_key: str | None = field(default=None, metadata=setting(
+        "CAPTCHA_SITE_KEY", v.optional(v.parse_text), check=v.or_none(v.non_empty), default="none",
+        feeds="TokenChallenge(site_key=)", help="the CAPTCHA widget's site key (public)"))
+    captcha_secret: str | None = field(default=None, repr=False, metadata=setting(
+        "CAPTCHA_SECRET", v.optional(v.parse_text), check=v.or_none(v.non_empty), secret=True, default="none",
+        feeds="TokenChallenge(captcha_secret=)", help="the CAPTCHA's secret for its siteverify API; never logged"))
+    captcha_verify_url: str | None = field(default=None, metadata=setting(
+        "CAPTCHA_VERIFY_URL", v.optional(v.parse_text), check=v.or_none(v.url), default="the provider's",
+        feeds="TokenChallenge(verify_url=)", help="the siteverify endpoint"))
+    captcha_script_url: str | None = field(default=None, metadata=setting(
+        "CAPTCHA_SCRIPT_URL", v.optional(v.parse_text), check=v.or_none(v.url), default="the provider's",
+        feeds="TokenChallenge(script_url=)", help="the widget script the SDK loads"))
+    captcha_timeout: float = field(default=5, metadata=setting(
+        "CAPTCHA_TIMEOUT", parse_duration, check=v.seconds(0.5, 60), feeds="TokenChallenge(captcha_timeout=)",
+        help="seconds for siteverify; slower or down: 503 `ChallengeUnavailable`"))
+
     # -- limits and budgets (RATE_LIMIT, below the class, sets the first two at once)
     rate_limit_max: int = field(default=60, metadata=setting(
         "RATE_LIMIT_MAX", v.parse_int, check=v.positive_int, feeds="IPRateLimit(limit=) of the chat routes",
@@ -232,6 +274,11 @@ class Settings:
         "MODEL_PRICES", parse_prices, check=v.component(check_prices, "prices"), default="built-in table",
         feeds="TokenBudget(prices=)",
         help="`model=input/output` in dollars per million tokens, comma-separated; extends or overrides the table"))
+    degrade: tuple[Degradation, ...] = field(default=(), metadata=setting(
+        "DEGRADE", v.optional(parse_degrade), check=v.or_none(v.component(check_degrade, "degrade")), default="off",
+        feeds="TokenBudget(degrade=)",
+        help="past a fraction of the monthly token or spend cap, a cheaper model and/or a lower output cap: "
+        "`FRACTION:MODEL:MAX_TOKENS` steps (`80%:gpt-4.1-nano:300, 95%::100`); see Running low"))
 
     # -- where the counts live
     storage_url: str = field(default="memory://", repr=False, metadata=setting(
@@ -248,12 +295,18 @@ class Settings:
     # -- who the client is
     trusted_proxies: tuple[str, ...] = field(default=(), metadata=setting(
         "TRUSTED_PROXIES", v.parse_list, feeds="ClientIP(trusted_proxies=)",
-        check=v.all_of(v.listed, v.component(trusted_networks, "trusted_proxies"), v.as_strings),
-        help="IPs/CIDRs whose `X-Forwarded-For` is believed, read right to left"))
+        check=v.all_of(v.listed, v.component(check_trusted_proxies, "trusted_proxies")),
+        help="IPs/CIDRs whose `X-Forwarded-For` is believed, read right to left; `unix` for a proxy on a Unix "
+        "socket (`llmguard serve --uds`)"))
     client_ip_header: str | None = field(default=None, metadata=setting(
         "CLIENT_IP_HEADER", v.optional(v.parse_text), default="none", feeds="ClientIP(header=)",
         check=v.or_none(v.all_of(v.component(header_name, "header"), v.decoded)),
         help="a platform header with the client IP (`Fly-Client-IP`, `CF-Connecting-IP`), from trusted peers only"))
+    ipv6_prefix: int = field(default=64, metadata=setting(
+        "IPV6_PREFIX", v.parse_prefix, check=v.component(check_ipv6_prefix, "ipv6_prefix"), default="`64`",
+        feeds="ClientIP(ipv6_prefix=)",
+        help="IPv6 clients are grouped by this prefix (`/64`: a subscriber; `48` where tunnel brokers hand out "
+        "/48s), 32 to 128"))
 
     # -- the bundled server (llmguard serve)
     header_timeout: float = field(default=10, metadata=setting(
@@ -290,9 +343,27 @@ class Settings:
                 raise declared.error(item.name, value, str(exc)) from None
             if checked is not value:
                 object.__setattr__(self, item.name, checked)
+        if self.degrade is None:
+            object.__setattr__(self, "degrade", ())
+        if self.degrade and self.monthly_token_cap is None and self.monthly_spend_cap_usd is None:
+            shown = ", ".join(str(step) for step in self.degrade)
+            raise SettingsError(
+                "degrade", shown, "needs a monthly cap to be a fraction of: MONTHLY_TOKEN_CAP or MONTHLY_SPEND_CAP_USD"
+            )
         unpriced = [
             model for model in (self.openai_model, *self.allowed_models) if price_of(model, self.prices) is None
         ]
+        if self.monthly_spend_cap_usd is not None:
+            self._check_priced(
+                "presets",
+                self.presets.to_json(),
+                [(f"the preset {name!r}", preset.model) for name, preset in self.presets.items()],
+            )
+            self._check_priced(
+                "degrade",
+                ", ".join(map(str, self.degrade)),
+                [(f"the step at {step.percent}%", step.model) for step in self.degrade],
+            )
         if self.monthly_spend_cap_usd is not None and unpriced:
             raise SettingsError(
                 "model_prices",
@@ -300,6 +371,7 @@ class Settings:
                 f"MONTHLY_SPEND_CAP_USD needs the price of {unpriced[0]!r}: add it, as "
                 f"'{unpriced[0]}=<input>/<output>' in US dollars per million tokens",
             )
+        self._check_captcha()
         if not self.demo and not self.openai_api_key:
             raise SettingsError(
                 "openai_api_key",
@@ -307,6 +379,29 @@ class Settings:
                 "the provider key is required (or run the offline demo)",
                 secret=True,
             )
+
+    def _check_captcha(self) -> None:
+        """A CAPTCHA challenge needs its keys; proof-of-work alone cannot start with a CAPTCHA."""
+        kind = self.token_challenge
+        if kind.split("+")[-1] not in ("turnstile", "hcaptcha"):
+            if kind == "pow" and parse_ladder(self.challenge_ladder)[0].step == "captcha":
+                reason = "the first rung is 'captcha', and TOKEN_CHALLENGE=pow has no CAPTCHA"
+                raise SettingsError("challenge_ladder", self.challenge_ladder, reason)
+            return
+        for name in ("captcha_site_key", "captcha_secret"):
+            if not getattr(self, name):
+                raise SettingsError(name, None, f"is required with TOKEN_CHALLENGE={kind}", secret=True)
+
+    def _check_priced(self, name: str, shown: str, models: list[tuple[str, str | None]]) -> None:
+        """Under a spend cap, every model a setting names needs a price, as ``ALLOWED_MODELS`` do."""
+        for where, model in models:
+            if model is not None and price_of(model, self.prices) is None:
+                raise SettingsError(
+                    name,
+                    shown,
+                    f"{where} names the model {model!r}, which has no price, and MONTHLY_SPEND_CAP_USD needs one: "
+                    f"add it to MODEL_PRICES as '{model}=<input>/<output>' in US dollars per million tokens",
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -471,7 +566,9 @@ def _to_text(value: object) -> str | None:
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (tuple, list)):
-        return ",".join(value)
+        return ",".join(str(item) for item in value)
+    if isinstance(value, Presets):
+        return value.to_json() if value else None
     if isinstance(value, Mapping):
         return ",".join(f"{model}={price.input!r}/{price.output!r}" for model, price in value.items())
     return str(value)

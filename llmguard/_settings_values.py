@@ -75,6 +75,21 @@ def parse_bool(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+def parse_auto_bool(text: str) -> bool | None:
+    """``true``/``false`` as ``parse_bool`` reads them, or ``auto`` → None (the component decides)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return parse_bool(text)
+    except ValueError:
+        raise ValueError("expected true, false or auto") from None
+
+
+def parse_prefix(text: str) -> int:
+    """A network prefix length, ``48`` or ``/48``."""
+    return parse_int(text.strip().removeprefix("/"))
+
+
 def parse_list(text: str) -> tuple[str, ...]:
     """Comma-separated items, blanks dropped."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -268,6 +283,16 @@ def base_url(value: object) -> str:
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
     return value.strip().rstrip("/")
+
+
+def url(value: object) -> str:
+    """An http(s) URL, query allowed (a script's ``?render=explicit``)."""
+    if not isinstance(value, str):
+        raise TypeError("expected a URL")
+    parts = urlsplit(value.strip())
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("expected an http(s) URL")
+    return value.strip()
 
 
 # -- checks that copy what a component checks again: to be replaced by the component's own ----

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from starlette.types import Scope
 
 if TYPE_CHECKING:
+    from llmguard._degrade import Degradation
     from llmguard._reservation import Reservation
 
 SCOPE_KEY = "llmguard"
@@ -44,6 +45,10 @@ class Budget(Protocol):
         """Hold the worst case; the reservation says the output cap to use (maybe lowered), or raise a refusal."""
         ...
 
+    async def degradation(self) -> Degradation | None:
+        """The degradation step in force (a cheaper model, a lower cap), or None."""
+        ...
+
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(8)
@@ -67,6 +72,9 @@ class RequestState:
     cost_usd: float | None = None
     budget: Budget | None = None
     error_code: str | None = None
+    #: The preset the request was served with, and the degradation step it got (chat routes).
+    preset: str | None = None
+    degraded: Degradation | None = None
     #: Set by the bundled server when this request came past ``MAX_CONNECTIONS``.
     server_busy: bool = False
 

@@ -326,6 +326,12 @@ def test_5_every_worker_runs_on_every_setting_of_the_env_file(
         "UPSTREAM_RETRIES": "1",
         "UPSTREAM_TRANSPORT": "httpx",
         "DEMO_PAGE": "true",
+        # The mints below send no solution; the ladder's settings still travel to the workers.
+        "TOKEN_CHALLENGE": "off",
+        "CHALLENGE_LADDER": "0=2000,10=refuse",
+        "CHALLENGE_WINDOW": "2 hours",
+        "CHALLENGE_TTL": "2 minutes",
+        "CAPTCHA_TIMEOUT": "3",
     }
     env_file = tmp_path / "llmguard.env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
@@ -364,7 +370,7 @@ def test_5_every_worker_runs_on_every_setting_of_the_env_file(
 
 def parse_settings_line(message: str) -> dict[str, str]:
     """``settings: NAME="value" ...`` (JSON strings) back into a mapping."""
-    pairs = re.findall(r'([A-Z_]+)=("(?:[^"\\]|\\.)*")', message)
+    pairs = re.findall(r'\b([A-Z][A-Z0-9_]*)=("(?:[^"\\]|\\.)*")', message)
     return {name: json.loads(value) for name, value in pairs}
 
 

@@ -125,8 +125,8 @@ async def test_server_system_prompt_is_injected_first(harness_factory: Factory) 
     ]
 
 
-async def test_client_system_replaces_the_server_prompt(harness_factory: Factory) -> None:
-    harness: Harness = await harness_factory(system_prompt="You are terse.")
+async def test_client_system_replaces_the_server_prompt_when_allowed(harness_factory: Factory) -> None:
+    harness: Harness = await harness_factory(system_prompt="You are terse.", allow_client_system=True)
     await harness.chat({**HELLO, "system": "Talk like a pirate."})
     messages = harness.provider.last_request.json["messages"]
     assert messages[0] == {"role": "system", "content": "Talk like a pirate."}

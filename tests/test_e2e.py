@@ -267,7 +267,7 @@ def test_json_chat_and_what_the_provider_receives(client: httpx.Client, provider
 
 def test_streamed_chat_follows_the_ui_message_stream_protocol(client: httpx.Client, provider: FakeProvider) -> None:
     provider.enqueue(FakeReply(chunks=["Hel", "lo", " world"]))
-    response = chat(client, {**HELLO, "stream": True, "system": "Be brief."})
+    response = chat(client, {**HELLO, "stream": True})
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream"
     assert response.headers["x-vercel-ai-ui-message-stream"] == "v1"
@@ -292,7 +292,7 @@ def test_streamed_chat_follows_the_ui_message_stream_protocol(client: httpx.Clie
     sent = provider.last_request.json
     assert sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
-    assert sent["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert sent["messages"][0] == {"role": "system", "content": SYSTEM_PROMPT}
 
 
 def test_each_delta_is_forwarded_as_it_arrives(client: httpx.Client, provider: FakeProvider) -> None:
