@@ -38,7 +38,8 @@ export async function startLLMGuard(
   const child: ChildProcess = spawn(
     python,
     ["-m", "llmguard", "serve", "--port", String(port), ...(options.args ?? ["--demo"])],
-    { cwd: repository, env: { PATH: process.env["PATH"] ?? "", ...options.env }, stdio: ["ignore", "pipe", "pipe"] },
+    // The bundled server asks for a proof-of-work by default: tests that are not about challenges turn it off.
+    { cwd: repository, env: { PATH: process.env["PATH"] ?? "", TOKEN_CHALLENGE: "off", ...options.env }, stdio: ["ignore", "pipe", "pipe"] },
   );
   let output = "";
   child.stdout?.on("data", (data: Buffer) => (output += data.toString()));
@@ -96,8 +97,11 @@ export interface StaticSite {
   close: () => Promise<void>;
 }
 
-/** Serve `folder` (`/` is index.html) from an origin of its own, as any host of a built app would. */
-export async function serveStatic(folder: string): Promise<StaticSite> {
+/**
+ * Serve `folder` (`/` is index.html) from an origin of its own, as any host of a built app would
+ * (with `headers` on every answer, such as a CDN's CORS header).
+ */
+export async function serveStatic(folder: string, headers: Record<string, string> = {}): Promise<StaticSite> {
   const root = normalize(folder).replace(/[\\/]+$/, "");
   const site: Server = createHttpServer((request, response) => {
     const path = decodeURIComponent(new URL(request.url ?? "/", "http://site").pathname);
@@ -107,7 +111,7 @@ export async function serveStatic(folder: string): Promise<StaticSite> {
       return;
     }
     readFile(file).then(
-      (body) => response.writeHead(200, { "content-type": CONTENT_TYPES[extname(file)] ?? "application/octet-stream" }).end(body),
+      (body) => response.writeHead(200, { ...headers, "content-type": CONTENT_TYPES[extname(file)] ?? "application/octet-stream" }).end(body),
       () => response.writeHead(404).end(),
     );
   });
