@@ -114,7 +114,7 @@ def create_app(
         _page("/widget.js", Script("widget.js").__call__),
     ]
     if settings.serves_demo_page:
-        routes.append(_page("/", demo_page))
+        routes.append(_page("/", demo_page(challenge.captcha.script_url if challenge.captcha else None)))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

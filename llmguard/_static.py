@@ -12,6 +12,8 @@ import base64
 import functools
 import hashlib
 import re
+import urllib.parse
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 from starlette.requests import Request
@@ -44,30 +46,47 @@ class Script:
         return Response(self.body, media_type="text/javascript; charset=utf-8", headers=self.headers)
 
 
-async def demo_page(request: Request) -> Response:
-    """The demo chat page, under a policy that allows its own inline scripts and nothing else."""
-    page, policy = _demo_page()
+def demo_page(captcha_script: str | None = None) -> Callable[[Request], Awaitable[Response]]:
+    """The demo chat page, under a policy that allows its own scripts and nothing else.
+
+    The token challenge's proof-of-work runs in a Web Worker made from a blob
+    (``worker-src blob:``); a CAPTCHA's widget script (``captcha_script``) and
+    its frame come from the provider's origin.
+    """
+    page, policy = _demo_page(_origin(captcha_script) if captcha_script else None)
     headers = {
         "content-security-policy": policy,
         "cache-control": "no-cache",
         "x-content-type-options": "nosniff",
         "referrer-policy": "no-referrer",
     }
-    return Response(page, media_type="text/html; charset=utf-8", headers=headers)
+
+    async def endpoint(request: Request) -> Response:
+        return Response(page, media_type="text/html; charset=utf-8", headers=headers)
+
+    return endpoint
 
 
 @functools.cache
-def _demo_page() -> tuple[bytes, str]:
+def _demo_page(captcha_origin: str | None) -> tuple[bytes, str]:
     page = _read("demo.html")
     scripts = re.findall(rb"<script[^>]*>(.*?)</script>", page, flags=re.DOTALL)
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(script).digest()).decode() + "'" for script in scripts
     )
+    captcha = f" {captcha_origin}" if captcha_origin else ""
+    frames = captcha_origin or "'none'"
     policy = (
-        f"default-src 'none'; script-src 'self' {hashes}; style-src 'unsafe-inline'; connect-src 'self'; "
+        f"default-src 'none'; script-src 'self' {hashes}{captcha}; style-src 'unsafe-inline'; "
+        f"connect-src 'self'{captcha}; worker-src blob:; frame-src {frames}; "
         "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
     return page, policy
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _read(name: str) -> bytes:

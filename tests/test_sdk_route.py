@@ -47,3 +47,16 @@ async def test_the_demo_page_is_the_widget_from_its_own_server(harness_factory: 
     assert "script-src 'self'" in policy
     assert "connect-src 'self'" in policy
     assert "'unsafe-inline'" not in policy.split("script-src", 1)[1].split(";", 1)[0]
+    # The token challenge's proof-of-work runs in a blob worker; nothing else may frame or be framed.
+    assert "worker-src blob:" in policy
+    assert "frame-src 'none'" in policy
+
+
+async def test_the_demo_page_lets_the_captcha_widget_in_when_there_is_one(harness_factory: Callable[..., Any]) -> None:
+    harness: Harness = await harness_factory(
+        demo_page=True, token_challenge="turnstile", captcha_site_key="0x-site", captcha_secret="0x-secret"
+    )
+    policy = (await harness.client.get("/")).headers["content-security-policy"]
+    script_src = policy.split("script-src", 1)[1].split(";", 1)[0]
+    assert "https://challenges.cloudflare.com" in script_src
+    assert "frame-src https://challenges.cloudflare.com" in policy
