@@ -43,7 +43,8 @@ export async function solvePow(challenge: PowChallenge, signal: AbortSignal): Pr
 
 /** Split the numbers between a few workers; the first solution wins and every worker is terminated. */
 function inWorkers({ algorithm, challenge, maxnumber, salt }: PowChallenge, signal: AbortSignal): Promise<Found> {
-  const count = Math.max(1, Math.min(4, (globalThis.navigator?.hardwareConcurrency ?? 2) - 1));
+  // One worker per core (up to 4): the main thread only waits meanwhile.
+  const count = Math.max(1, Math.min(4, globalThis.navigator?.hardwareConcurrency ?? 2));
   const step = Math.ceil((maxnumber + 1) / count);
   const workers: Worker[] = [];
   return new Promise<Found>((resolve, reject) => {
