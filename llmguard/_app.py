@@ -112,6 +112,9 @@ def create_app(
         Mount("/v1", app=OpenAIErrors(OriginFilter(openai, **origins))),
         _page("/sdk.js", Script("sdk.js").__call__),
         _page("/widget.js", Script("widget.js").__call__),
+        # Loaded by both only when the token challenge asks: the proof-of-work solver, the CAPTCHA widget's loader.
+        _page("/sdk-pow.js", Script("sdk-pow.js").__call__),
+        _page("/sdk-captcha.js", Script("sdk-captcha.js").__call__),
     ]
     if settings.serves_demo_page:
         routes.append(_page("/", demo_page(challenge.captcha.script_url if challenge.captcha else None)))

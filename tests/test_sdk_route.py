@@ -10,7 +10,7 @@ import pytest
 from harness import Harness
 
 
-@pytest.mark.parametrize("name", ["sdk.js", "widget.js"])
+@pytest.mark.parametrize("name", ["sdk.js", "widget.js", "sdk-pow.js", "sdk-captcha.js"])
 async def test_scripts_are_the_committed_browser_builds(harness: Harness, name: str) -> None:
     response = await harness.client.get(f"/{name}", headers={"origin": "https://any-site.example"})
     assert response.status_code == 200
@@ -21,6 +21,18 @@ async def test_scripts_are_the_committed_browser_builds(harness: Harness, name: 
     assert response.headers["access-control-allow-origin"] == "*"
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "max-age" in response.headers["cache-control"]
+
+
+@pytest.mark.parametrize(
+    ("name", "loads"),
+    [("sdk.js", ["sdk-pow.js"]), ("widget.js", ["sdk-pow.js", "sdk-captcha.js"])],  # the widget draws CAPTCHAs
+)
+async def test_the_builds_load_the_challenge_solvers_beside_them(harness: Harness, name: str, loads: list[str]) -> None:
+    """Relative to where the build was served from, so they follow any mount prefix; served by this app too."""
+    build = (await harness.client.get(f"/{name}")).text
+    for lazy in loads:
+        assert f"./{lazy}" in build, lazy
+        assert (await harness.client.get(f"/{lazy}")).status_code == 200
 
 
 async def test_the_widget_build_registers_the_element(harness: Harness) -> None:
