@@ -9,9 +9,13 @@ Three layers:
   provider over real HTTP: at least ``FUZZ_TARGET`` generated requests across
   every route (positive and negative data, examples, coverage probes), every
   response checked against the spec (status, content type, headers, body, and
-  the JSON inside each Server-Sent Event), and no 5xx at all;
+  the JSON inside each Server-Sent Event), and no 5xx at all; and a second
+  one that asks for proof-of-work (``TOKEN_CHALLENGE=pow``), for the body of
+  ``POST /api/token`` and the challenge answers;
 - explicit cases for the answers fuzzing cannot reach (rate limits, budgets,
-  monthly caps, provider failures, a stalled body, a storage that is down),
+  monthly caps, provider failures, a stalled body, a storage that is down,
+  solved challenges and the top of the challenge ladder, a CAPTCHA verifier
+  that is down),
   each checked against the spec the same way.
 
 Generation is seeded (``SEED``), so a run is reproducible; schemathesis derives
@@ -43,12 +47,12 @@ from harness import DONE, HELLO, KEY, ORIGIN, SECRET, sse_events
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation.meta import negated_parameters
-from servers import LLMGuardProcess, closed_port_url, read_head
+from servers import LLMGuardProcess, closed_port_url, free_port, read_head
 from starlette.routing import BaseRoute, Mount, Route, Router
 
 import llmguard._errors as errors
 from llmguard import Settings, create_app
-from llmguard.testing import FakeProvider, FakeReply
+from llmguard.testing import FakeProvider, FakeReply, solve_challenge_payload
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 SPEC: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
@@ -242,11 +246,16 @@ def _config(operations: dict[str, dict[str, Any]], **generation: Any) -> schemat
     )
 
 
-def _fuzzing(cases: int, *, negative: bool = True) -> dict[str, Any]:
+def _fuzzing(cases: int, *, negative: bool = True, **options: Any) -> dict[str, Any]:
     # Without a body, the only invalid data is a missing header: the coverage phase (all modes) sends
     # each of those; generating more of them here is spent on duplicates.
     mode = "all" if negative else "positive"
-    return {"phases": {"fuzzing": {"generation": {"max-examples": cases, "mode": mode}}}}
+    return {"phases": {"fuzzing": {"generation": {"max-examples": cases, "mode": mode}}}, **options}
+
+
+# The fuzzed server asks for no challenge (TOKEN_CHALLENGE=off), so it does not read POST /api/token's
+# body: a body the spec refuses is accepted there, rightly. The challenge server below fuzzes that body.
+BODY_NOT_READ = {"checks": {"negative_data_rejection": {"enabled": False}}}
 
 
 # The fuzzing phase's examples per operation; the examples and coverage phases add their own cases.
@@ -254,8 +263,12 @@ SCHEMA = schemathesis.openapi.from_path(
     SPEC_PATH,
     config=_config(
         {
-            "createToken": _fuzzing(1000, negative=False),
+            "createToken": _fuzzing(1000, negative=False, **BODY_NOT_READ),
             "preflightToken": _fuzzing(800, negative=False),
+            # {"kind": "off"} here; the challenges themselves on the challenge server below.
+            "getChallenge": _fuzzing(400, negative=False),
+            "postChallenge": _fuzzing(400, negative=False),
+            "preflightChallenge": _fuzzing(800, negative=False),
             "preflightChat": _fuzzing(800, negative=False),
             "preflightChatCompletions": _fuzzing(800, negative=False),
             "preflightModels": _fuzzing(800, negative=False),
@@ -268,6 +281,8 @@ SCHEMA = schemathesis.openapi.from_path(
             "demoPage": _fuzzing(20, negative=False),
             "sdkScript": _fuzzing(900, negative=False),
             "widgetScript": _fuzzing(900, negative=False),
+            "sdkPowScript": _fuzzing(320, negative=False),
+            "sdkCaptchaScript": _fuzzing(320, negative=False),
         }
     ),
 )
@@ -501,6 +516,8 @@ FUZZ_ENV = {
     "MONTHLY_SPEND_CAP_USD": "1000000",
     "DEMO_PAGE": "true",
     "LOG_FORMAT": "json",
+    # The fuzzer mints its own tokens with POST /api/token; challenges are fuzzed on their own server.
+    "TOKEN_CHALLENGE": "off",
 }
 
 
@@ -569,6 +586,63 @@ def test_fuzz_totals(fuzzing: Fuzzing, capsys: pytest.CaptureFixture[str]) -> No
 
     report = "\n\n".join(f"### {key}\n{message}" for key, message in fuzzing.findings.items())
     assert not fuzzing.findings, f"{len(fuzzing.findings)} distinct findings:\n\n{report}"
+
+
+# -- fuzzing a server that asks for a challenge -----------------------------------------------
+
+CHALLENGE_OPERATIONS = ("createToken", "getChallenge", "postChallenge")
+# Negative data too: with a challenge the token endpoint reads its body.
+CHALLENGES = schemathesis.openapi.from_path(
+    SPEC_PATH,
+    config=_config(
+        {
+            "createToken": _fuzzing(600),
+            "getChallenge": _fuzzing(60, negative=False),
+            "postChallenge": _fuzzing(60, negative=False),
+        }
+    ),
+).exclude(
+    operation_id=[
+        operation["operationId"]
+        for _, _, operation in _operations()
+        if operation["operationId"] not in CHALLENGE_OPERATIONS
+    ]
+)
+
+
+@pytest.fixture(scope="module")
+def challenge_fuzzing(
+    upstream: tuple[FakeProvider, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fuzzing]:
+    """The fuzzed server's settings with proof-of-work: no generated solution solves it, so no mint is counted."""
+    env = {**FUZZ_ENV, "OPENAI_BASE_URL": f"{upstream[1]}/v1", "TOKEN_CHALLENGE": "pow"}
+    with LLMGuardProcess(env, tmp_path_factory.mktemp("fuzz-challenge") / "server.log") as server:
+        state = Fuzzing(server)
+        with state.session:
+            yield state
+
+
+@pytest.mark.timeout(900)
+@CHALLENGES.parametrize()
+def test_fuzz_challenges(case: Case, challenge_fuzzing: Fuzzing) -> None:
+    challenge_fuzzing.send(case)
+
+
+def test_fuzz_challenges_totals(challenge_fuzzing: Fuzzing, capsys: pytest.CaptureFixture[str]) -> None:
+    """Runs after test_fuzz_challenges: the challenge answers were all reached, no 5xx, no finding."""
+    statuses = {f"{label} {status}": n for (label, status), n in sorted(challenge_fuzzing.statuses.items())}
+    with capsys.disabled():
+        print(f"\nschemathesis sent {sum(challenge_fuzzing.sent.values())} requests to a pow server: {statuses}")
+    assert challenge_fuzzing.sent["POST /api/token"] >= 300, statuses
+    for status in (401, 403, 400, 422):
+        assert challenge_fuzzing.statuses[("POST /api/token", status)], f"no {status} from POST /api/token: {statuses}"
+    for label in ("GET /api/challenge", "POST /api/challenge"):
+        assert challenge_fuzzing.statuses[(label, 200)], f"no 200 from {label}: {statuses}"
+    limited = {key: n for key, n in challenge_fuzzing.statuses.items() if key[1] >= 500 or key[1] == 429}
+    assert not limited, f"5xx or 429 answers: {limited}"
+    assert "Traceback" not in challenge_fuzzing.server.logs()
+    report = "\n\n".join(f"### {key}\n{message}" for key, message in challenge_fuzzing.findings.items())
+    assert not challenge_fuzzing.findings, f"{len(challenge_fuzzing.findings)} distinct findings:\n\n{report}"
 
 
 # -- the answers fuzzing cannot reach ---------------------------------------------------------
@@ -804,6 +878,63 @@ def test_storage_down_conforms(serve: Callable[..., contextlib.AbstractContextMa
         client.call("GET", "/v1/models", token=token, status=503, code="StorageUnavailable")
 
 
+def test_challenges_conform(serve: Callable[..., contextlib.AbstractContextManager[Explicit]]) -> None:
+    """POST /api/token's challenge answers and GET/POST /api/challenge, up the ladder to its refusal."""
+    with serve(TOKEN_CHALLENGE="pow", CHALLENGE_LADDER="0=1000,2=refuse") as client:
+        # No solution: 401 with the challenge to solve (no body, or an empty object).
+        required = client.call("POST", "/api/token", token=None, status=401, code="ChallengeRequired")
+        challenge = required.json()["challenge"]
+        assert (challenge["kind"], challenge["maxnumber"], challenge["step"]) == ("pow", 1000, 0)
+        client.call("POST", "/api/token", body={}, token=None, status=401, code="ChallengeRequired")
+        # A wrong solution: 403 with a fresh challenge.
+        failed = client.call(
+            "POST", "/api/token", body={"solution": "not a solution"}, token=None, status=403, code="ChallengeFailed"
+        )
+        assert failed.json()["challenge"]["challenge"] != challenge["challenge"]
+        # A body that is not a solution at all (read because a challenge is asked for).
+        client.call("POST", "/api/token", body=b"{not json", token=None, status=400, code="InvalidRequest")
+        client.call("POST", "/api/token", body=["solution"], token=None, status=422, code="InvalidRequest")
+        too_large = {"solution": "x" * 9000}
+        client.call("POST", "/api/token", body=too_large, token=None, status=413, code="PayloadTooLarge")
+
+        # Solved: a token, once.
+        solution = {"solution": solve_challenge_payload(challenge)}
+        minted = client.call("POST", "/api/token", body=solution, token=None, status=200)
+        client.call("POST", "/api/chat", body=HELLO, token=minted.json()["token"], status=200)
+        reused = client.call("POST", "/api/token", body=solution, token=None, status=403, code="ChallengeFailed")
+        assert "used already" in reused.json()["message"]
+
+        # GET and POST /api/challenge answer the challenge of the client's rung; the second mint ends the ladder.
+        for method in ("GET", "POST"):
+            current = client.call(method, "/api/challenge", token=None, status=200).json()
+            assert (current["kind"], current["step"]) == ("pow", 0)
+        current = client.call("GET", "/api/challenge", token=None, status=200).json()
+        client.call("POST", "/api/token", body={"solution": solve_challenge_payload(current)}, token=None, status=200)
+
+        # At the top: 429 on both routes, with Retry-After.
+        for method, path in (("GET", "/api/challenge"), ("POST", "/api/challenge"), ("POST", "/api/token")):
+            refused = client.call(method, path, token=None, status=429, code="RateLimitExceeded")
+            assert int(refused.headers["retry-after"][0]) >= 1
+            assert refused.json()["retry_after"] >= 1
+
+    # A CAPTCHA whose verifier does not answer: 503, never a token.
+    verifier = f"http://127.0.0.1:{free_port()}/siteverify"
+    captcha = {"CAPTCHA_SITE_KEY": "0x-site-key", "CAPTCHA_SECRET": "0x-secret", "CAPTCHA_VERIFY_URL": verifier}
+    with serve(TOKEN_CHALLENGE="turnstile", **captcha) as client:
+        required = client.call("POST", "/api/token", token=None, status=401, code="ChallengeRequired")
+        assert required.json()["challenge"]["kind"] == "turnstile"
+        assert required.json()["challenge"]["action"] == "llmguard-token"
+        assert client.call("GET", "/api/challenge", token=None, status=200).json()["kind"] == "turnstile"
+        body = {"solution": "a-widget-response"}
+        down = client.call("POST", "/api/token", body=body, token=None, status=503, code="ChallengeUnavailable")
+        assert int(down.headers["retry-after"][0]) >= 1
+
+    # Off: no body needed, and the challenge route says so.
+    with serve(TOKEN_CHALLENGE="off") as client:
+        assert client.call("GET", "/api/challenge", token=None, status=200).json() == {"kind": "off"}
+        client.call("POST", "/api/token", body={"solution": "ignored"}, token=None, status=200)
+
+
 def _wait_until_busy(url: str) -> None:
     """Until the server counts the idle connection (it accepts it on its own time)."""
     deadline = time.monotonic() + 10
@@ -866,7 +997,7 @@ def test_values_the_spec_refuses_are_refused_by_name(fuzzing: Fuzzing, path: str
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("path", ["/sdk.js", "/widget.js"])
+@pytest.mark.parametrize("path", ["/sdk.js", "/widget.js", "/sdk-pow.js", "/sdk-captcha.js"])
 def test_scripts_revalidate_with_their_etag(fuzzing: Fuzzing, path: str) -> None:
     """The 304 that fuzzing cannot reach: its If-None-Match would have to guess the ETag."""
     client = Explicit(fuzzing.server, fuzzing.session)
