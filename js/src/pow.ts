@@ -1,11 +1,11 @@
 // The proof-of-work solver, loaded (a chunk of its own) only when a server asks for a challenge:
-// ALTCHA v1, solved by altcha-lib's own worker. The worker's code is inlined and started from a
-// blob: URL, because a page may not start a worker from another origin's URL, and the SDK is often
-// imported from the proxy (`import { chat } from "https://proxy/sdk.js"`).
+// ALTCHA v1 (SHA-256), solved by our own SHA-256 search (pow-sha256.ts) in workers. The worker's code
+// is inlined and started from a blob: URL, because a page may not start a worker from another
+// origin's URL, and the SDK is often imported from the proxy (`import { chat } from "https://proxy/sdk.js"`).
 // This module imports nothing from the SDK's core, so that the browser builds (sdk.js, widget.js)
 // share one identical chunk file.
-import { solveChallenge } from "altcha-lib/v1";
-import AltchaWorker from "altcha-lib/v1/worker?worker&inline";
+import { searchSha256 } from "./pow-sha256.ts";
+import SolverWorker from "./pow-sha256.worker.ts?worker&inline";
 
 /** What `GET /api/challenge` answers for `pow`, as far as the solver reads it. */
 export interface PowChallenge {
@@ -18,8 +18,10 @@ export interface PowChallenge {
 
 type Found = { number: number; took: number } | null;
 
-/** Numbers tried per slice when the main thread has to do the work: a few milliseconds each. */
-const SLICE = 500;
+/** Numbers tried between two looks at the clock when the main thread has to do the work. */
+const BATCH = 500;
+/** How long the main thread works before it lets the page run (a task boundary). */
+const SLICE_MS = 12;
 
 /**
  * The ALTCHA payload for `challenge` (what `POST /api/token` takes as `solution`), or `null` when no
@@ -28,6 +30,8 @@ const SLICE = 500;
  */
 export async function solvePow(challenge: PowChallenge, signal: AbortSignal): Promise<string | null> {
   const { algorithm, salt, signature } = challenge;
+  // The only algorithm the server uses; any other is not solved here.
+  if (algorithm !== "SHA-256") return null;
   const started = Date.now();
   let found: Found;
   try {
@@ -58,7 +62,7 @@ function inWorkers({ algorithm, challenge, maxnumber, salt }: PowChallenge, sign
     signal.addEventListener("abort", onAbort);
     try {
       for (let index = 0; index < count; index++) {
-        const worker = new AltchaWorker();
+        const worker = new SolverWorker();
         workers.push(worker);
         worker.onmessage = ({ data }: MessageEvent<Found>) => {
           if (data) finish(() => resolve(data));
@@ -75,11 +79,14 @@ function inWorkers({ algorithm, challenge, maxnumber, salt }: PowChallenge, sign
   });
 }
 
-async function inSlices({ algorithm, challenge, maxnumber, salt }: PowChallenge, signal: AbortSignal): Promise<Found> {
-  for (let start = 0; start <= maxnumber; start += SLICE) {
+async function inSlices({ challenge, maxnumber, salt }: PowChallenge, signal: AbortSignal): Promise<Found> {
+  const started = Date.now();
+  for (let start = 0; start <= maxnumber; ) {
     signal.throwIfAborted();
-    const found = await solveChallenge(challenge, salt, algorithm as "SHA-256", Math.min(maxnumber, start + SLICE - 1), start).promise;
-    if (found) return found;
+    for (const slice = performance.now(); start <= maxnumber && performance.now() - slice < SLICE_MS; start += BATCH) {
+      const number = searchSha256(salt, challenge, start, Math.min(maxnumber, start + BATCH - 1));
+      if (number >= 0) return { number, took: Date.now() - started };
+    }
     // A task boundary between slices: timers, input and rendering go first.
     await new Promise((resolve) => setTimeout(resolve, 0));
   }
