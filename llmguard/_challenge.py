@@ -45,7 +45,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast, get_args
+from typing import Any, Literal, NoReturn, TypeVar, cast, get_args
 
 import anyio
 import httpx
@@ -265,8 +265,7 @@ class TokenChallenge:
             scheme = {"www-authenticate": f'LLMGuard-Challenge kind="{challenge["kind"]}"'}
             raise ChallengeRequired(headers=scheme, context={"challenge": challenge})
         if not isinstance(solution, str) or len(solution) > 4096:
-            await self.fail(scope, position, "The solution must be the text the challenge solver gave.")
-        assert isinstance(solution, str)
+            self.fail(scope, position, "The solution must be the text the challenge solver gave.")
         if position.step == "captcha":
             assert self.captcha is not None  # position() only stands on a captcha rung with one
             problem = await self.captcha.check(solution, scope)
@@ -277,7 +276,7 @@ class TokenChallenge:
             uses = await self.counted(self.storage.incr(f"challenge:used:{used}", expiry=self.ttl + 60), 1)
             problem = None if uses == 1 else "This solution was used already; solve the new challenge."
         if problem is not None:
-            await self.fail(scope, position, problem)
+            self.fail(scope, position, problem)
         await self.counted(self.storage.limiter.hit(self.mints, KEY_PREFIX, "mints", client_key(scope)), True)
 
     def check_pow(self, scope: Scope, solution: str, position: Position) -> tuple[str | None, str]:
@@ -307,7 +306,8 @@ class TokenChallenge:
             return "The challenge is easier than this client's now; solve the new one.", ""
         return None, "pow:" + challenge
 
-    async def fail(self, scope: Scope, position: Position, problem: str) -> None:
+    def fail(self, scope: Scope, position: Position, problem: str) -> NoReturn:
+        """Refuse with 403, and the challenge to solve instead (one on the client's rung now)."""
         raise ChallengeFailed(problem, context={"challenge": self.issue(scope, position)})
 
     # -- the ladder
