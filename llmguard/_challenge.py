@@ -319,7 +319,8 @@ class TokenChallenge:
         stats = await self.counted(self.storage.limiter.get_window_stats(self.mints, KEY_PREFIX, "mints", key), unknown)
         mints = self.mints.amount - stats.remaining
         if self.spent is not None:
-            mints += int(max(0.0, min(1.0, await self.spent(key))) * SPENT_MINTS_PER_WINDOW)
+            share = await self.counted(self.spent(key), 0.0)
+            mints += int(max(0.0, min(1.0, share)) * SPENT_MINTS_PER_WINDOW)
         chosen: Position | None = None
         for index, rung in enumerate(self.rungs):
             if rung.after > mints:

@@ -373,11 +373,13 @@ async def test_pow_without_a_captcha_skips_the_captcha_rung(harness_factory: Fac
 async def test_a_storage_that_is_down_refuses_closed_and_serves_the_work_checked_open(
     harness_factory: Factory, broken_redis_url: str
 ) -> None:
-    closed = await harness_factory(token_challenge="pow", storage_url=broken_redis_url, storage_timeout=0.2)
+    closed = await harness_factory(
+        token_challenge="pow", storage_url=broken_redis_url, storage_timeout=0.2, tokens_per_ip="1000/day"
+    )
     assert_error(await closed.client.post("/api/token"), 503, "StorageUnavailable")
     opened = await harness_factory(
         token_challenge="pow", storage_url=broken_redis_url, storage_timeout=0.2, storage_failure="open",
-        token_rate_limit="100000/minute",
+        token_rate_limit="100000/minute", tokens_per_ip="1000/day",  # the ladder reads the window too
     )  # fmt: skip
     challenge = await challenged(opened)
     assert challenge["step"] == 0  # the rung is unknown: the first
