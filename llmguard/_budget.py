@@ -49,8 +49,6 @@ logger = logging.getLogger("llmguard.budget")
 
 # Seconds a process goes on one reading of the monthly caps' use before reading them again.
 READING_INTERVAL = 1.0
-# The marker of a read-only step: it never exists, so the hold script only reads the counters.
-_READING_MARKER = "budget:reading"
 
 
 class TokenBudget:
@@ -173,9 +171,7 @@ class TokenBudget:
             for kind, limit in (("month-tokens", self.monthly_token_cap), ("month-spend", self.monthly_spend_micro))
             if limit is not None
         ]
-        # Both counters in one round trip (on Redis, one script that only reads).
-        reads = [(key, (0, 0, 0, 0), 1) for key, _ in caps]
-        totals = await self.storage.hold_step(_READING_MARKER, reads, ("", "", "", ""))
+        totals = await self.storage.read([key for key, _ in caps])  # both in one round trip
         return max(total / limit for (_, limit), total in zip(caps, totals, strict=True))
 
     def window_keys(self, client: str, now: float) -> tuple[str, str]:
@@ -193,8 +189,7 @@ class TokenBudget:
             return 0.0
         now = time.time()
         length = self.window.get_expiry()
-        reads = [(key, (0, 0, 0, 0), 1) for key in self.window_keys(f"ip:{address}", now)]
-        current, previous = await self.storage.hold_step(_READING_MARKER, reads, ("", "", "", ""))
+        current, previous = await self.storage.read(self.window_keys(f"ip:{address}", now))
         fading = 1 - (now % length) / length
         return min(1.0, max(0.0, (current + previous * fading) / self.window.amount))
 

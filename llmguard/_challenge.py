@@ -23,7 +23,9 @@ did recently: after ``N`` solved challenges in ``window`` seconds the rung
 says the ALTCHA max number, ``captcha`` or ``refuse`` (429). Each 10 % of the
 client's token window already spent (``spent``, from ``TokenBudget``) counts
 as one more mint. A challenge names its rung; a solution from a lower rung than
-the client stands on now (fetched in bulk while cheap) is refused.
+the client stands on now (fetched in bulk while cheap) is refused, and so is
+one that lands past its rung when several are sent at once: each is judged by
+the count its own mint makes.
 
 Used as an ASGI app it answers ``GET``/``POST`` with the current challenge
 (``/api/challenge``); ``TokenEndpoint(challenge=...)`` checks solutions.
@@ -49,7 +51,6 @@ from typing import Any, Literal, NoReturn, TypeVar, cast, get_args
 
 import anyio
 import httpx
-import limits
 from altcha.v1 import ChallengeOptions, PayloadType, create_challenge, verify_solution
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
@@ -67,7 +68,7 @@ from llmguard._errors import (
 )
 from llmguard._origin import check_origins
 from llmguard._state import request_state
-from llmguard._storage import KEY_PREFIX, Storage
+from llmguard._storage import Storage
 
 logger = logging.getLogger("llmguard.challenge")
 
@@ -159,6 +160,8 @@ class Position:
     index: int
     step: Step
     mints: int
+    #: What counts besides this period's mints: the last period's, fading, and what the client spent.
+    carried: float = 0.0
 
 
 class TokenChallenge:
@@ -202,7 +205,6 @@ class TokenChallenge:
         self.key = hmac.new(secret_bytes, b"llmguard challenge v1", hashlib.sha256).hexdigest()
         self.window = int(window)
         self.ttl = int(ttl)
-        self.mints = limits.RateLimitItemPerSecond(10**9, self.window)
         self.pow = kind.startswith("pow")
         self.captcha: Captcha | None = None
         provider_name = kind.split("+")[-1]
@@ -266,45 +268,66 @@ class TokenChallenge:
             raise ChallengeRequired(headers=scheme, context={"challenge": challenge})
         if not isinstance(solution, str) or len(solution) > 4096:
             self.fail(scope, position, "The solution must be the text the challenge solver gave.")
+        solved_on = position.index  # the rung the solution was made for
         if position.step == "captcha":
             assert self.captcha is not None  # position() only stands on a captcha rung with one
             problem = await self.captcha.check(solution, scope)
             used = "captcha:" + hashlib.sha256(solution.encode()).hexdigest()[:32]
         else:
-            problem, used = self.check_pow(scope, solution, position)
+            problem, used, solved_on = self.check_pow(scope, solution, position)
         if problem is None:
             uses = await self.counted(self.storage.incr(f"challenge:used:{used}", expiry=self.ttl + 60), 1)
             problem = None if uses == 1 else "This solution was used already; solve the new challenge."
         if problem is not None:
             self.fail(scope, position, problem)
-        await self.counted(self.storage.limiter.hit(self.mints, KEY_PREFIX, "mints", client_key(scope)), True)
+        await self.count(scope, position, solved_on)
 
-    def check_pow(self, scope: Scope, solution: str, position: Position) -> tuple[str | None, str]:
-        """What is wrong with a proof-of-work solution (``None``: nothing), and its single-use key."""
+    async def count(self, scope: Scope, position: Position, solved_on: int) -> None:
+        """Count the mint, and judge it by the count it made: solutions sent at once each get their own place.
+
+        The rung read before the check may be stale by then (several solutions of
+        cheap challenges sent together): the increment says which mint this is,
+        and one that lands past its challenge's rung is given back and refused.
+        """
+        key = self.mint_keys(client_key(scope), time.time())[0]
+        count = await self.counted(self.storage.incr(key, expiry=2 * self.window), 0)
+        if count == 0:  # the storage failed open: nothing to judge by
+            return
+        try:
+            now = self.rung_for(int(position.carried + count - 1))
+        except RateLimitExceeded:
+            await self.counted(self.storage.incr(key, expiry=2 * self.window, amount=-1), 0)
+            raise
+        if now.index > solved_on:
+            await self.counted(self.storage.incr(key, expiry=2 * self.window, amount=-1), 0)
+            self.fail(scope, now, "The challenge is easier than this client's now; solve the new one.")
+
+    def check_pow(self, scope: Scope, solution: str, position: Position) -> tuple[str | None, str, int]:
+        """What is wrong with a proof-of-work solution (``None``: nothing), its single-use key, and its rung."""
         try:
             payload = json.loads(base64.b64decode(solution, validate=True))
         except (binascii.Error, ValueError):
-            return "The solution is not an ALTCHA payload.", ""
+            return "The solution is not an ALTCHA payload.", "", -1
         if not isinstance(payload, dict) or payload.get("algorithm") != _ALGORITHM:
-            return "The solution is not an ALTCHA SHA-256 payload.", ""
+            return "The solution is not an ALTCHA SHA-256 payload.", "", -1
         number, salt, challenge = payload.get("number"), payload.get("salt"), payload.get("challenge")
         if not (isinstance(number, int) and isinstance(salt, str) and isinstance(challenge, str)):
-            return "The solution is not an ALTCHA payload.", ""
+            return "The solution is not an ALTCHA payload.", "", -1
         if not _HEX.fullmatch(challenge) or not isinstance(payload.get("signature"), str):
-            return "The solution is not an ALTCHA payload.", ""
+            return "The solution is not an ALTCHA payload.", "", -1
         params = urllib.parse.parse_qs(salt.partition("?")[2])
         expires = params.get("expires", ["0"])
         if len(expires) != 1 or not expires[0].isdigit() or int(expires[0]) < time.time():
-            return "The challenge expired; solve the new one.", ""
+            return "The challenge expired; solve the new one.", "", -1
         ok, _ = verify_solution(cast(PayloadType, payload), self.key, check_expires=True)
         if not ok:
-            return "The solution does not solve a challenge of this server.", ""
+            return "The solution does not solve a challenge of this server.", "", -1
         client, step = params.get("c", []), params.get("s", [])
         if client != [self.client_tag(scope)]:
-            return "The challenge was given to another client.", ""
+            return "The challenge was given to another client.", "", -1
         if len(step) != 1 or not step[0].isdigit() or int(step[0]) < position.index:
-            return "The challenge is easier than this client's now; solve the new one.", ""
-        return None, "pow:" + challenge
+            return "The challenge is easier than this client's now; solve the new one.", "", -1
+        return None, "pow:" + challenge, int(step[0])
 
     def fail(self, scope: Scope, position: Position, problem: str) -> NoReturn:
         """Refuse with 403, and the challenge to solve instead (one on the client's rung now)."""
@@ -313,20 +336,26 @@ class TokenChallenge:
     # -- the ladder
 
     async def position(self, scope: Scope) -> Position:
-        """The client's rung: its solved challenges in the window, plus what it spent."""
+        """The client's rung: its solved challenges in the window (a sliding count), plus what it spent."""
         key = client_key(scope)
-        unknown = limits.WindowStats(reset_time=time.time(), remaining=self.mints.amount)
-        stats = await self.counted(self.storage.limiter.get_window_stats(self.mints, KEY_PREFIX, "mints", key), unknown)
-        mints = self.mints.amount - stats.remaining
+        now = time.time()
+        current, previous = await self.counted(self.storage.read(self.mint_keys(key, now)), [0, 0])
+        carried = previous * (1 - (now % self.window) / self.window)
         if self.spent is not None:
             share = await self.counted(self.spent(key), 0.0)
-            mints += int(max(0.0, min(1.0, share)) * SPENT_MINTS_PER_WINDOW)
+            carried += int(max(0.0, min(1.0, share)) * SPENT_MINTS_PER_WINDOW)
+        position = self.rung_for(int(carried + current))
+        return Position(position.index, position.step, position.mints, carried)
+
+    def rung_for(self, mints: int) -> Position:
+        """The rung after ``mints`` mints; 429 on a ``refuse`` rung."""
         chosen: Position | None = None
         for index, rung in enumerate(self.rungs):
             if rung.after > mints:
                 break
             if rung.step == "refuse":
-                wait = max(1, math.ceil(stats.reset_time - time.time()))
+                # The count slides: by the end of this period, the mints of the last one no longer count.
+                wait = max(1, math.ceil(self.window - time.time() % self.window))
                 raise RateLimitExceeded(
                     f"This client asked for too many tokens. Try again in {wait} seconds.", retry_after=wait
                 )
@@ -338,6 +367,11 @@ class TokenChallenge:
                 chosen = Position(index, rung.step, mints)
         assert chosen is not None  # the first rung is never 'refuse' nor skipped (it is work or a CAPTCHA)
         return chosen
+
+    def mint_keys(self, client: str, now: float) -> tuple[str, str]:
+        """Where a client's mints are counted: this period, and the last one (which still partly counts)."""
+        period = int(now // self.window)
+        return f"challenge:mints:{client}:{period}", f"challenge:mints:{client}:{period - 1}"
 
     async def counted(self, operation: Awaitable[T], unknown: T) -> T:
         """A storage operation's result; when the storage fails open, ``unknown`` (the first rung, a fresh solution)."""

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from altcha.v1 import ChallengeOptions, create_challenge
@@ -186,6 +187,45 @@ async def test_cheap_challenges_fetched_in_bulk_go_stale_as_the_client_climbs(ha
     body = assert_error(await mint_with(harness, stock[2]), 403, "ChallengeFailed")
     assert "easier than this client's now" in body["message"]
     assert body["challenge"]["maxnumber"] == 20000  # the fresh one is on the client's rung
+
+
+async def test_solutions_sent_at_once_each_take_their_own_place_on_the_ladder(
+    harness_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four cheap solutions sent together, each judged by the rung read before any of them counted:
+    the count each one makes decides, so two mint on rung 0 and two are refused as too easy."""
+    harness = await harness_factory(token_challenge="pow", challenge_ladder="0=1000, 2=20000, 9=refuse")
+    stock = [solve_challenge_payload(await challenged(harness)) for _ in range(4)]  # all on rung 0
+    position = TokenChallenge.position
+    read = 0
+    all_read = anyio.Event()
+
+    async def read_together(self: TokenChallenge, scope: Any) -> Any:
+        nonlocal read
+        found = await position(self, scope)
+        read += 1
+        if read == len(stock):
+            all_read.set()
+        await all_read.wait()  # every request has read the rung before any counts its mint
+        return found
+
+    monkeypatch.setattr(TokenChallenge, "position", read_together)
+    answers: list[httpx.Response] = []
+
+    async def send(solution: str) -> None:
+        answers.append(await mint_with(harness, solution))
+
+    async with anyio.create_task_group() as tasks:
+        for solution in stock:
+            tasks.start_soon(send, solution)
+    assert sorted(answer.status_code for answer in answers) == [200, 200, 403, 403]
+    for answer in answers:
+        if answer.status_code == 403:
+            body = assert_error(answer, 403, "ChallengeFailed")
+            assert "easier than this client's now" in body["message"]
+            assert body["challenge"]["maxnumber"] == 20000
+    monkeypatch.undo()
+    assert (await challenged(harness))["step"] == 1  # two mints counted, not four
 
 
 async def test_spending_the_token_window_climbs_the_ladder() -> None:
