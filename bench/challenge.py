@@ -504,7 +504,7 @@ def render(
     figure = median_ms(data) if data else None
     lines += [
         "",
-        "A person's first mint in Chromium (the SDK's Web Worker, altcha-lib, first rung): "
+        "A person's first mint in Chromium (the SDK's own SHA-256 search in Web Workers, first rung): "
         + (f"median {figure:,.0f} ms ({note}; {json.dumps(data)})." if figure is not None else note + "."),
         "",
         f"## A {BOTNET}-address botnet against a ${SPEND_CAP_USD:.0f} monthly spend cap",
