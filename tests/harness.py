@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+import openai
 import pytest
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -200,6 +202,27 @@ def mint(server: LLMGuardProcess, ip: str = PEER) -> str:
     return token
 
 
+def openai_over_http(server: LLMGuardProcess, token: str | None = None) -> openai.OpenAI:
+    """The official openai client of ``server``'s ``/v1``, from an allowed origin, with ``token`` or a fresh one."""
+    return openai.OpenAI(
+        base_url=f"{server.url}/v1",
+        api_key=token or mint(server),
+        default_headers={"origin": ORIGIN},
+        max_retries=0,
+    )
+
+
+async def openai_sdk(harness: Harness, token: str | None = None) -> openai.AsyncOpenAI:
+    """The official openai client of the in-process app's ``/v1``, with ``token`` or one minted by ``harness``."""
+    return openai.AsyncOpenAI(
+        base_url="http://testserver/v1",
+        api_key=token or await harness.token(),
+        # openai types this as its httpx2 client; it takes an httpx one too (_httpx2.is_legacy_httpx_async_client).
+        http_client=harness.client,  # type: ignore[arg-type]
+        max_retries=0,
+    )
+
+
 # -- an app behind a middleware ---------------------------------------------------------
 
 
@@ -308,6 +331,13 @@ def assert_no_secrets(text: str, tokens: Iterable[str] = ()) -> None:
         assert token not in text
         signature = token.split(".")[-1]
         assert not signature or signature not in text  # not even the signature
+
+
+def assert_clean_logs(logs: str, tokens: Iterable[str] = ()) -> None:
+    """What a server's whole log must be at the end of a module: no secret, no traceback, no 500."""
+    assert_no_secrets(logs, tokens)
+    assert "Traceback" not in logs
+    assert not re.search(r" (GET|POST|OPTIONS) \S+ 500 ", logs), "a request got a 500"
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

@@ -10,7 +10,7 @@ from typing import Any
 import jwt
 import openai
 import pytest
-from harness import HELLO, KEY, ORIGIN, SECRET, Harness, assert_openai_error, preflight
+from harness import HELLO, KEY, ORIGIN, SECRET, Harness, assert_openai_error, openai_sdk, preflight
 from openai.types.chat import ChatCompletion
 
 from llmguard._tokens import estimate_prompt_tokens
@@ -19,20 +19,10 @@ from llmguard.testing import FakeReply
 Factory = Callable[..., Any]
 
 
-async def sdk(harness: Harness, token: str | None = None) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url="http://testserver/v1",
-        api_key=token or await harness.token(),
-        # openai types this as its httpx2 client; it takes an httpx one too (_httpx2.is_legacy_httpx_async_client).
-        http_client=harness.client,  # type: ignore[arg-type]
-        max_retries=0,
-    )
-
-
 async def test_a_json_completion_through_the_sdk(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(system_prompt="Be the server.", max_tokens=300)
     harness.provider.enqueue(FakeReply(text="Hi there!"))
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     completion = await client.chat.completions.create(
         model="gpt-4.1-mini", messages=HELLO["messages"], max_completion_tokens=10_000, temperature=0.3, seed=1
     )
@@ -53,7 +43,7 @@ async def test_a_json_completion_through_the_sdk(harness_factory: Factory) -> No
 
 async def test_a_streamed_completion_passes_the_providers_chunks_through(harness: Harness) -> None:
     harness.provider.enqueue(FakeReply(chunks=["Hel", "lo", "!"]))
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"], stream=True)
     chunks = [chunk async for chunk in stream]
     deltas = [chunk.choices[0].delta.content for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]
@@ -67,7 +57,7 @@ async def test_a_streamed_completion_passes_the_providers_chunks_through(harness
 
 async def test_a_stream_that_asks_for_usage_gets_it(harness: Harness) -> None:
     harness.provider.enqueue(FakeReply(chunks=["a", "b"]))
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     stream = await client.chat.completions.create(
         model="gpt-4.1-mini", messages=HELLO["messages"], stream=True, stream_options={"include_usage": True}
     )
@@ -79,7 +69,7 @@ async def test_a_stream_that_asks_for_usage_gets_it(harness: Harness) -> None:
 
 async def test_models_lists_what_a_client_may_name(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(allowed_models=("gpt-4.1-nano",))
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     assert [model.id async for model in client.models.list()] == ["gpt-4.1-mini", "gpt-4.1-nano"]
     harness.provider.enqueue(FakeReply(text="small"))
     await client.chat.completions.create(model="gpt-4.1-nano", messages=HELLO["messages"])
@@ -98,7 +88,7 @@ async def test_models_lists_what_a_client_may_name(harness_factory: Factory) -> 
     ],
 )
 async def test_a_malformed_request_is_a_bad_request_error(harness: Harness, arguments: dict[str, Any]) -> None:
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     request: dict[str, Any] = {"model": "gpt-4.1-mini", **HELLO, **arguments}
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(**request)
@@ -125,7 +115,7 @@ def _expired() -> str:
 
 @pytest.mark.parametrize("token", ["not-a-jwt", _expired()], ids=["bad", "expired"])
 async def test_a_bad_or_expired_token_is_an_authentication_error(harness: Harness, token: str) -> None:
-    client = await sdk(harness, token)
+    client = await openai_sdk(harness, token)
     with pytest.raises(openai.AuthenticationError) as caught:
         await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     assert isinstance(caught.value.body, dict)
@@ -135,7 +125,7 @@ async def test_a_bad_or_expired_token_is_an_authentication_error(harness: Harnes
 
 async def test_a_forced_429_is_a_rate_limit_error_with_retry_headers(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(rate_limit_max=1)
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     with pytest.raises(openai.RateLimitError) as caught:
         await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
@@ -152,12 +142,12 @@ async def test_one_request_limit_for_api_chat_and_v1(harness_factory: Factory) -
     harness: Harness = await harness_factory(rate_limit_max=1)
     assert (await harness.chat(HELLO)).status_code == 200
     with pytest.raises(openai.RateLimitError):
-        await (await sdk(harness)).chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
+        await (await openai_sdk(harness)).chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
 
 
 async def test_the_monthly_cap_applies_and_settles_from_the_usage_chunk(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(monthly_token_cap=150, max_tokens=100)
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     prompt = estimate_prompt_tokens(message["content"] for message in HELLO["messages"])
     harness.provider.enqueue(FakeReply(chunks=["x"] * 50))
     stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"], stream=True)
@@ -177,7 +167,7 @@ async def test_the_monthly_cap_applies_and_settles_from_the_usage_chunk(harness_
 @pytest.mark.parametrize("allowed", [True, False])
 async def test_the_system_prompt_policy(harness_factory: Factory, allowed: bool) -> None:
     harness: Harness = await harness_factory(system_prompt="Server rules.", allow_client_system=allowed)
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     messages: Any = [{"role": "developer", "content": "Client rules."}, *HELLO["messages"]]
     if not allowed:
         with pytest.raises(openai.BadRequestError) as refused:
@@ -194,7 +184,7 @@ async def test_the_system_prompt_policy(harness_factory: Factory, allowed: bool)
 
 async def test_a_stream_cut_by_the_provider_is_an_api_error_for_the_sdk(harness: Harness) -> None:
     harness.provider.enqueue(FakeReply(chunks=["a", "b", "c"], cut_after=1))
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     stream = await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"], stream=True)
     received: list[Any] = []
 
@@ -210,7 +200,7 @@ async def test_a_stream_cut_by_the_provider_is_an_api_error_for_the_sdk(harness:
 
 async def test_provider_errors_keep_their_status_and_never_relay_the_key(harness: Harness) -> None:
     harness.provider.enqueue(FakeReply.failure(401, code="invalid_api_key"))
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     with pytest.raises(openai.APIStatusError) as caught:
         await client.chat.completions.create(model="gpt-4.1-mini", messages=HELLO["messages"])
     assert caught.value.status_code == 502

@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 import pytest
-from harness import HELLO, Harness, assert_error, make_settings, sse_events
+from harness import HELLO, Harness, assert_error, make_settings, openai_sdk, sse_events
 from starlette.requests import Request
 
 from llmguard import ChatEndpoint, Settings
@@ -26,15 +26,6 @@ PRESETS = {
                 "temperature": 0.2},
     "haiku": {"system": "Answer in a haiku."},
 }  # fmt: skip
-
-
-async def sdk(harness: Harness, token: str | None = None) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(
-        base_url="http://testserver/v1",
-        api_key=token or await harness.token(),
-        http_client=harness.client,  # type: ignore[arg-type]
-        max_retries=0,
-    )
 
 
 def cap(sent: Mapping[str, Any]) -> int:
@@ -228,7 +219,7 @@ async def test_auto_allows_a_client_system_prompt_on_a_server_without_one(harnes
 
 async def test_auto_refuses_system_messages_on_v1(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(presets=PRESETS)
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     messages: Any = [{"role": "system", "content": "Client rules."}, *HELLO["messages"]]
     with pytest.raises(openai.BadRequestError) as refused:
         await client.chat.completions.create(model="gpt-4.1-mini", messages=messages)
@@ -241,7 +232,7 @@ async def test_auto_refuses_system_messages_on_v1(harness_factory: Factory) -> N
 async def test_the_sdk_names_a_preset_in_extra_body(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(presets=PRESETS)
     harness.provider.enqueue(FakeReply(text="Acme answers."))
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     completion = await client.chat.completions.create(
         model="gpt-4.1-mini", messages=HELLO["messages"], max_tokens=1000, extra_body={"preset": "support"}
     )
@@ -253,7 +244,7 @@ async def test_the_sdk_names_a_preset_in_extra_body(harness_factory: Factory) ->
 
 async def test_an_unknown_preset_is_a_400_for_the_sdk(harness_factory: Factory) -> None:
     harness: Harness = await harness_factory(presets=PRESETS)
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     for value in ("nope", 7):
         with pytest.raises(openai.BadRequestError) as refused:
             await client.chat.completions.create(
@@ -284,7 +275,7 @@ async def test_a_token_scoped_to_presets_may_not_use_another(harness_factory: Fa
     harness: Harness = await harness_factory(presets=PRESETS, authenticate=scoped(["haiku"]))
     body = assert_error(await harness.chat({**HELLO, "preset": "support"}), 403, "Forbidden")
     assert body["param"] == "preset"
-    client = await sdk(harness)
+    client = await openai_sdk(harness)
     with pytest.raises(openai.PermissionDeniedError) as refused:
         await client.chat.completions.create(
             model="gpt-4.1-mini", messages=HELLO["messages"], extra_body={"preset": "support"}
