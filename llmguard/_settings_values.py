@@ -274,25 +274,23 @@ def api_key(value: object) -> str:
     return value
 
 
-def base_url(value: object) -> str:
+def url(value: object, *, example: str = "https://example.com/path") -> str:
+    """An http(s) URL with a host, query allowed (a script's ``?render=explicit``)."""
     if not isinstance(value, str):
         raise TypeError("expected a URL")
     parts = urlsplit(value.strip())
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("expected an http(s) URL such as https://api.openai.com/v1")
+        raise ValueError(f"expected an http(s) URL such as {example}")
+    return value.strip()
+
+
+def base_url(value: object) -> str:
+    """A provider's base URL: paths are appended to it, so no query or fragment, and no trailing slash."""
+    text = url(value, example="https://api.openai.com/v1")
+    parts = urlsplit(text)
     if parts.query or parts.fragment:
         raise ValueError("must not have a query or fragment")
-    return value.strip().rstrip("/")
-
-
-def url(value: object) -> str:
-    """An http(s) URL, query allowed (a script's ``?render=explicit``)."""
-    if not isinstance(value, str):
-        raise TypeError("expected a URL")
-    parts = urlsplit(value.strip())
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError("expected an http(s) URL")
-    return value.strip()
+    return text.rstrip("/")
 
 
 # -- checks that copy what a component checks again: to be replaced by the component's own ----
