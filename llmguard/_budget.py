@@ -165,14 +165,28 @@ class TokenBudget:
 
     async def month_used(self, now: float | None = None) -> float:
         """The fraction of the monthly caps used (the more used of tokens and spend), holds included."""
+        usage = await self.month_usage(now)
+        return max(used / limit for used, limit in usage.values())
+
+    async def month_usage(self, now: float | None = None) -> dict[str, tuple[int, int]]:
+        """Each monthly cap's use this month, holds included, as ``(used, cap)``, in one round trip.
+
+        ``"tokens"`` counts tokens, ``"spend"`` millionths of a US dollar; a cap that is off is absent
+        (no caps: an empty dict, and no round trip).
+        """
         month = f"{datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc):%Y-%m}"
         caps = [
-            (f"budget:{kind}:{month}", limit)
-            for kind, limit in (("month-tokens", self.monthly_token_cap), ("month-spend", self.monthly_spend_micro))
+            (name, f"budget:{kind}:{month}", limit)
+            for name, kind, limit in (
+                ("tokens", "month-tokens", self.monthly_token_cap),
+                ("spend", "month-spend", self.monthly_spend_micro),
+            )
             if limit is not None
         ]
-        totals = await self.storage.read([key for key, _ in caps])  # both in one round trip
-        return max(total / limit for (_, limit), total in zip(caps, totals, strict=True))
+        if not caps:
+            return {}
+        totals = await self.storage.read([key for _, key, _ in caps])  # both in one round trip
+        return {name: (total, limit) for (name, _, limit), total in zip(caps, totals, strict=True)}
 
     def window_keys(self, client: str, now: float) -> tuple[str, str]:
         """The client window's keys: this period's, and the last one's (whose use still partly counts)."""
