@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import redis
-from harness import HELLO, KEY, ORIGIN, SECRET, assert_clean_logs, bearer, http_client, mint
+from harness import HELLO, KEY, ORIGIN, SECRET, assert_clean_logs, bearer, http_client
 from servers import LLMGuardProcess, RedisServer, ThreadedServer
 from starlette.requests import Request
 from starlette.responses import Response
@@ -137,19 +137,20 @@ def test_each_threshold_is_posted_once_from_two_processes_sharing_one_redis(
     month = f"{datetime.now(timezone.utc):%Y-%m}"
 
     # Spend the cap through both processes in turn, until each has refused a request at the cap.
-    refused = {server.port: False for server in servers}
-    for turn in range(200):
-        server = servers[turn % 2]
-        with http_client(server) as http:
-            response = http.post("/api/chat", json=HELLO, headers=bearer(mint(server)))
-        if response.status_code == 503:
-            assert response.json()["error"] == "TokenCapReached", response.text
-            refused[server.port] = True
-            if all(refused.values()):
-                break
-        else:
-            assert response.status_code == 200, response.text
-    assert all(refused.values()), "the cap was never reached"
+    refused = [False, False]
+    with http_client(servers[0]) as first, http_client(servers[1]) as second:
+        for turn in range(200):
+            http = (first, second)[turn % 2]
+            token = http.post("/api/token").json()["token"]
+            response = http.post("/api/chat", json=HELLO, headers=bearer(token))
+            if response.status_code == 503:
+                assert response.json()["error"] == "TokenCapReached", response.text
+                refused[turn % 2] = True
+                if all(refused):
+                    break
+            else:
+                assert response.status_code == 200, response.text
+    assert all(refused), "the cap was never reached"
 
     # Each process reads the month within a second of its last request and decides every threshold.
     deadline = time.monotonic() + 30
