@@ -8,7 +8,8 @@ cost the client something a person does not notice and a bot pays in bulk:
   the client finds the number behind a hash, about ``maxnumber / 2`` hashes of
   work, and the server checks the answer with one hash. No third party, works
   offline. The challenge is signed (HMAC with a key derived from the JWT
-  secret, so replicas agree), short-lived, bound to the client, and each
+  secret, so replicas agree; the previous JWT secrets' keys still verify, so
+  a challenge outlives a rotation), short-lived, bound to the client, and each
   solution is good once (remembered in the storage).
 - ``turnstile`` / ``hcaptcha`` — the provider's widget in the page; the token
   endpoint checks its response with the provider's siteverify API: success,
@@ -66,6 +67,7 @@ from llmguard._errors import (
     StorageUnavailable,
     send_error,
 )
+from llmguard._jwt import check_previous_secrets, key_id
 from llmguard._origin import check_origins
 from llmguard._state import request_state
 from llmguard._storage import Storage
@@ -168,10 +170,12 @@ class TokenChallenge:
     """What ``POST /api/token`` requires first; as an ASGI app, ``GET /api/challenge``.
 
     ``secret`` is the JWT secret (the challenges' signing key is derived from
-    it); ``storage`` keeps the ladder's counts and the used solutions, so every
-    replica agrees. ``allow_origins`` names the hostnames a CAPTCHA may have
-    been solved on. ``spent(client)`` (optional) says what share of its token
-    window a client has used, 0 to 1.
+    it; ``previous_secrets``, the JWT's previous ones, still verify the
+    challenges they signed: the salt names the key). ``storage`` keeps the
+    ladder's counts and the used solutions, so every replica agrees.
+    ``allow_origins`` names the hostnames a CAPTCHA may have been solved on.
+    ``spent(client)`` (optional) says what share of its token window a client
+    has used, 0 to 1.
     """
 
     def __init__(
@@ -179,6 +183,7 @@ class TokenChallenge:
         *,
         kind: ChallengeKind = "pow",
         secret: str | bytes,
+        previous_secrets: Sequence[str | bytes] = (),
         storage: Storage | str = "memory://",
         ladder: str = DEFAULT_LADDER,
         window: float = 3600,
@@ -201,8 +206,12 @@ class TokenChallenge:
         self.rungs = parse_ladder(ladder)
         self.storage = storage if isinstance(storage, Storage) else Storage(storage)
         secret_bytes = secret.encode() if isinstance(secret, str) else secret
+        previous = check_previous_secrets(previous_secrets, secret_bytes)
         # Its own key: a challenge's signature can never be taken for anything signed with the JWT secret.
-        self.key = hmac.new(secret_bytes, b"llmguard challenge v1", hashlib.sha256).hexdigest()
+        self.key = _challenge_key(secret_bytes)
+        self.kid = key_id(secret_bytes)
+        #: Every key that verifies a challenge, by the key id of the JWT secret it comes from (public).
+        self.keys = {key_id(raw): _challenge_key(raw) for raw in (secret_bytes, *previous)}
         self.window = int(window)
         self.ttl = int(ttl)
         self.pow = kind.startswith("pow")
@@ -319,11 +328,17 @@ class TokenChallenge:
         expires = params.get("expires", ["0"])
         if len(expires) != 1 or not expires[0].isdigit() or int(expires[0]) < time.time():
             return "The challenge expired; solve the new one.", "", -1
-        ok, _ = verify_solution(cast(PayloadType, payload), self.key, check_expires=True)
-        if not ok:
+        # The key its salt names (the salt is signed too); a challenge from before key ids names none: each key.
+        named = params.get("k")
+        if named is None:
+            keys = list(self.keys.values())
+        else:
+            keys = [self.keys[named[0]]] if len(named) == 1 and named[0] in self.keys else []
+        key = next((key for key in keys if verify_solution(cast(PayloadType, payload), key)[0]), None)
+        if key is None:
             return "The solution does not solve a challenge of this server.", "", -1
         client, step = params.get("c", []), params.get("s", [])
-        if client != [self.client_tag(scope)]:
+        if client != [self.client_tag(scope, key)]:
             return "The challenge was given to another client.", "", -1
         if len(step) != 1 or not step[0].isdigit() or int(step[0]) < position.index:
             return "The challenge is easier than this client's now; solve the new one.", "", -1
@@ -395,7 +410,7 @@ class TokenChallenge:
             salt_length=12,
             hmac_key=self.key,
             expires=expires,
-            params={"c": self.client_tag(scope), "s": str(position.index)},
+            params={"c": self.client_tag(scope), "s": str(position.index), "k": self.kid},
         )
         made = create_challenge(options)
         return {
@@ -409,13 +424,19 @@ class TokenChallenge:
             "step": position.index,
         }
 
-    def client_tag(self, scope: Scope) -> str:
+    def client_tag(self, scope: Scope, key: str | None = None) -> str:
         """Who a challenge was given to: the client key under the challenge key, not the address itself."""
-        return hmac.new(self.key.encode(), client_key(scope).encode(), hashlib.sha256).hexdigest()[:16]
+        key = self.key if key is None else key
+        return hmac.new(key.encode(), client_key(scope).encode(), hashlib.sha256).hexdigest()[:16]
 
     async def aclose(self) -> None:
         if self.captcha is not None:
             await self.captcha.aclose()
+
+
+def _challenge_key(secret: bytes) -> str:
+    """The HMAC key of the challenges, from a JWT secret."""
+    return hmac.new(secret, b"llmguard challenge v1", hashlib.sha256).hexdigest()
 
 
 class Captcha:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import jwt
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._errors import StorageUnavailable, Unauthorized, send_error
-from llmguard._jwt import ALGORITHM, MAX_LEEWAY, REQUIRED_CLAIMS, check_max_uses, check_secret
+from llmguard._jwt import (
+    ALGORITHM,
+    MAX_LEEWAY,
+    REQUIRED_CLAIMS,
+    check_max_uses,
+    check_previous_secrets,
+    check_secret,
+    key_id,
+)
 from llmguard._state import request_state
 from llmguard._storage import Storage
 
@@ -26,6 +35,12 @@ class JWTAuth:
     claims are in ``scope["llmguard"].claims`` for the layers after this one.
     With ``max_uses`` (``1`` makes every token single-use) each ``jti`` is
     counted in ``storage`` and refused once used up.
+
+    ``previous_secrets`` still verify the tokens they signed, so a new
+    ``secret`` can take over without logging anyone out: a token's ``kid``
+    header (the fingerprint of the secret that signed it) picks the one secret
+    to check it with, and a token of an unknown ``kid`` is refused unchecked.
+    A token without a ``kid`` (minted before kids existed) is tried with each.
     """
 
     def __init__(
@@ -33,6 +48,7 @@ class JWTAuth:
         app: ASGIApp,
         *,
         secret: str | bytes,
+        previous_secrets: Sequence[str | bytes] = (),
         issuer: str = "llmguard",
         audience: str = "llmguard",
         leeway: int = 10,
@@ -41,6 +57,9 @@ class JWTAuth:
     ) -> None:
         self.app = app
         self.secret = check_secret(secret)
+        previous = check_previous_secrets(previous_secrets, self.secret)
+        #: Every secret that verifies, by its key id; the signing one first.
+        self.secrets = {key_id(raw): raw for raw in (self.secret, *previous)}
         if not 0 <= leeway <= MAX_LEEWAY:
             raise ValueError(f"leeway has value {leeway!r}: must be between 0 and {MAX_LEEWAY} seconds")
         self.issuer = issuer
@@ -99,15 +118,7 @@ class JWTAuth:
                 return cached[1]
             del self._verified[token]
         try:
-            claims: dict[str, object] = jwt.decode(
-                token,
-                self.secret,
-                algorithms=[ALGORITHM],
-                audience=self.audience,
-                issuer=self.issuer,
-                leeway=self.leeway,
-                options=self.options,
-            )
+            claims = self.decode(token)
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The token has expired. Get a new one from POST /api/token.") from None
         except jwt.MissingRequiredClaimError as exc:
@@ -121,4 +132,34 @@ class JWTAuth:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 del self._verified[next(iter(self._verified))]  # the oldest
             self._verified[token] = (float(exp), claims)
+        return claims
+
+    def decode(self, token: str) -> dict[str, object]:
+        """The token's claims, checked with the secret its ``kid`` names (with each, when it names none)."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid is not None:
+            secret = self.secrets.get(kid) if isinstance(kid, str) else None
+            if secret is None:
+                # Signed with a secret this server was never given, or one removed since: not checked at all.
+                raise Unauthorized("The token was signed with a key this server does not accept. Get a new one.")
+            candidates: tuple[bytes, ...] = (secret,)
+        else:
+            candidates = tuple(self.secrets.values())
+        for secret in candidates[:-1]:
+            try:
+                return self.decode_with(token, secret)
+            except jwt.InvalidSignatureError:
+                continue  # the signature is checked before any claim: the next secret may be the one
+        return self.decode_with(token, candidates[-1])
+
+    def decode_with(self, token: str, secret: bytes) -> dict[str, object]:
+        claims: dict[str, object] = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            audience=self.audience,
+            issuer=self.issuer,
+            leeway=self.leeway,
+            options=self.options,
+        )
         return claims

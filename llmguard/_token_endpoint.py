@@ -17,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from llmguard._challenge import TokenChallenge
 from llmguard._chat_request import parse_json, read_body
 from llmguard._errors import InvalidRequest, LLMGuardError, MethodNotAllowed, RequestTimeout, Unauthorized, send_error
-from llmguard._jwt import ALGORITHM, RESERVED_CLAIMS, check_max_uses, check_secret
+from llmguard._jwt import ALGORITHM, RESERVED_CLAIMS, check_max_uses, check_secret, key_id
 
 ClaimsResult = Mapping[str, Any] | None
 Authenticate = Callable[[Request], ClaimsResult | Awaitable[ClaimsResult]]
@@ -51,6 +51,10 @@ class TokenEndpoint:
     solution, ``{"solution": "..."}``, checked before ``authenticate`` runs:
     401 ``ChallengeRequired`` without one, 403 ``ChallengeFailed`` for a wrong
     one (both bodies carry the challenge to solve).
+
+    Each token's header names the secret that signed it (``kid``, a public
+    fingerprint of ``secret``), so ``JWTAuth(previous_secrets=...)`` can tell
+    the tokens of an old secret from the new ones during a rotation.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class TokenEndpoint:
         challenge: TokenChallenge | None = None,
     ) -> None:
         self.secret = check_secret(secret)
+        self.headers = {"kid": key_id(self.secret)}
         self.ttl = int(check_ttl(ttl))
         self.issuer = issuer
         self.audience = audience
@@ -131,4 +136,4 @@ class TokenEndpoint:
             exp=expires_at,
             jti=secrets.token_urlsafe(16),
         )
-        return jwt.encode(claims, self.secret, algorithm=ALGORITHM), expires_at
+        return jwt.encode(claims, self.secret, algorithm=ALGORITHM, headers=self.headers), expires_at
