@@ -233,6 +233,11 @@ class FakeProvider:
     ) -> _Response:
         if record is None:
             if method == "GET" and path.endswith("/models"):
+                # As OpenAI's: the model list needs the key too (llmguard check asks it to test the key).
+                listed_for = headers.get("authorization", "").removeprefix("Bearer ").strip()
+                if self.api_key is not None and listed_for != self.api_key:
+                    message = f"Incorrect API key provided: {_mask(listed_for)}."
+                    return _error_response(401, message, "invalid_request_error", "invalid_api_key")
                 entry = {"id": self.model, "object": "model", "created": 0, "owned_by": "fake"}
                 return _json_response(200, {"object": "list", "data": [entry]})
             return _error_response(404, "Unknown path.", "invalid_request_error", None)
