@@ -31,11 +31,15 @@ def free_port() -> int:
 
 
 class ThreadedServer:
-    """Serve an ASGI app with uvicorn (real HTTP) in a background thread."""
+    """Serve an ASGI app with uvicorn (real HTTP) in a background thread.
 
-    def __init__(self, app: Any) -> None:
+    ``options`` go to ``uvicorn.Config`` (``lifespan="on"``, ``root_path="/app"``...); the lifespan is off unless given.
+    """
+
+    def __init__(self, app: Any, **options: Any) -> None:
         self.port = free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off")
+        options = {"lifespan": "off", **options}
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
