@@ -1,9 +1,11 @@
-"""The settings as documentation, made from their declarations: ``llmguard serve --help`` and the README table.
+"""The settings as documentation, made from their declarations: ``llmguard serve --help`` and the docs' table.
 
-Regenerate the README's table (between its ``settings:start`` and
-``settings:end`` markers) after changing a declaration::
+Regenerate the table of the configuration reference (between its
+``settings:start`` and ``settings:end`` markers) after changing a declaration::
 
-    python -m llmguard._settings_docs README.md
+    python -m llmguard._settings_docs docs/reference/configuration.md
+
+With no path, the table goes to stdout.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import NamedTuple
 from llmguard._settings import SHORTHANDS, declarations
 
 START, END = "<!-- settings:start", "<!-- settings:end -->"
-REGENERATE = "python -m llmguard._settings_docs README.md"
+PAGE = "docs/reference/configuration.md"
+REGENERATE = f"python -m llmguard._settings_docs {PAGE}"
 
 
 class Row(NamedTuple):
@@ -39,7 +42,7 @@ def rows() -> Iterator[Row]:
 
 
 def markdown() -> str:
-    """The README's settings table."""
+    """The settings table of the configuration reference."""
     lines = ["| variable | default | purpose | feeds |", "| --- | --- | --- | --- |"]
     for row in rows():
         variables = " or ".join(f"`{name}`" for name in row.variables)
@@ -58,7 +61,7 @@ def plain_text(width: int = 100) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path) -> bool:
+def update_page(path: Path) -> bool:
     """Write the table between the markers of ``path``; whether anything changed."""
     text = path.read_text(encoding="utf-8")
     updated = with_table(text)
@@ -68,7 +71,7 @@ def update_readme(path: Path) -> bool:
 
 
 def with_table(text: str) -> str:
-    """``text`` (a README) with the generated table between its markers."""
+    """``text`` (a page) with the generated table between its markers."""
     start = text.index(START)
     body = text.index("\n", start) + 1
     end = text.index(END, body)
@@ -114,7 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(markdown())
         return 0
     for path in paths:
-        changed = update_readme(Path(path))
+        if START not in Path(path).read_text(encoding="utf-8"):
+            # The table lived in README.md before the docs site; say where it is now.
+            print(f"{path} has no settings table (no {START} marker): it is in {PAGE}; run `{REGENERATE}`")
+            return 1
+        changed = update_page(Path(path))
         print(f"{path}: {'settings table updated' if changed else 'settings table already up to date'}")
     return 0
 
