@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -252,12 +253,25 @@ def start_command(deployment: Deployment, image: Image) -> list[str]:
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
+    """SIGTERM to the process's whole group, as a platform stops a container or a dyno: a Procfile's
+    shell may have started the server as its child rather than replaced itself with it."""
+    os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while _group_alive(process):
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+
+
+def _group_alive(process: subprocess.Popen[bytes]) -> bool:
+    process.poll()  # reap the leader once it exits
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        os.killpg(process.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_until_healthy(running: list[Running], timeout: float = 60) -> None:
@@ -297,7 +311,12 @@ def running(
             log = logs / f"{name}.log"
             with log.open("wb") as file:
                 process = subprocess.Popen(
-                    start_command(deployment, image), cwd=image.workdir, env=env, stdout=file, stderr=subprocess.STDOUT
+                    start_command(deployment, image),
+                    cwd=image.workdir,
+                    env=env,
+                    stdout=file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group, stopped as a whole
                 )
             stack.callback(stop, process)
             started[name] = Running(deployment, env, process, log, redis_server)
