@@ -1,9 +1,13 @@
-"""AccessLog: one line per request, with the model, the tokens and no secrets.
+"""AccessLog: one line per request, with the model, the tokens and no secrets; and its metrics.
 
 The library only emits records on the ``llmguard.access`` logger; handlers and
 formats are the application's choice (``llmguard serve`` installs
 ``TextFormatter`` or ``JSONFormatter``). The line never holds a header but the
 ``Origin``, whose CR/LF and other control characters are escaped.
+
+The same place, where each request ends with its status known, records it in
+``Metrics`` when given one (``_metrics``): the log line and the metrics say the
+same status, from one reading.
 """
 
 from __future__ import annotations
@@ -12,12 +16,15 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmguard._state import request_state
+
+if TYPE_CHECKING:
+    from llmguard._metrics import Metrics
 
 logger = logging.getLogger("llmguard.access")
 
@@ -30,11 +37,18 @@ def escape(text: str, limit: int = 200) -> str:
 
 
 class AccessLog:
-    """One record per request on ``logger``, when it ends (the client's key as ``ClientIP`` in front resolved it)."""
+    """One record per request on ``logger``, when it ends (the client's key as ``ClientIP`` in front resolved it).
 
-    def __init__(self, app: ASGIApp, *, logger: logging.Logger = logger) -> None:
+    With ``metrics``, each request is also recorded there as it ends, and the
+    streams open are counted. The status is the response's, or 499 when the
+    response did not end: the client went away first (before any answer, or in
+    the middle of a stream).
+    """
+
+    def __init__(self, app: ASGIApp, *, logger: logging.Logger = logger, metrics: Metrics | None = None) -> None:
         self.app = app
         self.logger = logger
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,22 +57,38 @@ class AccessLog:
         state = request_state(scope)
         started = time.perf_counter()
         path = scope["path"]  # before routing rewrites the scope
-        # Logged when the client went away before any response (nginx's "client closed request").
-        status = 499
+        metrics = self.metrics
+        route = metrics.route(scope) if metrics is not None else ""
+        status = 0
+        ended = crashed = streaming = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, ended, streaming
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)["x-request-id"] = state.request_id
-            await send(message)
+                if metrics is not None and _is_stream(message):
+                    streaming = True
+                    metrics.stream_opened()
+                await send(message)
+            else:
+                await send(message)
+                ended = ended or not message.get("more_body", False)
 
         try:
             await self.app(scope, receive, send_with_id)
         except BaseException:
-            status = 500
+            crashed = True
             raise
         finally:
+            if crashed:
+                status = 500
+            elif not ended:
+                status = 499  # the client went away before the response ended (nginx's "client closed request")
+            if metrics is not None:
+                if streaming:
+                    metrics.stream_closed()
+                metrics.request_ended(scope, route, status)
             if self.logger.isEnabledFor(logging.INFO):
                 self.log(scope, path, status, time.perf_counter() - started)
 
@@ -139,6 +169,14 @@ class JSONFormatter(logging.Formatter):
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def _is_stream(start: Message) -> bool:
+    """Whether a response (its ``http.response.start``) is a stream of Server-Sent Events."""
+    for name, value in start.get("headers", ()):
+        if name.lower() == b"content-type":
+            return bool(value.startswith(b"text/event-stream"))
+    return False
 
 
 def _timestamp(record: logging.LogRecord) -> str:

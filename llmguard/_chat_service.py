@@ -21,6 +21,7 @@ for both:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -175,6 +176,7 @@ class ChatService:
             return
         try:
             payload = request.body(output_tokens=reservation.output_tokens, token_param=self.token_param)
+            state.provider_started = time.perf_counter()
             if request.stream:
                 # A stream the client left is cancelled at once: the provider stops generating.
                 async with anyio.create_task_group() as tasks:
@@ -187,6 +189,7 @@ class ChatService:
                 # charged what the provider reports.
                 await self._json_reply(scope, send, payload, reservation, wire, degraded)
         finally:
+            state.provider_ended = time.perf_counter()
             with anyio.CancelScope(shield=True):
                 state.usage = await reservation.settle()
             state.cost_usd = reservation.cost_usd
@@ -206,6 +209,7 @@ class ChatService:
                 async with self.upstream.chat(payload, call) as response:
                     body = await response.aread()
             completion = parse_completion(body)
+            request_state(scope).first_token_at = time.perf_counter()  # a whole reply: every token at once
         except (UpstreamError, TimeoutError, httpx.HTTPError) as exc:
             if not call.may_have_billed:
                 reservation.refused()  # refused, never reached, or the deadline came between attempts
@@ -232,6 +236,7 @@ class ChatService:
         degraded: Degradation | None,
     ) -> None:
         call = ProviderCall()
+        state = request_state(scope)
         stream: ProviderStream | None = None
         started = False
         error: LLMGuardError | None = None
@@ -244,6 +249,8 @@ class ChatService:
                     started = True
                     await _send_chunk(send, wire.start(degraded))
                     async for event in stream.events():
+                        if event.text and state.first_token_at is None:
+                            state.first_token_at = time.perf_counter()
                         out = wire.event(event)
                         if out:
                             await _send_chunk(send, out)
@@ -263,7 +270,7 @@ class ChatService:
         if not started:
             await send_error(scope, send, error)
             return
-        request_state(scope).error_code = error.code
+        state.error_code = error.code
         logger.warning("stream ended with %s: %s", error.code, error.message)
         await _send_chunk(send, wire.error(error))
         await send({"type": "http.response.body", "body": b""})

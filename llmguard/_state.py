@@ -77,6 +77,12 @@ class RequestState:
     degraded: Degradation | None = None
     #: Set by the bundled server when this request came past ``MAX_CONNECTIONS``.
     server_busy: bool = False
+    #: The provider call, as ``time.perf_counter()`` readings (the chat service takes them, metrics read
+    #: them): when it started, when the first token of the reply came (a stream's first text, or a whole
+    #: reply), when it ended.
+    provider_started: float | None = None
+    first_token_at: float | None = None
+    provider_ended: float | None = None
 
 
 def request_state(scope: Scope) -> RequestState:
