@@ -138,7 +138,7 @@ class Metrics:
     ) -> None:
         # Here, not at the top: prometheus_client picks memory or files when first imported, from the
         # environment, and `llmguard serve --workers` sets that environment before its workers start.
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, values
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, values
 
         self.directory = os.environ.get(MULTIPROC_DIR) or None
         if self.directory is not None:
@@ -161,56 +161,21 @@ class Metrics:
         self.budget = budget
         self.routes = frozenset(routes)
         self.content_type = CONTENT_TYPE_LATEST
-        self.requests_total = Counter(
-            "llmguard_requests",
-            "Requests answered, by route, method, status (499: the client left before the response ended) "
-            "and error code ('' when none).",
-            ("route", "method", "status", "code"),
-            registry=registry,
-        )
-        self.refusals_total = Counter(
-            "llmguard_refusals",
-            "Requests refused, by the guard that refused them and the error code.",
-            ("guard", "code"),
-            registry=registry,
-        )
-        self.tokens_total = Counter(
-            "llmguard_tokens",
-            "Tokens charged to the budgets, by model and type (prompt or completion).",
-            ("model", "type"),
-            registry=registry,
-        )
-        self.spend_usd_total = Counter(
-            "llmguard_spend_usd",
-            "US dollars charged to the budgets, by model, from the price table.",
-            ("model",),
-            registry=registry,
-        )
-        self.provider_latency_seconds = Histogram(
-            "llmguard_provider_latency_seconds",
-            "Seconds of each provider call, from sending it to the end of the reply (streams included).",
-            ("model",),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.time_to_first_token_seconds = Histogram(
-            "llmguard_time_to_first_token_seconds",
-            "Seconds from sending a provider call to its first token (a whole JSON reply: its arrival).",
-            ("model",),
-            buckets=FIRST_TOKEN_BUCKETS,
-            registry=registry,
-        )
-        self.open_streams = Gauge(
-            "llmguard_open_streams",
-            "Streamed replies open now.",
-            registry=registry,
-            multiprocess_mode="livesum",
-        )
-        self.storage_errors_total = Counter(
-            "llmguard_storage_errors",
-            "Storage calls that failed or timed out (each answered by STORAGE_FAILURE).",
-            registry=registry,
-        )
+        if self.directory is not None:
+            # One set per process: two sets would each keep a running total of the same file entries,
+            # and each write over the other's.
+            global _process_families
+            _process_families = families = _process_families or _Families(None)
+        else:
+            families = _Families(registry)
+        self.requests_total = families.requests_total
+        self.refusals_total = families.refusals_total
+        self.tokens_total = families.tokens_total
+        self.spend_usd_total = families.spend_usd_total
+        self.provider_latency_seconds = families.provider_latency_seconds
+        self.time_to_first_token_seconds = families.time_to_first_token_seconds
+        self.open_streams = families.open_streams
+        self.storage_errors_total = families.storage_errors_total
         # Each label set's child, looked up once: the hot path is a dict lookup and an add.
         self._counters: dict[tuple[object, ...], Counter] = {}
         self._histograms: dict[tuple[object, ...], Histogram] = {}
@@ -309,6 +274,68 @@ class Metrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid(), self.directory)  # type: ignore[no-untyped-call]
+
+
+class _Families:
+    """The metric families, registered in ``registry`` (None: in no registry, for multiprocess mode)."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.requests_total = Counter(
+            "llmguard_requests",
+            "Requests answered, by route, method, status (499: the client left before the response ended) "
+            "and error code ('' when none).",
+            ("route", "method", "status", "code"),
+            registry=registry,
+        )
+        self.refusals_total = Counter(
+            "llmguard_refusals",
+            "Requests refused, by the guard that refused them and the error code.",
+            ("guard", "code"),
+            registry=registry,
+        )
+        self.tokens_total = Counter(
+            "llmguard_tokens",
+            "Tokens charged to the budgets, by model and type (prompt or completion).",
+            ("model", "type"),
+            registry=registry,
+        )
+        self.spend_usd_total = Counter(
+            "llmguard_spend_usd",
+            "US dollars charged to the budgets, by model, from the price table.",
+            ("model",),
+            registry=registry,
+        )
+        self.provider_latency_seconds = Histogram(
+            "llmguard_provider_latency_seconds",
+            "Seconds of each provider call, from sending it to the end of the reply (streams included).",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.time_to_first_token_seconds = Histogram(
+            "llmguard_time_to_first_token_seconds",
+            "Seconds from sending a provider call to its first token (a whole JSON reply: its arrival).",
+            ("model",),
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.open_streams = Gauge(
+            "llmguard_open_streams",
+            "Streamed replies open now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.storage_errors_total = Counter(
+            "llmguard_storage_errors",
+            "Storage calls that failed or timed out (each answered by STORAGE_FAILURE).",
+            registry=registry,
+        )
+
+
+# In multiprocess mode, the one set of families of this process (see Metrics).
+_process_families: _Families | None = None
 
 
 class _CapsRemaining:

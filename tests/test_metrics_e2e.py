@@ -367,6 +367,10 @@ metrics = Metrics()
 metrics.requests_total.labels("/api/chat", "POST", "200", "").inc(int(sys.argv[1]))
 metrics.stream_opened()
 if sys.argv[2] == "scrape":
+    # A second app in the same process (two create_app calls, say) counts into the same files, and
+    # neither writes over what the other counted.
+    Metrics().requests_total.labels("/api/chat", "POST", "200", "").inc(1)
+    metrics.requests_total.labels("/api/chat", "POST", "200", "").inc(1)
     sys.stdout.write(asyncio.run(metrics.exposition()).decode())
     metrics.close()
 """
@@ -389,7 +393,8 @@ def test_two_processes_add_up_and_a_dead_one_leaves_the_gauge(tmp_path: Path) ->
         for family in text_string_to_metric_families(output)
         for sample in family.samples
     }
-    assert value(samples, "llmguard_requests_total", route="/api/chat", method="POST", status="200", code="") == 5
+    chats = value(samples, "llmguard_requests_total", route="/api/chat", method="POST", status="200", code="")
+    assert chats == 3 + 2 + 1 + 1
     assert value(samples, "llmguard_open_streams") == 1  # the scraper's own, not the dead one's
     # The scraper stopped cleanly (Metrics.close): no live gauge is left; the counters stay.
     assert list(tmp_path.glob("gauge_livesum_*.db")) == []
