@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Literal
@@ -25,6 +26,11 @@ class IPRateLimit:
     same ``storage`` to every guard; ``redis://`` shares the counts between
     processes.
 
+    With ``remaining``, answers that got past the limit also carry the
+    ``RateLimit`` field (what is left, and when the window frees a request): one
+    more storage read per request. The limit's members come first in both
+    fields; a layer behind it may add its own (the token window's).
+
     The client is what ``ClientIP`` in front resolved (trusted proxies, IPv6
     /64), else the socket peer.
     """
@@ -37,6 +43,7 @@ class IPRateLimit:
         name: str = "chat",
         storage: Storage | str = "memory://",
         failure: Literal["closed", "open"] = "closed",
+        remaining: bool = False,
     ) -> None:
         self.item = parse_rate(limit, option="limit")
         if not name or not name.replace("-", "").replace("_", "").isalnum():
@@ -46,12 +53,14 @@ class IPRateLimit:
         self.storage = storage if isinstance(storage, Storage) else Storage(storage, failure=failure)
         self.window = self.item.get_expiry()
         self.policy = f'"{name}";q={self.item.amount};w={self.window}'
+        self.remaining = remaining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)
             return
         key = client_key(scope)
+        fields = {"ratelimit-policy": self.policy}
         try:
             allowed = await self.storage.guarded(self.storage.limiter.hit(self.item, KEY_PREFIX, self.name, key))
             if not allowed:
@@ -61,17 +70,34 @@ class IPRateLimit:
             if not self.storage.fail_open:
                 await send_error(scope, send, error)
                 return
+        else:
+            if self.remaining:
+                # Only informative: the request is counted, so a read that fails leaves the field out.
+                with contextlib.suppress(StorageUnavailable):
+                    left, reset = await self.window_stats(key)
+                    fields["ratelimit"] = f'"{self.name}";r={left};t={reset}'
 
-        async def send_with_policy(message: Message) -> None:
+        async def send_with_fields(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["ratelimit-policy"] = self.policy
+                headers = MutableHeaders(scope=message)
+                for name, value in fields.items():
+                    # A layer behind this one may have put its own members there (the token window's).
+                    inner = headers.get(name)
+                    headers[name] = f"{value}, {inner}" if inner else value
             await send(message)
 
-        await self.app(scope, receive, send_with_policy)
+        await self.app(scope, receive, send_with_fields)
+
+    async def window_stats(self, key: str) -> tuple[int, int]:
+        """What client ``key`` has left in the window, and whole seconds until a request is freed (0: none used).
+
+        One storage round trip; counts nothing. Raises ``StorageUnavailable``.
+        """
+        stats = await self.storage.guarded(self.storage.limiter.get_window_stats(self.item, KEY_PREFIX, self.name, key))
+        return stats.remaining, max(0, math.ceil(stats.reset_time - time.time()))
 
     async def refusal(self, key: str) -> RateLimitExceeded:
-        stats = await self.storage.guarded(self.storage.limiter.get_window_stats(self.item, KEY_PREFIX, self.name, key))
-        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        wait = max(1, (await self.window_stats(key))[1])
         unit = "second" if wait == 1 else "seconds"
         return RateLimitExceeded(
             f"You have exceeded the allowed number of requests. Try again in {wait} {unit}.",

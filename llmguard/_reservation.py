@@ -21,6 +21,7 @@ after Redis lost its data adds only the charge (see ``Storage.hold_step``).
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from collections.abc import Sequence
 from dataclasses import replace
@@ -76,6 +77,8 @@ class Reservation:
         #: What the hold added to each budget, and what it was lowered to.
         self.holds: list[tuple[Counter, int]] = []
         self.lowered: list[tuple[Counter, int]] = []
+        #: The client window, and everyone else's use of it (the previous period's share included) as the hold found it.
+        self.window: tuple[Counter, float] | None = None
         self.reasoning = is_reasoning_model(model)
         self._refused = False
         self._usage: Usage | None = None
@@ -117,6 +120,8 @@ class Reservation:
                 fading = 1 - (now % counter.period) / counter.period
                 counter = replace(counter, carried=next(previous) * fading)
             budgets.append((counter, total - amount))  # used and held by everyone else, this period
+            if counter.kind == "client":
+                self.window = counter, counter.carried + total - amount
 
         grant, binding = output_grant(budgets, self.price, prompt, wanted)
         floor = min(min_output_tokens, wanted)
@@ -140,6 +145,17 @@ class Reservation:
         if any(amounts[1] for _, amounts, _ in lowering):
             with anyio.CancelScope(shield=True):
                 await _step(storage, self.marker, lowering, ("", "lowered", "", ""), "lower")
+
+    def window_left(self) -> int | None:
+        """Tokens left in the client window after this hold (conservative: the whole hold counted), or None.
+
+        None when there is no client window or the hold never read it.
+        """
+        if self.window is None:
+            return None
+        counter, others = self.window
+        held = 0 if self._refused else units("client", None, self.prompt_tokens, self.output_tokens)
+        return max(0, math.floor(counter.limit - others - held))
 
     # -- record ---------------------------------------------------------------------------
 

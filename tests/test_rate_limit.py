@@ -12,6 +12,7 @@ import pytest
 from harness import HELLO, ORIGIN, CountingApp, Harness, asgi_client, assert_error, preflight
 from servers import RedisServer, closed_port_url
 
+from llmguard._errors import StorageUnavailable
 from llmguard._rate_limit import IPRateLimit
 from llmguard._storage import Storage
 
@@ -78,6 +79,47 @@ async def test_the_policy_field_states_the_limit(limit: str, name: str, policy: 
     assert response.status_code == 200
     assert response.headers["ratelimit-policy"] == policy
     assert STRUCTURED_ITEM.match(policy)
+
+
+async def test_without_remaining_answers_carry_the_policy_alone() -> None:
+    async with asgi_client(IPRateLimit(CountingApp(), limit="3/minute")) as client:
+        response = await client.post("/api/chat")
+    assert "ratelimit" not in response.headers
+
+
+async def test_with_remaining_answers_say_what_is_left_and_when_a_request_frees() -> None:
+    async with asgi_client(IPRateLimit(CountingApp(), limit="3/minute", remaining=True)) as client:
+        served = [await client.post("/api/chat") for _ in range(3)]
+        refused = await client.post("/api/chat")
+    left = [params(response.headers["ratelimit"]) for response in served]
+    assert [field["r"] for field in left] == ["2", "1", "0"]
+    assert all(field["name"] == "chat" and 0 <= int(field["t"]) <= 60 for field in left)
+    assert_refusal(refused, name="chat", limit=3, window=60)
+
+
+async def test_the_limits_members_come_before_those_of_the_app_behind_it() -> None:
+    inner = {"ratelimit-policy": '"tokens";q=1000;w=3600', "ratelimit": '"tokens";r=900;t=120'}
+    async with asgi_client(IPRateLimit(CountingApp(headers=inner), limit="3/minute", remaining=True)) as client:
+        response = await client.post("/api/chat")
+    assert response.headers["ratelimit-policy"] == '"chat";q=3;w=60, "tokens";q=1000;w=3600'
+    chat, tokens = response.headers["ratelimit"].split(", ")
+    assert params(chat)["r"] == "2"
+    assert tokens == '"tokens";r=900;t=120'
+
+
+async def test_a_failed_read_of_what_is_left_leaves_the_field_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request was counted: a read that fails after it costs the answer nothing but the field."""
+    limiter = IPRateLimit(CountingApp(), limit="3/minute", remaining=True)
+
+    async def fails(key: str) -> tuple[int, int]:
+        raise StorageUnavailable()
+
+    monkeypatch.setattr(limiter, "window_stats", fails)
+    async with asgi_client(limiter) as client:
+        response = await client.post("/api/chat")
+    assert response.status_code == 200
+    assert response.headers["ratelimit-policy"] == '"chat";q=3;w=60'
+    assert "ratelimit" not in response.headers
 
 
 async def test_each_client_ip_has_its_own_count() -> None:

@@ -10,12 +10,16 @@ round trip fails here; one that saves a round trip updates the number.
   proof-of-work three or four more: the client's rung (its mints; with a token
   window, what it spent of it: one more read), the solution's single use, and
   the mint counted. ``/api/challenge``: its rate limit and the client's rung.
-- ``/api/chat``: the rate limit (one `limits` script), the budget hold (one
-  script for every budget, the client window's last period read in it) and the
-  settlement (one script). A hold lowered to the room left costs one more; a
-  single-use token one more (its ``jti`` count). With ``DEGRADE``, the month's
-  use is read (one script for both monthly caps) at most once a second per
-  process, not on every request.
+- ``/api/chat``: the rate limit (one `limits` script, and one more to read what
+  is left of it, for the reply's ``RateLimit`` field), the budget hold (one
+  script for every budget, the client window's last period read in it: the
+  field's token window comes from it) and the settlement (one script). A hold
+  lowered to the room left costs one more; a single-use token one more (its
+  ``jti`` count). With ``DEGRADE``, the month's use is read (one script for both
+  monthly caps) at most once a second per process, not on every request.
+- ``/api/usage``: its own rate limit (one script), the chat limit read (one
+  script) and the token window with the monthly caps (one script), never a
+  single-use token's count.
 """
 
 from __future__ import annotations
@@ -134,12 +138,12 @@ async def test_minting_under_proof_of_work_costs_a_pinned_number_of_round_trips(
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        pytest.param({}, 3, id="every-budget-on"),
+        pytest.param({}, 4, id="every-budget-on"),
         pytest.param(
-            {"tokens_per_ip": None, "monthly_token_cap": None, "monthly_spend_cap_usd": None}, 1, id="no-budget"
+            {"tokens_per_ip": None, "monthly_token_cap": None, "monthly_spend_cap_usd": None}, 2, id="no-budget"
         ),
-        pytest.param({"jwt_max_uses": 1}, 4, id="single-use-tokens"),
-        pytest.param({"tokens_per_ip": "1000/day"}, 4, id="hold-lowered-to-the-room-left"),
+        pytest.param({"jwt_max_uses": 1}, 5, id="single-use-tokens"),
+        pytest.param({"tokens_per_ip": "1000/day"}, 5, id="hold-lowered-to-the-room-left"),
     ],
 )
 async def test_one_chat_request_costs_a_pinned_number_of_round_trips(
@@ -158,9 +162,9 @@ async def test_one_chat_request_costs_a_pinned_number_of_round_trips(
     ("interval", "expected"),
     [
         # Within the reading interval (a second in production) the process goes on its last reading of the month.
-        pytest.param(3600.0, 3, id="reading-still-fresh"),
+        pytest.param(3600.0, 4, id="reading-still-fresh"),
         # A stale reading is one more round trip: both monthly counters read in one script.
-        pytest.param(0.0, 4, id="reading-refreshed"),
+        pytest.param(0.0, 5, id="reading-refreshed"),
     ],
 )
 async def test_degradation_reads_the_month_at_most_once_an_interval(
@@ -171,6 +175,30 @@ async def test_degradation_reads_the_month_at_most_once_an_interval(
         token = (await client.post("/api/token")).json()["token"]
         with watching(redis_server) as commands:
             response = await client.post("/api/chat", json=HELLO, headers={"authorization": f"Bearer {token}"})
+        assert response.status_code == 200, response.text
+    assert len(commands) == expected, commands
+    assert set(commands) == {"EVALSHA"}, commands
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({}, 3, id="every-budget-on"),
+        # Nothing to read but the chat limit: no script for the window and caps.
+        pytest.param(
+            {"tokens_per_ip": None, "monthly_token_cap": None, "monthly_spend_cap_usd": None}, 2, id="no-budget"
+        ),
+        # The token is checked, not counted: no jti command.
+        pytest.param({"jwt_max_uses": 1}, 3, id="single-use-tokens"),
+    ],
+)
+async def test_reading_usage_costs_a_pinned_number_of_round_trips(
+    redis_server: RedisServer, overrides: dict[str, Any], expected: int
+) -> None:
+    async with client_of(redis_server, **overrides) as client:
+        token = (await client.post("/api/token")).json()["token"]
+        with watching(redis_server) as commands:
+            response = await client.get("/api/usage", headers={"authorization": f"Bearer {token}"})
         assert response.status_code == 200, response.text
     assert len(commands) == expected, commands
     assert set(commands) == {"EVALSHA"}, commands
