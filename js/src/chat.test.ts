@@ -93,7 +93,7 @@ describe("streamChat", () => {
     const server = new FakeServer({ "/api/chat": () => sseResponse(replyItems(["Once ", "upon ", "a time."], { messageId: "msg_42" })) });
     const stream = streamChat("Tell me a story", { client: server.client(), system: "Be brief." });
     expect(await deltasOf(stream)).toEqual(["Once ", "upon ", "a time."]);
-    expect(await stream.result).toEqual({ text: "Once upon a time.", finishReason: "stop", usage: USAGE, messageId: "msg_42", degraded: null });
+    expect(await stream.result).toEqual({ text: "Once upon a time.", finishReason: "stop", usage: USAGE, messageId: "msg_42", degraded: null, rateLimit: {} });
     expect(server.requestsTo("/api/chat")[0]?.body).toEqual({
       messages: [{ role: "user", content: "Tell me a story" }],
       stream: true,

@@ -1,7 +1,8 @@
 import type { Attest } from "./challenge.ts";
 import { type Client, getClient } from "./client.ts";
 import { LLMGuardError, toLLMGuardError } from "./errors.ts";
-import { readUIMessageStream, type Usage } from "./ui-stream.ts";
+import { readUIMessageStream, type TokenUsage } from "./ui-stream.ts";
+import { parseRateLimit, type Usage } from "./usage.ts";
 
 /** One turn of a conversation. The system prompt is not a message: see `system`. */
 export interface ChatMessage {
@@ -42,10 +43,13 @@ export interface ChatResult {
   text: string;
   /** `stop`, `length` (cut at the output cap), `content-filter`, ... */
   finishReason: string | undefined;
-  usage: Usage | undefined;
+  /** The tokens the reply was charged, as the server reported them. */
+  usage: TokenUsage | undefined;
   messageId: string | undefined;
   /** Set when the server answered with a cheaper model or a lower cap because it is near its monthly cap. */
   degraded: Degraded | null;
+  /** What the reply's rate-limit fields say is left of the limits ({@link parseRateLimit}). */
+  rateLimit: Partial<Usage>;
 }
 
 /**
@@ -131,8 +135,9 @@ export function streamChat(input: ChatInput, options: ChatOptions = {}): ChatStr
           const message = typeof chunk["errorText"] === "string" ? chunk["errorText"] : "The reply failed.";
           throw new LLMGuardError(code, message); // no status: the response itself was a 200
         } else if (chunk.type === "finish") {
-          const finish = chunk as { finishReason?: string; messageMetadata?: { usage?: Usage } };
-          return { text, finishReason: finish.finishReason, usage: finish.messageMetadata?.usage, messageId, degraded };
+          const finish = chunk as { finishReason?: string; messageMetadata?: { usage?: TokenUsage } };
+          const rateLimit = parseRateLimit(response.headers);
+          return { text, finishReason: finish.finishReason, usage: finish.messageMetadata?.usage, messageId, degraded, rateLimit };
         }
       }
       throw new LLMGuardError("InvalidResponse", "The stream ended before the reply was complete.");

@@ -58,13 +58,26 @@ export class Client {
    * `LLMGuardError`. `attest` shows a CAPTCHA if the server asks for one and the client has no `attest`.
    */
   async post(path: string, body: unknown, signal?: AbortSignal, attest?: Attest): Promise<Response> {
+    return this.send(path, JSON.stringify(body), signal, attest);
+  }
+
+  /** GET `path` with a token, as `post` does, without spending one of the token's uses (the server counts none there). */
+  async get(path: string, signal?: AbortSignal): Promise<Response> {
+    return this.send(path, undefined, signal);
+  }
+
+  private async send(path: string, body: string | undefined, signal?: AbortSignal, attest?: Attest): Promise<Response> {
     for (let attempt = 0; ; attempt++) {
-      const token = await this.tokens.acquire(signal, attest);
-      const headers = { ...(await this.headers()), "content-type": "application/json", authorization: `Bearer ${token}` };
+      const token = await this.tokens.acquire(signal, attest, body !== undefined);
+      const headers = {
+        ...(await this.headers()),
+        ...(body !== undefined && { "content-type": "application/json" }),
+        authorization: `Bearer ${token}`,
+      };
       let response: Response;
 
       try {
-        response = await this.fetch(path, { method: "POST", headers, body: JSON.stringify(body), ...(signal && { signal }) });
+        response = await this.fetch(path, { method: body === undefined ? "GET" : "POST", headers, body: body ?? null, ...(signal && { signal }) });
       } catch (error) {
         throw toLLMGuardError(error, signal);
       }

@@ -93,9 +93,26 @@ const SSE_HEADERS = {
   "x-accel-buffering": "no",
 };
 
-/** A streaming `/api/chat` answer, from a whole body or from a stream the test controls. */
-export function sseResponse(body: readonly StreamItem[] | ReadableStream<Uint8Array>): Response {
-  return new Response(body instanceof ReadableStream ? body : sseText(body), { status: 200, headers: SSE_HEADERS });
+/** A streaming `/api/chat` answer, from a whole body or from a stream the test controls (with extra `headers`). */
+export function sseResponse(body: readonly StreamItem[] | ReadableStream<Uint8Array>, headers: Record<string, string> = {}): Response {
+  return new Response(body instanceof ReadableStream ? body : sseText(body), { status: 200, headers: { ...SSE_HEADERS, ...headers } });
+}
+
+/** What `GET /api/usage` answers: 57 requests of 60 left this minute, 93120 tokens of 100000 today. */
+export const USAGE_BODY = {
+  requests: { limit: 60, remaining: 57, reset: 41, window: 60 },
+  tokens: { limit: 100_000, remaining: 93_120, reset: 52_000, window: 86_400 },
+  degraded: false,
+  near_cap: false,
+};
+
+/** The rate-limit fields of a chat reply: `requests` and `tokens` left after it. */
+export function rateLimitHeaders(requests: number, tokens: number, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    "ratelimit-policy": '"chat";q=60;w=60, "tokens";q=100000;w=86400',
+    ratelimit: `"chat";r=${requests};t=30, "tokens";r=${tokens};t=50000`,
+    ...extra,
+  };
 }
 
 /** A byte stream that gives `parts` one read each, then ends. */

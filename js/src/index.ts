@@ -29,4 +29,5 @@ export {
   type SessionMessage,
 } from "./session.ts";
 export type { ServerErrorCode } from "./error-codes.ts";
-export type { UIMessageChunk, Usage } from "./ui-stream.ts";
+export type { TokenUsage, UIMessageChunk } from "./ui-stream.ts";
+export { getUsage, parseRateLimit, type Usage, type UsageWindow } from "./usage.ts";

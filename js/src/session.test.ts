@@ -6,8 +6,12 @@ import {
   chatBodies,
   chatServer,
   controlled,
+  deferred,
   errorResponse,
   failsMidStream,
+  FakeServer,
+  jsonResponse,
+  rateLimitHeaders,
   type Reply,
   replyItems,
   settle,
@@ -16,6 +20,7 @@ import {
   turns,
   until,
   USAGE,
+  USAGE_BODY,
 } from "./fake-server.test-util.ts";
 import { type ChatSessionOptions, type ChatSessionState, type ChatStorage, createChatSession, type SessionMessage } from "./session.ts";
 
@@ -38,7 +43,7 @@ function statuses(snapshots: readonly ChatSessionState[]): string[] {
   return all.slice(Math.max(start, 0)).filter((status, index, kept) => index === 0 || kept[index - 1] !== status);
 }
 
-const EMPTY: ChatSessionState = { messages: [], status: "ready", error: undefined, isBusy: false, retryIn: 0, isChecking: false, degraded: null };
+const EMPTY: ChatSessionState = { messages: [], status: "ready", error: undefined, isBusy: false, retryIn: 0, isChecking: false, degraded: null, usage: null };
 
 describe("a turn", () => {
   test("goes ready → submitted → streaming → ready; onFinish gets the message and the result", async () => {
@@ -59,7 +64,7 @@ describe("a turn", () => {
     expect(onFinish).toHaveBeenCalledTimes(1);
     const [message, result] = onFinish.mock.calls[0] ?? [];
     expect(message).toEqual(session.messages[1]);
-    expect(result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null });
+    expect(result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null, rateLimit: {} });
   });
 
   test("the status is submitted at once, and streaming with the partial reply as deltas arrive", async () => {
@@ -654,5 +659,80 @@ describe("presets and degraded replies", () => {
     expect(session.getSnapshot().degraded).toEqual(session.degraded);
     await session.send("two");
     expect(session.degraded).toBeNull();
+  });
+});
+
+describe("usage", () => {
+  function usageServer(replies: Reply[]) {
+    return new FakeServer({
+      "/api/usage": () => jsonResponse(USAGE_BODY),
+      "/api/chat": (_request, index) => replies[index]?.() ?? errorResponse(500, "InternalError"),
+    });
+  }
+
+  test("is fetched once, on the first subscription, then follows each reply's headers without a fetch", async () => {
+    const server = usageServer([
+      () => sseResponse(replyItems(["Hi"]), rateLimitHeaders(56, 90_000)),
+      () => sseResponse(replyItems(["Again"]), rateLimitHeaders(55, 88_000, { "x-llmguard-degraded": "80" })),
+    ]);
+    const session = createChatSession({ client: server.client(), usage: true });
+    expect(session.usage).toBeNull();
+    expect(server.requestsTo("/api/usage")).toHaveLength(0); // nothing until someone looks
+    const first = session.subscribe(() => undefined);
+    const second = session.subscribe(() => undefined);
+    await until(() => session.usage !== null, "the usage");
+    expect(session.usage).toMatchObject({ requests: { remaining: 57 }, tokens: { remaining: 93_120 }, degraded: false, nearCap: false });
+
+    await session.send("Hello");
+    expect(session.usage).toMatchObject({ requests: { remaining: 56, limit: 60 }, tokens: { remaining: 90_000, window: 86_400 }, degraded: false });
+    await session.send("Hello again");
+    expect(session.usage).toMatchObject({ requests: { remaining: 55 }, tokens: { remaining: 88_000 }, degraded: true, nearCap: true });
+    first();
+    second();
+    session.subscribe(() => undefined);
+    await settle();
+    expect(server.requestsTo("/api/usage")).toHaveLength(1);
+  });
+
+  test("refreshUsage() fetches again; a failure leaves it as it was", async () => {
+    let answer = () => jsonResponse(USAGE_BODY);
+    const server = new FakeServer({ "/api/usage": () => answer() });
+    const session = createChatSession({ client: server.client(), usage: true });
+    await session.refreshUsage();
+    const known = session.usage;
+    expect(known?.requests?.remaining).toBe(57);
+    answer = () => errorResponse(503, "StorageUnavailable");
+    await session.refreshUsage();
+    expect(session.usage).toBe(known);
+    answer = () => jsonResponse({ ...USAGE_BODY, requests: { ...USAGE_BODY.requests, remaining: 3 } });
+    await session.refreshUsage();
+    expect(session.usage?.requests?.remaining).toBe(3);
+  });
+
+  test("without the option: never fetched, never kept", async () => {
+    const server = usageServer([() => sseResponse(replyItems(["Hi"]), rateLimitHeaders(56, 90_000))]);
+    const session = createChatSession({ client: server.client() });
+    session.subscribe(() => undefined);
+    await session.send("Hello");
+    await session.refreshUsage();
+    expect(session.usage).toBeNull();
+    expect(server.requestsTo("/api/usage")).toHaveLength(0);
+  });
+});
+
+describe("usage, racing", () => {
+  test("a fetch that answers after a reply's headers were read does not put older numbers back", async () => {
+    const answer = deferred<Response>();
+    const server = new FakeServer({
+      "/api/usage": () => answer.promise,
+      "/api/chat": () => sseResponse(replyItems(["Hi"]), rateLimitHeaders(56, 90_000)),
+    });
+    const session = createChatSession({ client: server.client(), usage: true });
+    session.subscribe(() => undefined);
+    await until(() => server.requestsTo("/api/usage").length === 1, "the usage request");
+    await session.send("Hello");
+    answer.resolve(jsonResponse(USAGE_BODY)); // 57 requests left: from before the reply
+    await settle();
+    expect(session.usage?.requests?.remaining).toBe(56);
   });
 });

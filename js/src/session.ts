@@ -2,6 +2,7 @@ import type { Attest } from "./challenge.ts";
 import { type Client, getClient } from "./client.ts";
 import { type ChatMessage, type ChatResult, type Degraded, streamChat } from "./chat.ts";
 import { isRateLimitError, type LLMGuardError, toLLMGuardError } from "./errors.ts";
+import { getUsage, mergeUsage, type Usage } from "./usage.ts";
 
 /** `submitted`: sent, nothing back yet (see `isChecking`); `streaming`: the reply is arriving. */
 export type ChatStatus = "ready" | "submitted" | "streaming" | "error";
@@ -40,6 +41,14 @@ export interface ChatSessionState {
    * @defaultValue null
    */
   readonly degraded: Degraded | null;
+  /**
+   * What the client has left of the server's limits, with the `usage` option: fetched once when
+   * the session is first subscribed to, then brought up to date by each reply (no more fetches).
+   * `null` until known, and always without the option.
+   *
+   * @defaultValue null
+   */
+  readonly usage: Usage | null;
 }
 
 /**
@@ -77,6 +86,8 @@ export interface ChatSessionOptions {
   client?: Client;
   /** Shows a CAPTCHA if the server asks for one and the client has no `attest` of its own. */
   attest?: Attest;
+  /** Keep `usage` (what is left of the limits): one `GET /api/usage` on the first subscription, then each reply's headers. */
+  usage?: boolean;
   /** Called when a reply fails (not when it is stopped). */
   onError?: (error: LLMGuardError) => void;
   /** Called when a reply is complete. */
@@ -99,6 +110,8 @@ export interface ChatSession extends ChatSessionState {
   clear(): void;
   /** Replace the history (for example to restore a saved conversation). */
   setMessages(messages: readonly (ChatMessage | SessionMessage)[]): void;
+  /** Fetch `usage` again now (`GET /api/usage`); a failure leaves it as it was. Does nothing without the `usage` option. */
+  refreshUsage(): Promise<void>;
 }
 
 let counter = 0;
@@ -170,8 +183,12 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     retryIn: 0,
     isChecking: false,
     degraded: null,
+    usage: null,
   };
   const listeners = new Set<() => void>();
+  let usageFetched = false;
+  /** Replies whose headers have updated `usage`: a fetch that started before one of them answers older news. */
+  let usageReplies = 0;
   let controller: AbortController | undefined;
   /** When a rate limit's wait ends (ms since the epoch), and the timer that counts it down. */
   let retryAt = 0;
@@ -239,7 +256,13 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
       answer ??= { id: newId(), role: "assistant", content: result.text };
       const complete = state.messages.at(-1)?.id === answer.id ? state.messages : [...state.messages, answer];
       controller = undefined;
-      update({ messages: complete, status: "ready", degraded: result.degraded });
+      usageReplies += 1;
+      update({
+        messages: complete,
+        status: "ready",
+        degraded: result.degraded,
+        ...(options.usage && { usage: mergeUsage(state.usage, result.rateLimit) }),
+      });
       options.onFinish?.(answer, result);
     } catch (thrown) {
       if (!isCurrent()) return; // stopped or cleared: the partial reply stays as it was
@@ -279,9 +302,16 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     get degraded() {
       return state.degraded;
     },
+    get usage() {
+      return state.usage;
+    },
     getSnapshot: () => state,
     subscribe(listener) {
       listeners.add(listener);
+      if (!usageFetched) {
+        usageFetched = true;
+        void session.refreshUsage();
+      }
       // The wait went on while nobody listened: catch up, then count down.
       if (state.retryIn > 0) tick();
       startTicking();
@@ -314,6 +344,16 @@ export function createChatSession(options: ChatSessionOptions = {}): ChatSession
     },
     setMessages(messages) {
       update({ messages: withIds(messages) });
+    },
+    async refreshUsage() {
+      if (!options.usage) return;
+      const replies = usageReplies;
+      try {
+        const usage = await getUsage(options.client ? { client: options.client } : {});
+        if (replies === usageReplies) update({ usage });
+      } catch {
+        // Unknown for now: a view hides what it cannot say; the next reply's headers may tell.
+      }
     },
   };
   return session;

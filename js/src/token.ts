@@ -49,13 +49,17 @@ export class TokenCache {
     private readonly attest?: Attest,
   ) {}
 
-  /** A token for one request (it counts as one use). `attest` shows a CAPTCHA when the cache has none of its own. */
-  async acquire(signal?: AbortSignal, attest?: Attest): Promise<string> {
+  /**
+   * A token for one request (it counts as one use, unless `spend` is false: for a route where the
+   * server counts no use, such as `GET /api/usage`). `attest` shows a CAPTCHA when the cache has
+   * none of its own.
+   */
+  async acquire(signal?: AbortSignal, attest?: Attest, spend = true): Promise<string> {
     if (signal?.aborted) throw toLLMGuardError(signal.reason, signal);
     for (;;) {
       const cached = this.current;
-      if (cached && Date.now() < cached.refreshAt && (cached.usesLeft === null || cached.usesLeft > 0)) {
-        if (cached.usesLeft !== null) cached.usesLeft -= 1;
+      if (cached && Date.now() < cached.refreshAt && (!spend || cached.usesLeft === null || cached.usesLeft > 0)) {
+        if (spend && cached.usesLeft !== null) cached.usesLeft -= 1;
         return cached.token;
       }
       let pending = this.pending;

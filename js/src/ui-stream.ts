@@ -2,8 +2,8 @@ import { createParser } from "eventsource-parser";
 
 import { LLMGuardError } from "./errors.ts";
 
-/** Token counts, as the server reports them. */
-export interface Usage {
+/** Token counts, as the server reports them. (`Usage` in 0.1.0; `Usage` is now what is left of the limits.) */
+export interface TokenUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
@@ -17,7 +17,7 @@ export type UIMessageChunk =
   | { type: "text-delta"; id: string; delta: string }
   | { type: "text-end"; id: string }
   | { type: "finish-step" }
-  | { type: "finish"; finishReason?: string; messageMetadata?: { usage?: Usage } }
+  | { type: "finish"; finishReason?: string; messageMetadata?: { usage?: TokenUsage } }
   | { type: "error"; errorText: string; code?: string }
   | { type: string; [key: string]: unknown };
 

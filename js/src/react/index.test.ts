@@ -10,6 +10,8 @@ import {
   controlled,
   errorResponse,
   FakeServer,
+  jsonResponse,
+  rateLimitHeaders,
   type Reply,
   replyItems,
   sseResponse,
@@ -17,6 +19,7 @@ import {
   tokenResponse,
   turns,
   USAGE,
+  USAGE_BODY,
 } from "../fake-server.test-util.ts";
 import type { SessionMessage } from "../session.ts";
 import { ChatWidget as WidgetFromItsEntry } from "../widget/react.ts";
@@ -315,7 +318,7 @@ describe("useChat", () => {
     expect(latestFinish).toHaveBeenCalledTimes(1);
     const [message, finished] = latestFinish.mock.calls[0] ?? [];
     expect(message).toMatchObject({ role: "assistant", content: "Hello" });
-    expect(finished).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null });
+    expect(finished).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null, rateLimit: {} });
 
     await act(() => result.current.send("Two"));
     expect(latestError).toHaveBeenCalledTimes(1);
@@ -335,6 +338,33 @@ describe("useChat", () => {
     hook.unmount();
 
     expect(server.requestsTo("/api/chat")[0]?.signal?.aborted).toBe(true);
+  });
+});
+
+describe("useChat usage", () => {
+  test("usage: true fetches once on mount, then each reply's headers keep it up to date without a fetch", async () => {
+    const server = new FakeServer({
+      "/api/usage": () => jsonResponse(USAGE_BODY),
+      "/api/chat": () => sseResponse(replyItems(["Hi"]), rateLimitHeaders(56, 90_000)),
+    });
+    const client = server.client();
+    const { result } = renderHook(() => useChat({ client, usage: true }));
+    expect(result.current.usage).toBeNull();
+    await waitFor(() => expect(result.current.usage?.requests?.remaining).toBe(57));
+    expect(result.current.usage?.tokens?.remaining).toBe(93_120);
+
+    await act(() => result.current.send("Hello"));
+    expect(result.current.usage).toMatchObject({ requests: { remaining: 56 }, tokens: { remaining: 90_000 }, degraded: false });
+    expect(server.requestsTo("/api/usage")).toHaveLength(1);
+  });
+
+  test("without the option, usage stays null and nothing is fetched", async () => {
+    const server = new FakeServer({ "/api/chat": () => sseResponse(replyItems(["Hi"]), rateLimitHeaders(56, 90_000)) });
+    const client = server.client();
+    const { result } = renderHook(() => useChat({ client }));
+    await act(() => result.current.send("Hello"));
+    expect(result.current.usage).toBeNull();
+    expect(server.requestsTo("/api/usage")).toHaveLength(0);
   });
 });
 

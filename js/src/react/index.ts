@@ -5,6 +5,7 @@ import type { ChatMessage, ChatResult, Degraded } from "../chat.ts";
 import type { Client } from "../client.ts";
 import type { LLMGuardError } from "../errors.ts";
 import { type ChatSession, type ChatStatus, type ChatStorage, createChatSession, type SessionMessage } from "../session.ts";
+import type { Usage } from "../usage.ts";
 
 /**
  * `<ChatWidget />`, kept here so that `import { ChatWidget } from "@llmguard/sdk/react"` goes on
@@ -14,7 +15,7 @@ import { type ChatSession, type ChatStatus, type ChatStorage, createChatSession,
  */
 export { ChatWidget, type ChatWidgetProps } from "../widget/react.ts";
 
-/** Options of {@link useChat}. `system`, `preset`, `initialMessages`, `persist`, `client` and `attest` are read once, on mount. */
+/** Options of {@link useChat}. `system`, `preset`, `initialMessages`, `persist`, `client`, `attest` and `usage` are read once, on mount. */
 export interface UseChatOptions {
   /** Instructions for the conversation, if the server allows clients to set them. */
   system?: string;
@@ -36,6 +37,17 @@ export interface UseChatOptions {
   client?: Client;
   /** Shows a CAPTCHA if the server asks for one and the client has no `attest` of its own. */
   attest?: Attest;
+  /**
+   * Keep `usage`, what the client has left of the server's limits: fetched once on mount
+   * (`GET /api/usage`), then brought up to date by each reply's headers, without another fetch.
+   *
+   * @example
+   * ```tsx
+   * const { usage } = useChat({ usage: true })
+   * // usage?.tokens && <p>{usage.tokens.remaining} tokens left today</p>
+   * ```
+   */
+  usage?: boolean;
   onError?: (error: LLMGuardError) => void;
   onFinish?: (message: SessionMessage, result: ChatResult) => void;
 }
@@ -76,6 +88,8 @@ export interface UseChatResult {
   isChecking: boolean;
   /** Set when the last reply came from a cheaper model or under a lower cap (the server is near its monthly cap). */
   degraded: Degraded | null;
+  /** What is left of the server's limits, with the `usage` option; `null` until known (and without it). */
+  usage: Usage | null;
   /** The text box's value, kept by the hook. */
   input: string;
   setInput: (input: string) => void;
@@ -111,6 +125,7 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
       ...(options.initialMessages && { initialMessages: options.initialMessages }),
       ...(options.persist !== undefined && { persist: options.persist }),
       ...(options.client && { client: options.client }),
+      ...(options.usage && { usage: true }),
       onError: (error) => latest.current.onError?.(error),
       onFinish: (message, result) => latest.current.onFinish?.(message, result),
     }),
@@ -141,6 +156,7 @@ export function useChat(options: UseChatOptions = {}): UseChatResult {
     retryIn: state.retryIn,
     isChecking: state.isChecking,
     degraded: state.degraded,
+    usage: state.usage,
     input,
     setInput,
     send,

@@ -10,6 +10,8 @@ import {
   controlled,
   errorResponse,
   FakeServer,
+  jsonResponse,
+  rateLimitHeaders,
   type Reply,
   replyItems,
   settle,
@@ -18,8 +20,10 @@ import {
   tokenResponse,
   until,
   USAGE,
+  USAGE_BODY,
 } from "../fake-server.test-util.ts";
-import { type ChatErrorEvent, type ChatFinishEvent, defineChatWidget, type LLMGuardChatElement, TAG } from "./chat-element.ts";
+import type { Usage, UsageWindow } from "../usage.ts";
+import { type ChatErrorEvent, type ChatFinishEvent, defineChatWidget, type LLMGuardChatElement, TAG, usageLine } from "./chat-element.ts";
 
 interface MountOptions {
   /** Answers to /api/chat, one per request, in order. */
@@ -431,7 +435,7 @@ describe("errors", () => {
     const finished: ChatFinishEvent[] = await eventsOfOneTurn("llmguard-finish", streamed("Hel", "lo"));
     expect(finished).toHaveLength(1);
     expect(finished[0]?.detail.message).toMatchObject({ role: "assistant", content: "Hello" });
-    expect(finished[0]?.detail.result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null });
+    expect(finished[0]?.detail.result).toEqual({ text: "Hello", finishReason: "stop", usage: USAGE, messageId: "msg_1", degraded: null, rateLimit: {} });
   });
 });
 
@@ -805,5 +809,108 @@ describe("challenges, presets and degraded replies", () => {
     const note = root.querySelector<HTMLElement>(".note");
     expect(note?.hidden).toBe(false);
     expect(note?.textContent).toBe("Answers are shorter for now: this service is near its monthly limit.");
+  });
+});
+
+describe("show-usage", () => {
+  /** A widget with show-usage on a server whose /api/usage answers `usage` (404 when undefined). */
+  function mountWithUsage(usage: Record<string, unknown> | undefined, replies: Reply[], attributes: Record<string, string> = {}) {
+    defineChatWidget();
+    const server = new FakeServer({
+      ...(usage && { "/api/usage": () => jsonResponse(usage) }),
+      "/api/chat": (_request, index) => replies[index]?.() ?? errorResponse(500, "InternalError"),
+    });
+    const element = document.createElement(TAG);
+    element.client = server.client();
+    element.setAttribute("show-usage", "");
+    for (const [name, value] of Object.entries(attributes)) element.setAttribute(name, value);
+    document.body.append(element);
+    const line = () => element.shadowRoot?.querySelector<HTMLElement>(".usage");
+    return { element, server, line, ...controls(element) };
+  }
+
+  test("shows the requests left before any reply, then goes down by what replies cost, with no more fetches", async () => {
+    // 10 requests left, 900 tokens: before a reply, the requests alone.
+    const usage = { ...USAGE_BODY, requests: { limit: 60, remaining: 10, reset: 5, window: 60 }, tokens: { limit: 1000, remaining: 900, reset: 50_000, window: 86_400 } };
+    const { line, textbox, element, server } = mountWithUsage(usage, [
+      // A reply charged 100 tokens (the fake's usage says so): 800 left, 8 more such replies.
+      () => sseResponse(replyItems(["Hi"], { usage: { prompt_tokens: 60, completion_tokens: 40, total_tokens: 100 } }), rateLimitHeaders(9, 800)),
+      () => sseResponse(replyItems(["Hi"], { usage: { prompt_tokens: 100, completion_tokens: 100, total_tokens: 200 } }), rateLimitHeaders(8, 500)),
+    ]);
+    await until(() => line()?.hidden === false, "the usage line");
+    expect(line()?.textContent).toBe("10 messages left today");
+    // It describes the text box: read with it, not announced after every reply.
+    expect(textbox.getAttribute("aria-describedby")).toBe(line()?.id);
+    expect(line()?.getAttribute("aria-live")).toBeNull();
+    expect(line()?.getAttribute("part")).toBe("usage");
+
+    sendMessage(textbox, "Hello");
+    await until(() => element.session?.status === "ready", "the reply");
+    expect(line()?.textContent).toBe("8 messages left today"); // min(9 requests, ⌊800 / 100⌋)
+    sendMessage(textbox, "Again");
+    await until(() => element.session?.messages.length === 4 && element.session.status === "ready", "the second reply");
+    expect(line()?.textContent).toBe("3 messages left today"); // ⌊500 / 150⌋
+    expect(server.requestsTo("/api/usage")).toHaveLength(1);
+  });
+
+  test("is hidden while usage is unknown, and without the attribute", async () => {
+    const { line, element, server } = mountWithUsage(undefined, []);
+    await until(() => server.requestsTo("/api/usage").length === 1, "the usage request");
+    await settle();
+    expect(line()?.hidden).toBe(true);
+    expect(element.session?.usage).toBeNull();
+
+    const plain = mount();
+    await settle();
+    expect(plain.root.querySelector<HTMLElement>(".usage")?.hidden).toBe(true);
+    expect(plain.server.requestsTo("/api/usage")).toHaveLength(0);
+  });
+
+  test("adding the attribute later starts it, keeping the conversation", async () => {
+    const { element, root, server } = mount({ initialMessages: [{ role: "user", content: "Earlier" }] });
+    expect(server.requestsTo("/api/usage")).toHaveLength(0);
+    element.setAttribute("show-usage", "");
+    await until(() => server.requestsTo("/api/usage").length === 1, "the usage request");
+    expect(element.session?.messages.map((message) => message.content)).toEqual(["Earlier"]);
+    expect(root.querySelector(".usage")).not.toBeNull();
+  });
+});
+
+describe("usageLine", () => {
+  const NOW = new Date(2026, 11, 2, 14, 0, 0).getTime();
+  const window = (remaining: number, seconds: number, reset = 60): UsageWindow => ({ limit: 1000, remaining, reset, window: seconds, resetAt: NOW + reset * 1000 });
+  const usage = (requests: UsageWindow | null, tokens: UsageWindow | null): Usage => ({ requests, tokens, degraded: false, nearCap: false });
+
+  test("the smaller of the requests left and the tokens left over the average reply", () => {
+    expect(usageLine(usage(window(40, 60), window(5000, 86_400)), 0, NOW)).toBe("40 messages left today");
+    expect(usageLine(usage(window(40, 60), window(5000, 86_400)), 250, NOW)).toBe("20 messages left today");
+    expect(usageLine(usage(window(12, 60), window(5000, 86_400)), 250, NOW)).toBe("12 messages left today");
+    expect(usageLine(usage(window(40, 60), window(199, 86_400)), 100, NOW)).toBe("1 message left today");
+    expect(usageLine(usage(window(40, 60), window(99, 86_400)), 100, NOW)).toBe("No messages left today");
+  });
+
+  test("no tokens left is no messages, even before any reply", () => {
+    expect(usageLine(usage(window(40, 60), window(0, 86_400)), 0, NOW)).toBe("No messages left today");
+  });
+
+  test("the period is the token window's: today, this hour, else until the period ends", () => {
+    expect(usageLine(usage(window(40, 60), window(5000, 3600)), 0, NOW)).toBe("40 messages left this hour");
+    const until = new Date(NOW + 2 * 3600 * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    expect(usageLine(usage(window(40, 60), window(5000, 6 * 3600, 2 * 3600)), 0, NOW)).toBe(`40 messages left until ${until}`);
+  });
+
+  test("without a token window, the request limit's", () => {
+    expect(usageLine(usage(window(40, 60), null), 500, NOW)).toBe("40 messages left this minute");
+    expect(usageLine(usage(window(40, 86_400), null), 500, NOW)).toBe("40 messages left today");
+    const later = new Date(NOW + 30 * 60 * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    expect(usageLine(usage(window(40, 1800, 0), null), 0, NOW)).toBe(`40 messages left until ${later}`);
+  });
+
+  test("nothing known, nothing said", () => {
+    expect(usageLine(null, 0, NOW)).toBe("");
+    expect(usageLine(usage(null, null), 0, NOW)).toBe("");
+    // Tokens alone and no reply yet: no estimate to give.
+    expect(usageLine(usage(null, window(5000, 86_400)), 0, NOW)).toBe("");
+    expect(usageLine(usage(null, window(5000, 86_400)), 1000, NOW)).toBe("5 messages left today");
   });
 });

@@ -2,6 +2,7 @@ import { Client } from "../client.ts";
 import type { LLMGuardError } from "../errors.ts";
 import type { ChatMessage, ChatResult } from "../chat.ts";
 import { type ChatSession, type ChatSessionState, createChatSession, type SessionMessage } from "../session.ts";
+import type { Usage, UsageWindow } from "../usage.ts";
 import { renderMarkdown } from "./markdown.ts";
 import { STYLES } from "./styles.ts";
 
@@ -24,7 +25,7 @@ export type ChatErrorEvent = CustomEvent<LLMGuardError>;
 export type ChatFinishEvent = CustomEvent<{ message: SessionMessage; result: ChatResult }>;
 
 // `heading`, not `title`: a `title` attribute would show as a tooltip over the whole widget.
-const ATTRIBUTES = ["heading", "placeholder", "theme", "system", "preset", "persist", "base-url"] as const;
+const ATTRIBUTES = ["heading", "placeholder", "theme", "system", "preset", "persist", "base-url", "show-usage"] as const;
 const NEAR_BOTTOM_PX = 48;
 
 // Not HTMLElement itself at module scope: importing this file on a server must not fail.
@@ -35,7 +36,8 @@ const Base = (globalThis.HTMLElement ?? class {}) as typeof HTMLElement;
  *
  * Attributes: `heading`, `placeholder`, `theme` (`light`, `dark`, `auto`),
  * `system`, `preset` (a prompt preset of the server), `persist` (keep the conversation in localStorage; its value names
- * the conversation), `base-url`. Events: `llmguard-error`, `llmguard-finish`.
+ * the conversation), `base-url`, `show-usage` (a line such as "12 messages left today" under the text box).
+ * Events: `llmguard-error`, `llmguard-finish`.
  */
 export class ChatElement extends Base implements LLMGuardChatElement {
   static readonly observedAttributes = ATTRIBUTES;
@@ -98,7 +100,7 @@ export class ChatElement extends Base implements LLMGuardChatElement {
 
   attributeChangedCallback(name: string, previous: string | null, value: string | null): void {
     if (previous === value || !this.#view) return;
-    if (name === "system" || name === "preset" || name === "base-url" || name === "persist") {
+    if (name === "system" || name === "preset" || name === "base-url" || name === "persist" || name === "show-usage") {
       this.#restart();
     } else {
       this.#view.applyAttributes();
@@ -113,12 +115,14 @@ export class ChatElement extends Base implements LLMGuardChatElement {
     const system = this.getAttribute("system");
     const preset = this.getAttribute("preset");
     const persist = this.getAttribute("persist");
+    const usage = this.getAttribute("show-usage");
     const session = createChatSession({
       initialMessages: this.initialMessages ?? [],
       ...(persist !== null && persist !== "false" && { persist }),
       ...(client && { client }),
       ...(system !== null && { system }),
       ...(preset !== null && { preset }),
+      ...(usage !== null && usage !== "false" && { usage: true }),
       // A CAPTCHA the server asks for is shown in the panel (its code is loaded then, not before).
       // (In the browser build, /sdk-captcha.js beside /widget.js: see the solver in challenge.ts.)
       attest: async (challenge, signal) =>
@@ -127,7 +131,10 @@ export class ChatElement extends Base implements LLMGuardChatElement {
           : await import("./captcha.ts")
         ).renderCaptcha(this, challenge, signal),
       onError: (error) => this.dispatchEvent(new CustomEvent("llmguard-error", { detail: error })),
-      onFinish: (message, result) => this.dispatchEvent(new CustomEvent("llmguard-finish", { detail: { message, result } })),
+      onFinish: (message, result) => {
+        view.countReply(result.usage?.total_tokens);
+        this.dispatchEvent(new CustomEvent("llmguard-finish", { detail: { message, result } }));
+      },
     });
     // The conversation the widget had (moved in the page, or restarted with new attributes) wins over a saved one.
     if (messages) session.setMessages(messages);
@@ -168,6 +175,7 @@ class View {
   readonly #countdownText: HTMLElement;
   readonly #retry: HTMLButtonElement;
   readonly #note: HTMLElement;
+  readonly #usage: HTMLElement;
   readonly #announcer: HTMLElement;
   readonly #bubbles = new Map<string, { node: HTMLElement; content: string }>();
   #session: ChatSession | undefined;
@@ -176,6 +184,9 @@ class View {
   #frame: number | undefined;
   /** Set when the user stops a reply, so its end is announced as stopped, not as replied. */
   #stopping = false;
+  /** The replies of this widget and their tokens, for the usage line's estimate of what a message costs. */
+  #replies = 0;
+  #replyTokens = 0;
 
   constructor(host: HTMLElement, root: ShadowRoot) {
     this.#host = host;
@@ -209,11 +220,14 @@ class View {
     this.#error.append(this.#errorText, this.#countdownText, this.#retry);
     // While a challenge is solved, and when replies come cheaper; the CAPTCHA, if any, shows below it.
     this.#note = make(document, "p", "note", { part: "note", "aria-live": "polite" });
+    // What is left (show-usage): plain text that describes the text box, not read out after every reply.
+    this.#usage = make(document, "p", "usage", { part: "usage", id: "usage" });
+    this.#usage.hidden = true;
     const captcha = make(document, "slot", "", { name: "captcha" });
     const form = make(document, "form", "");
     const label = make(document, "label", "visually-hidden", { for: "input" });
     label.textContent = "Message";
-    this.#input = make(document, "textarea", "", { id: "input", rows: "1", part: "input" });
+    this.#input = make(document, "textarea", "", { id: "input", rows: "1", part: "input", "aria-describedby": "usage" });
     this.#send = button(document, "Send", "");
     this.#send.type = "submit";
     this.#send.setAttribute("part", "send");
@@ -221,7 +235,7 @@ class View {
     this.#stop.setAttribute("part", "stop");
     this.#stop.hidden = true;
     form.append(label, this.#input, this.#send, this.#stop);
-    panel.append(header, this.#log, this.#jump, this.#announcer, this.#error, this.#note, captcha, form);
+    panel.append(header, this.#log, this.#jump, this.#announcer, this.#error, this.#note, captcha, form, this.#usage);
     root.append(style, panel);
 
     form.addEventListener("submit", (event) => {
@@ -299,6 +313,20 @@ class View {
         ? "Answers are shorter for now: this service is near its monthly limit."
         : "";
     this.#note.hidden = !this.#note.textContent;
+    this.#renderUsage();
+  }
+
+  /** A reply finished, having cost `tokens` (when the server said). */
+  countReply(tokens: number | undefined): void {
+    if (tokens === undefined) return;
+    this.#replies += 1;
+    this.#replyTokens += tokens;
+    this.#renderUsage();
+  }
+
+  #renderUsage(): void {
+    this.#usage.textContent = usageLine(this.#last?.usage ?? null, this.#replies ? this.#replyTokens / this.#replies : 0);
+    this.#usage.hidden = !this.#usage.textContent;
   }
 
   #renderMessages(state: ChatSessionState, busy: boolean): void {
@@ -430,6 +458,29 @@ class View {
       () => undefined,
     );
   }
+}
+
+/**
+ * "12 messages left today": the smaller of the requests left and the tokens left over what a reply
+ * cost on average (`average`, 0 before any reply: then the requests left alone). The period is the
+ * token window's (the request limit's without one): "today", "this hour", else "until 14:30".
+ */
+export function usageLine(usage: Usage | null, average: number, now = Date.now()): string {
+  const window = usage?.tokens ?? usage?.requests;
+  if (!usage || !window) return "";
+  const { requests, tokens } = usage;
+  let left = requests ? requests.remaining : Infinity;
+  if (tokens && (tokens.remaining <= 0 || average > 0)) left = Math.min(left, tokens.remaining <= 0 ? 0 : Math.floor(tokens.remaining / average));
+  if (left === Infinity) return "";
+  return `${left === 0 ? "No messages" : left === 1 ? "1 message" : `${left} messages`} left ${period(window, now)}`;
+}
+
+function period({ window, reset, resetAt }: UsageWindow, now: number): string {
+  if (window === 86_400) return "today";
+  if (window === 3_600) return "this hour";
+  if (window === 60) return "this minute";
+  const at = new Date(reset > 0 ? resetAt : now + window * 1000);
+  return `until ${at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
 }
 
 function formatWait(seconds: number): string {

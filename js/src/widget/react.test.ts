@@ -6,7 +6,7 @@ import { afterEach, describe, expect, test, vi } from "vitest";
 
 import type { ChatMessage, ChatResult } from "../chat.ts";
 import type { LLMGuardError } from "../errors.ts";
-import { BASE_URL, chatServer, controlled, errorResponse, settle, streamed } from "../fake-server.test-util.ts";
+import { BASE_URL, chatServer, controlled, errorResponse, FakeServer, jsonResponse, settle, streamed, USAGE_BODY } from "../fake-server.test-util.ts";
 import type { SessionMessage } from "../session.ts";
 import { TAG } from "./chat-element.ts";
 import { ChatWidget, type ChatWidgetProps } from "./react.ts";
@@ -90,6 +90,18 @@ describe("ChatWidget", () => {
     expect(renderWidget({ persist: false }).element.hasAttribute("persist")).toBe(false);
     cleanup();
     expect(renderWidget({}).element.hasAttribute("persist")).toBe(false);
+  });
+
+  test("showUsage sets the show-usage attribute (the line follows); false or absent sets none", async () => {
+    const server = new FakeServer({ "/api/usage": () => jsonResponse(USAGE_BODY) });
+    vi.stubGlobal("fetch", server.fetch);
+    const { element } = renderWidget({ showUsage: true, baseUrl: BASE_URL });
+    expect(element.getAttribute("show-usage")).toBe("");
+    await waitFor(() => expect(element.shadowRoot?.querySelector(".usage")?.textContent).toBe("57 messages left today"));
+    cleanup();
+    expect(renderWidget({ showUsage: false }).element.hasAttribute("show-usage")).toBe(false);
+    cleanup();
+    expect(renderWidget({}).element.hasAttribute("show-usage")).toBe(false);
   });
 
   test("new props update the widget in place", () => {

@@ -25,6 +25,11 @@ export interface ChatWidgetProps {
   persist?: boolean | string;
   /** The llmguard server, when it is not the one `configure()` set. */
   baseUrl?: string;
+  /**
+   * Show a line such as "12 messages left today" under the text box (from `GET /api/usage`, then
+   * each reply's headers). Hidden while unknown.
+   */
+  showUsage?: boolean;
   className?: string;
   style?: CSSProperties;
   onError?: (error: LLMGuardError) => void;
@@ -78,6 +83,7 @@ export function ChatWidget(props: ChatWidgetProps): ReactElement {
     theme: props.theme,
     persist: props.persist === true ? "" : props.persist || undefined,
     "base-url": props.baseUrl,
+    "show-usage": props.showUsage ? "" : undefined,
     className: props.className,
     style: props.style,
   });

@@ -13,7 +13,8 @@
  * | `--llmguard-assistant-background`, `--llmguard-border` | the assistant's bubbles, lines |
  * | `--llmguard-error` | error text and border |
  *
- * and `::part(panel | header | title | log | message | user | assistant | error | note | input | send | stop)`.
+ * and `::part(panel | header | title | log | message | user | assistant | error | note | input | send | stop | usage)`
+ * (`usage`: the `show-usage` line, in `--llmguard-muted`).
  */
 const DARK = `
   color-scheme: dark;
@@ -95,6 +96,7 @@ th, td { border: 1px solid var(--_border); padding: 0.25rem 0.5rem; }
 .error-text { flex: 1 1 10rem; min-width: 0; }
 .countdown { font-variant-numeric: tabular-nums; }
 .note { margin: 0 0.9rem 0.6rem; color: var(--_muted); font-size: 0.92em; }
+.usage { margin: -0.5rem 0.9rem 0.6rem; color: var(--_muted); font-size: 0.85em; font-variant-numeric: tabular-nums; }
 form { display: flex; gap: 0.5rem; align-items: flex-end; padding: 0.6rem 0.9rem 0.9rem; border-top: 1px solid var(--_border); }
 textarea {
   flex: 1; min-width: 0; resize: none; font: inherit; color: inherit; background: transparent;
