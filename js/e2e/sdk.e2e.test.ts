@@ -102,8 +102,8 @@ test("stop() mid-stream ends the reply and keeps what arrived", async () => {
   const partial = messages[1]?.content ?? "";
   expect(partial.length).toBeGreaterThan(0);
   expect(partial).not.toContain("same token, origin and budget guards"); // the reply's last words
-  // The proxy saw the browser leave: the request is logged as cut short (estimated tokens).
-  await expect.poll(() => /POST \/api\/chat 200 .*tokens=~/.test(server.logs()), { timeout: 5000 }).toBe(true);
+  // The proxy saw the browser leave: the request is logged as cut short (499, estimated tokens).
+  await expect.poll(() => /POST \/api\/chat 499 .*tokens=~/.test(server.logs()), { timeout: 5000 }).toBe(true);
 });
 
 describe("limits", () => {
