@@ -1,5 +1,7 @@
 """llmguard: let a front-end-only app use an LLM without leaking the key or the budget."""
 
+from llmguard._access_log import AccessLog
+from llmguard._alerts import SpendAlerts
 from llmguard._app import create_app
 from llmguard._budget import TokenBudget
 from llmguard._challenge import TokenChallenge
@@ -27,6 +29,8 @@ from llmguard._errors import (
     UpstreamError,
 )
 from llmguard._jwt_auth import JWTAuth
+from llmguard._metrics import Metrics, MetricsEndpoint
+from llmguard._mount import PrefixMount
 from llmguard._openai_route import OpenAICompatible, OpenAIErrors
 from llmguard._origin import OriginFilter
 from llmguard._prices import Price
@@ -34,9 +38,11 @@ from llmguard._rate_limit import IPRateLimit
 from llmguard._settings import Settings, SettingsError
 from llmguard._storage import Storage
 from llmguard._token_endpoint import TokenEndpoint
+from llmguard._usage_endpoint import UsageEndpoint
 from llmguard._version import __version__
 
 __all__ = [
+    "AccessLog",
     "ChallengeFailed",
     "ChallengeRequired",
     "ChallengeUnavailable",
@@ -48,11 +54,14 @@ __all__ = [
     "JWTAuth",
     "LLMGuardError",
     "MethodNotAllowed",
+    "Metrics",
+    "MetricsEndpoint",
     "NotFound",
     "OpenAICompatible",
     "OpenAIErrors",
     "OriginFilter",
     "PayloadTooLarge",
+    "PrefixMount",
     "Price",
     "PromptTooLarge",
     "RateLimitExceeded",
@@ -60,6 +69,7 @@ __all__ = [
     "ServerBusy",
     "Settings",
     "SettingsError",
+    "SpendAlerts",
     "SpendCapReached",
     "Storage",
     "StorageUnavailable",
@@ -70,6 +80,7 @@ __all__ = [
     "TokenEndpoint",
     "Unauthorized",
     "UpstreamError",
+    "UsageEndpoint",
     "__version__",
     "create_app",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +18,7 @@ from starlette.routing import BaseRoute, Mount, Route, Router, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard._access_log import AccessLog
+from llmguard._alerts import SpendAlerts
 from llmguard._budget import TokenBudget
 from llmguard._challenge import TokenChallenge
 from llmguard._chat_endpoint import ChatEndpoint
@@ -24,6 +26,7 @@ from llmguard._client_ip import ClientIP
 from llmguard._errors import LLMGuardError, MethodNotAllowed, NotFound, ServerBusy, error_response, send_error
 from llmguard._fake_provider import FakeProvider
 from llmguard._jwt_auth import JWTAuth
+from llmguard._metrics import Metrics, MetricsEndpoint
 from llmguard._openai_route import OpenAICompatible, OpenAIErrors
 from llmguard._origin import OriginFilter
 from llmguard._rate_limit import IPRateLimit
@@ -33,6 +36,7 @@ from llmguard._static import Script, demo_page
 from llmguard._storage import Storage
 from llmguard._token_endpoint import Authenticate, TokenEndpoint
 from llmguard._tokens import load as load_tokenizer
+from llmguard._usage_endpoint import UsageEndpoint
 from llmguard._version import __version__
 
 logger = logging.getLogger("llmguard")
@@ -53,8 +57,12 @@ def create_app(
     ``/api/token``: OriginFilter ▶ IPRateLimit ▶ TokenEndpoint (▶ its TokenChallenge).
     ``/api/challenge``: OriginFilter ▶ IPRateLimit ▶ TokenChallenge.
     ``/api/chat``: OriginFilter ▶ IPRateLimit ▶ JWTAuth ▶ TokenBudget ▶ ChatEndpoint.
+    ``/api/usage``: OriginFilter ▶ IPRateLimit ▶ JWTAuth (no use counted) ▶ UsageEndpoint.
     ``/v1/chat/completions`` and ``/v1/models``: the same, in OpenAI's shapes.
-    All counting goes to one storage (``settings.storage_url``).
+    ``/metrics`` (``METRICS=true``): MetricsEndpoint, for a scraper with ``METRICS_TOKEN``.
+    All counting goes to one storage (``settings.storage_url``). With
+    ``ALERT_WEBHOOK_URL``, a ``SpendAlerts`` posts as the monthly caps fill up
+    (its background task runs in the app's lifespan).
 
     ``settings`` defaults to ``Settings.from_env()``. ``authenticate`` is
     passed to ``TokenEndpoint``; ``transport`` replaces the provider
@@ -66,14 +74,16 @@ def create_app(
     chat = _chat_endpoint(settings, transport)
     # Each component takes the settings its declarations say they feed (Settings.arguments).
     storage = Storage(**settings.arguments("Storage"))
+    alerts = _spend_alerts(settings)
 
-    def guarded(endpoint: ASGIApp) -> tuple[ASGIApp, TokenBudget]:
+    def guarded(endpoint: ASGIApp) -> tuple[IPRateLimit, TokenBudget]:
         """IPRateLimit ▶ JWTAuth ▶ TokenBudget, as for /api/chat: one limit and one budget for both routes."""
         # MODEL_PRICES extends the built-in table rather than replacing it.
         budget_options = settings.arguments("TokenBudget") | {"prices": settings.prices}
-        budget = TokenBudget(endpoint, storage=storage, **budget_options)
+        budget = TokenBudget(endpoint, storage=storage, alerts=alerts, **budget_options)
         auth = JWTAuth(budget, storage=storage, **settings.arguments("JWTAuth") | {"secret": secret})
-        return IPRateLimit(auth, limit=settings.rate_limit, name="chat", storage=storage), budget
+        # Replies say what is left of the request limit (and, from the budget, of the token window).
+        return IPRateLimit(auth, limit=settings.rate_limit, name="chat", storage=storage, remaining=True), budget
 
     chat_stack, budget = guarded(chat)
     challenge = TokenChallenge(
@@ -93,7 +103,19 @@ def create_app(
     token_stack = IPRateLimit(token, limit=settings.token_rate_limit, name="token", storage=storage)
     # Challenges are counted apart from mints: fetching one does not use up the client's mints.
     challenge_stack = IPRateLimit(challenge, limit=settings.token_rate_limit, name="challenge", storage=storage)
-    api_routes = [Route("/token", token_stack), Route("/challenge", challenge_stack), Route("/chat", chat_stack)]
+    # What a browser has left: the chat limit and budget read, never counted; its own limit, the chat rate
+    # counted apart; a single-use token is not used up by it.
+    usage = UsageEndpoint(requests=chat_stack, budget=budget)
+    auth_options = settings.arguments("JWTAuth") | {"secret": secret, "max_uses": None}
+    usage_stack = IPRateLimit(
+        JWTAuth(usage, storage=storage, **auth_options), limit=settings.rate_limit, name="usage", storage=storage
+    )
+    api_routes = [
+        Route("/token", token_stack),
+        Route("/challenge", challenge_stack),
+        Route("/chat", chat_stack),
+        Route("/usage", usage_stack),
+    ]
     api = ServerBusyGate(Router(routes=api_routes))
 
     async def healthz(request: Request) -> Response:
@@ -116,6 +138,11 @@ def create_app(
         _page("/sdk-pow.js", Script("sdk-pow.js").__call__),
         _page("/sdk-captcha.js", Script("sdk-captcha.js").__call__),
     ]
+    # METRICS=true: GET /metrics for a scraper with the token; every request is recorded by AccessLog.
+    metrics = Metrics(budget=budget, storage=storage) if settings.metrics else None
+    if metrics is not None:
+        scrape = MetricsEndpoint(metrics, **settings.arguments("MetricsEndpoint"))
+        routes.append(Route("/metrics", ServerBusyGate(scrape), methods=["GET"]))
     if settings.serves_demo_page:
         routes.append(_page("/", demo_page(challenge.captcha.script_url if challenge.captcha else None)))
 
@@ -126,24 +153,36 @@ def create_app(
         load_tokenizer()
         chat.upstream.open()
         try:
-            yield
+            # The spend alerts' poster runs as long as the app; stopped before the storage closes.
+            async with alerts if alerts is not None else contextlib.nullcontext():
+                yield
         finally:
             await chat.aclose()
             await challenge.aclose()
             await storage.aclose()
+            if metrics is not None:
+                metrics.close()
 
     app = Starlette(
         routes=routes,
         # The client is resolved once, outermost, so refused requests log the real client too.
         middleware=[
             Middleware(ClientIP, **settings.arguments("ClientIP")),
-            Middleware(AccessLog),
+            Middleware(AccessLog, metrics=metrics),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
     app.state.settings = settings
     return app
+
+
+def _spend_alerts(settings: Settings) -> SpendAlerts | None:
+    """Alerts to ``ALERT_WEBHOOK_URL``, naming this service by its origins; None when it is not set."""
+    options = settings.arguments("SpendAlerts")
+    if options["url"] is None:
+        return None
+    return SpendAlerts(**options, service=", ".join(settings.allowed_origins))
 
 
 def _chat_endpoint(settings: Settings, transport: httpx.AsyncBaseTransport | None) -> ChatEndpoint:

@@ -18,7 +18,8 @@ With ``degrade`` steps (``_degrade``), past a fraction of the monthly caps the
 endpoint serves a cheaper model and/or a lower output cap. How much of the
 month is used is read at most once every ``READING_INTERVAL`` seconds per
 process (one round trip for both caps), never on every request: the steps
-are a soft limit, the caps the hard one.
+are a soft limit, the caps the hard one. With ``alerts`` (``_alerts``), the
+owner hears of it as the monthly caps fill up.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 import limits
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmguard._charges import Counter, seconds_to_next_month
 from llmguard._client_ip import client_key
@@ -45,10 +48,35 @@ from llmguard._reservation import Reservation
 from llmguard._state import RequestState, request_state
 from llmguard._storage import Storage
 
+if TYPE_CHECKING:
+    from llmguard._alerts import SpendAlerts
+
 logger = logging.getLogger("llmguard.budget")
 
 # Seconds a process goes on one reading of the monthly caps' use before reading them again.
 READING_INTERVAL = 1.0
+# The client window's name in the RateLimit fields of a reply, beside the request limit's ("chat").
+WINDOW_POLICY = "tokens"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUsage:
+    """A client's token window as ``GET /api/usage`` reports it: tokens, and whole seconds."""
+
+    limit: int
+    remaining: int
+    #: Seconds until the current period ends.
+    reset: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientUsage:
+    """What :meth:`TokenBudget.client_usage` read: the client's window (None when off), the month's used fraction."""
+
+    window: WindowUsage | None
+    #: The more used of the monthly caps, as a fraction (holds included); None when no cap is on.
+    month_used: float | None
 
 
 class TokenBudget:
@@ -73,6 +101,7 @@ class TokenBudget:
         prices: Mapping[str, Price] = DEFAULT_PRICES,
         min_output_tokens: int = 16,
         degrade: Sequence[Degradation] = (),
+        alerts: SpendAlerts | None = None,
     ) -> None:
         for name, value in (
             ("max_prompt_tokens", max_prompt_tokens),
@@ -105,6 +134,10 @@ class TokenBudget:
         self._used: float = 0.0
         self._read_at = -math.inf
         self._reading = False
+        #: Told after each request's reservations settle (``_alerts``): posts as the monthly caps fill up.
+        self.alerts = alerts
+        if alerts is not None:
+            alerts.attach(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,14 +146,31 @@ class TokenBudget:
         state = request_state(scope)
         budgets = ClientBudgets(self, self.client_key(scope, state), state)
         state.budget = budgets
+
+        async def send_with_window(message: Message) -> None:
+            if message["type"] == "http.response.start" and budgets.window is not None:
+                # The token window as a member of the RateLimit fields, after any already there
+                # (IPRateLimit, in front, puts its own first).
+                limit, left, reset, length = budgets.window
+                headers = MutableHeaders(scope=message)
+                for name, value in (
+                    ("ratelimit-policy", f'"{WINDOW_POLICY}";q={limit};w={length}'),
+                    ("ratelimit", f'"{WINDOW_POLICY}";r={left};t={reset}'),
+                ):
+                    inner = headers.get(name)
+                    headers[name] = f"{inner}, {value}" if inner else value
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_with_window)
         finally:
             # The endpoint settles its reservations; this is the net under it (a crash, a
             # cancellation before its own `finally`). Shielded: a client that went away must
             # still be charged for what it used.
             with anyio.CancelScope(shield=True):
                 await budgets.settle_all()
+            if self.alerts is not None:  # never waits: it reads and posts in the background
+                self.alerts.settled(self, reserved=bool(budgets.reservations), error_code=state.error_code)
 
     def client_key(self, scope: Scope, state: RequestState) -> str:
         subject = (state.claims or {}).get("sub")
@@ -174,8 +224,16 @@ class TokenBudget:
         ``"tokens"`` counts tokens, ``"spend"`` millionths of a US dollar; a cap that is off is absent
         (no caps: an empty dict, and no round trip).
         """
-        month = f"{datetime.fromtimestamp(time.time() if now is None else now, tz=timezone.utc):%Y-%m}"
-        caps = [
+        caps = self.month_caps(time.time() if now is None else now)
+        if not caps:
+            return {}
+        totals = await self.storage.read([key for _, key, _ in caps])  # both in one round trip
+        return {name: (total, limit) for (name, _, limit), total in zip(caps, totals, strict=True)}
+
+    def month_caps(self, now: float) -> list[tuple[str, str, int]]:
+        """Each monthly cap that is on, as ``(name, this month's key, cap)``."""
+        month = f"{datetime.fromtimestamp(now, tz=timezone.utc):%Y-%m}"
+        return [
             (name, f"budget:{kind}:{month}", limit)
             for name, kind, limit in (
                 ("tokens", "month-tokens", self.monthly_token_cap),
@@ -183,10 +241,28 @@ class TokenBudget:
             )
             if limit is not None
         ]
-        if not caps:
-            return {}
-        totals = await self.storage.read([key for _, key, _ in caps])  # both in one round trip
-        return {name: (total, limit) for (name, _, limit), total in zip(caps, totals, strict=True)}
+
+    async def client_usage(self, client: str, claims: Mapping[str, object]) -> ClientUsage:
+        """What ``client`` has left of its token window, and how much of the month is used: one round trip, or none.
+
+        Holds in flight count as used. Counts nothing. Raises ``StorageUnavailable``.
+        """
+        now = time.time()
+        keys = list(self.window_keys(client, now)) if self.window is not None else []
+        caps = self.month_caps(now)
+        keys += [key for _, key, _ in caps]
+        totals = await self.storage.read(keys) if keys else []  # the window's two periods and the caps, at once
+        window = None
+        if self.window is not None:
+            length = self.window.get_expiry()
+            limit = self.window_limit(claims)
+            current, previous, *_ = totals
+            used = current + previous * (1 - (now % length) / length)
+            reset = math.ceil(length - now % length)
+            window = WindowUsage(limit, max(0, math.floor(limit - used)), reset, length)
+        month = totals[len(totals) - len(caps) :]
+        used_fraction = max((total / cap for (_, _, cap), total in zip(caps, month, strict=True)), default=None)
+        return ClientUsage(window, used_fraction)
 
     def window_keys(self, client: str, now: float) -> tuple[str, str]:
         """The client window's keys: this period's, and the last one's (whose use still partly counts)."""
@@ -207,16 +283,21 @@ class TokenBudget:
         fading = 1 - (now % length) / length
         return min(1.0, max(0.0, (current + previous * fading) / self.window.amount))
 
+    def window_limit(self, claims: Mapping[str, object]) -> int:
+        """The client window's amount for a token with these claims: its ``quota`` claim when it has one."""
+        assert self.window is not None
+        quota = claims.get("quota")
+        if isinstance(quota, int) and not isinstance(quota, bool):
+            return max(0, quota)
+        return self.window.amount
+
     def counters(self, client: str, claims: Mapping[str, object], price: Price | None, now: float) -> list[Counter]:
         """The budgets one request counts against, the client window first."""
         counters: list[Counter] = []
         if self.window is not None:
             length = self.window.get_expiry()
-            limit = self.window.amount
-            quota = claims.get("quota")
-            if isinstance(quota, int) and not isinstance(quota, bool):
-                limit = max(0, quota)
             key, previous = self.window_keys(client, now)
+            limit = self.window_limit(claims)
             counters.append(Counter("client", key, limit, expiry=2 * length, period=length, previous=previous))
         moment = datetime.fromtimestamp(now, tz=timezone.utc)
         month = f"{moment:%Y-%m}"
@@ -237,6 +318,9 @@ class ClientBudgets:
         self.state = state
         self.max_prompt_tokens = owner.max_prompt_tokens
         self.reservations: list[Reservation] = []
+        #: The client window as the last hold left it, ``(limit, left, seconds to the period's end,
+        #: period)``, for the RateLimit fields; None without a window, or when the hold did not read it.
+        self.window: tuple[int, int, int, int] | None = None
 
     async def reserve(self, *, model: str, prompt_tokens: int, max_output_tokens: int) -> Reservation:
         """Hold the worst case on every budget; the reservation says the output cap to ask for.
@@ -272,6 +356,12 @@ class ClientBudgets:
                     raise
                 # Failing open: served unbudgeted; the settlement counts the charge whether or not
                 # the hold landed, once the storage answers again.
+            finally:
+                # Granted or refused, the reply says what is left of the window (read by the hold itself).
+                left = reservation.window_left()
+                if left is not None and reservation.window is not None:
+                    length = reservation.window[0].period
+                    self.window = reservation.window[0].limit, left, math.ceil(length - now % length), length
         self.reservations.append(reservation)
         return reservation
 

@@ -1,4 +1,4 @@
-"""``llmguard serve``: the bundled server, configured by environment variables."""
+"""``llmguard serve``: the bundled server, configured by environment variables; ``check`` and ``keygen``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from llmguard._access_log import JSONFormatter, TextFormatter
+from llmguard._metrics import worker_directory
 from llmguard._settings import Settings, SettingsError
 from llmguard._settings_docs import plain_text as settings_help
 from llmguard._version import __version__
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
 DEFAULT_PORT = 8000
+#: ``llmguard keygen``: 48 random bytes, 64 URL-safe characters.
+KEYGEN_BYTES = 48
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,11 +48,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--demo", action="store_true", help="run offline against a built-in fake provider")
     serve.add_argument("--env-file", help="read settings from this file too (the environment wins)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (share limits with redis://)")
+    commands.add_parser(
+        "keygen",
+        help="print a new random secret for JWT_SECRET",
+        description="Print a new random secret for JWT_SECRET (64 URL-safe characters) and nothing else.",
+    )
+    check = commands.add_parser(
+        "check",
+        help="check the settings, the storage and the provider key before a deploy",
+        description="Validate the settings as `serve` would, ask the storage whether it answers and the provider "
+        "for its model list with the key, and print what the server would run on (never a secret). "
+        "Exit status: 0 all good, 1 a check failed, 2 the settings are invalid.",
+    )
+    check.add_argument("--env-file", help="read settings from this file too (the environment wins)")
+    check.add_argument("--demo", action="store_true", help="check the offline demo's settings (no provider call)")
     args = parser.parse_args(argv)
+    if args.command == "keygen":
+        print(secrets.token_urlsafe(KEYGEN_BYTES))
+        return 0
+    if args.command == "check":
+        return _check(args)
     return _serve(args)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> int:
+    environ = _environ(args)
+    if isinstance(environ, int):
+        return environ
+    port = environ.get("PORT", "")
+    settings = _settings(args, environ, port=int(port) if port.isdigit() else DEFAULT_PORT)
+    if isinstance(settings, int):
+        return settings
+    from llmguard._check import check
+
+    return check(settings, sys.stdout)
+
+
+def _environ(args: argparse.Namespace) -> dict[str, str] | int:
+    """The settings' variables: ``--env-file``'s, then the environment's over them (or the exit status)."""
     environ: dict[str, str] = {}
     if args.env_file:
         try:
@@ -57,6 +93,26 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _fail(f"cannot read --env-file {args.env_file!r}: {exc.strerror}")
     environ.update(os.environ)
+    return environ
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str], *, port: int) -> Settings | int:
+    """The settings, or the exit status after saying which one is wrong (the same words for serve and check)."""
+    try:
+        return load_settings(environ, demo=args.demo, port=port)
+    except SettingsError as exc:
+        if exc.name == "OPENAI_API_KEY" and "required" in exc.reason:
+            return _fail(
+                "OPENAI_API_KEY is not set: set it to your provider key, "
+                f"or run `llmguard {args.command} --demo` to try llmguard offline."
+            )
+        return _fail(str(exc))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    environ = _environ(args)
+    if isinstance(environ, int):
+        return environ
     try:
         port = args.port if args.port is not None else int(environ.get("PORT") or DEFAULT_PORT)
     except ValueError:
@@ -67,15 +123,9 @@ def _serve(args: argparse.Namespace) -> int:
     all_interfaces = "0.0.0.0"  # noqa: S104
     host = args.host or environ.get("HOST") or (all_interfaces if environ.get("PORT") else "127.0.0.1")
 
-    try:
-        settings = load_settings(environ, demo=args.demo, port=port)
-    except SettingsError as exc:
-        if exc.name == "OPENAI_API_KEY" and "required" in exc.reason:
-            return _fail(
-                "OPENAI_API_KEY is not set: set it to your provider key, "
-                "or run `llmguard serve --demo` to try llmguard offline."
-            )
-        return _fail(str(exc))
+    settings = _settings(args, environ, port=port)
+    if isinstance(settings, int):
+        return settings
 
     if args.workers < 1:
         return _fail(f"--workers has value {args.workers}: expected 1 or more")
@@ -163,7 +213,9 @@ def _prepare_workers(settings: Settings, workers: int, log: logging.Logger) -> S
             "JWT_SECRET is not set: the workers share a random secret made now, so tokens stop working "
             "when the server restarts. Set JWT_SECRET to at least 32 random bytes."
         )
-        settings = dataclasses.replace(settings, jwt_secret=secrets.token_urlsafe(48))
+        settings = dataclasses.replace(settings, jwt_secret=secrets.token_urlsafe(KEYGEN_BYTES))
+    if settings.metrics:
+        worker_directory()  # the workers add up their metrics in files there: set before they start
     # Every setting, not only those in the environment: --env-file, --demo and the secret made above.
     for name, value in settings.to_env().items():
         if value is None:

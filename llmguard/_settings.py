@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from llmguard import _settings_values as v
+from llmguard._alerts import THRESHOLDS, check_thresholds, check_webhook_url, parse_thresholds, shown_url
 from llmguard._challenge import DEFAULT_LADDER, ChallengeKind, check_ladder, parse_ladder
 from llmguard._chat_service import DEFAULT_BASE_URL, DEFAULT_MODEL
 from llmguard._client_ip import check_ipv6_prefix, check_trusted_proxies, header_name
 from llmguard._degrade import Degradation, check_degrade, parse_degrade
-from llmguard._jwt import check_max_uses, check_secret
+from llmguard._jwt import check_max_uses, check_previous_secrets, check_secret
+from llmguard._metrics import check_token as check_metrics_token
 from llmguard._origin import check_origins
 from llmguard._presets import Presets, check_presets, parse_presets
 from llmguard._prices import DEFAULT_PRICES, Price, check_prices, parse_prices, price_of
@@ -200,7 +202,13 @@ class Settings:
     jwt_secret: str | None = field(default=None, repr=False, metadata=setting(
         "JWT_SECRET", v.parse_text, check=v.or_none(v.all_of(v.text, v.keeps(v.component(check_secret, "secret")))),
         secret=True, default="random at boot, with a warning", feeds="TokenEndpoint(secret=), JWTAuth(secret=)",
-        help="HS256 secret, at least 32 bytes"))
+        help="HS256 secret, at least 32 bytes (`llmguard keygen` prints one)"))
+    jwt_previous_secrets: tuple[str, ...] = field(default=(), repr=False, metadata=setting(
+        "JWT_PREVIOUS_SECRETS", v.parse_list, secret=True, default="none",
+        check=v.all_of(v.names, v.keeps(v.component(check_previous_secrets, "previous_secrets"))),
+        feeds="JWTAuth(previous_secrets=), TokenChallenge(previous_secrets=)",
+        help="comma-separated secrets that still verify the tokens and challenges they signed after `JWT_SECRET` "
+        "changes (each at least 32 bytes); see Key rotation"))
     jwt_ttl: float = field(default=900, metadata=setting(
         "JWT_TTL", parse_duration, check=v.all_of(v.component(check_ttl, "ttl"), v.whole_seconds()),
         default="`15 minutes`", feeds="TokenEndpoint(ttl=)",
@@ -279,6 +287,16 @@ class Settings:
         feeds="TokenBudget(degrade=)",
         help="past a fraction of the monthly token or spend cap, a cheaper model and/or a lower output cap: "
         "`FRACTION:MODEL:MAX_TOKENS` steps (`80%:gpt-4.1-nano:300, 95%::100`); see Running low"))
+    alert_webhook_url: str | None = field(default=None, repr=False, metadata=setting(
+        "ALERT_WEBHOOK_URL", v.optional(v.parse_text), check=v.or_none(v.component(check_webhook_url, "url")),
+        redact=shown_url, default="off", feeds="SpendAlerts(url=)",
+        help="a Slack-compatible webhook (Slack, Discord's `/slack`, any JSON receiver) told when each monthly cap "
+        "passes each of `ALERT_THRESHOLDS`, once a month across instances, and when the storage fails open; only "
+        "its scheme and host are ever shown; see Alerts"))
+    alert_thresholds: tuple[int, ...] = field(default=THRESHOLDS, metadata=setting(
+        "ALERT_THRESHOLDS", parse_thresholds, check=v.component(check_thresholds, "thresholds"),
+        default="`50,80,95,100`", feeds="SpendAlerts(thresholds=)",
+        help="percents of each monthly cap at which an alert is posted, increasing, 1 to 100"))
 
     # -- where the counts live
     storage_url: str = field(default="memory://", repr=False, metadata=setting(
@@ -307,6 +325,16 @@ class Settings:
         feeds="ClientIP(ipv6_prefix=)",
         help="IPv6 clients are grouped by this prefix (`/64`: a subscriber; `48` where tunnel brokers hand out "
         "/48s), 32 to 128"))
+
+    # -- metrics (GET /metrics)
+    metrics: bool = field(default=False, metadata=setting(
+        "METRICS", v.parse_bool, check=v.boolean, feeds="create_app()",
+        help="serve Prometheus metrics at `GET /metrics`, to a scraper that sends `METRICS_TOKEN`; see Metrics"))
+    metrics_token: str | None = field(default=None, repr=False, metadata=setting(
+        "METRICS_TOKEN", v.optional(v.parse_text), check=v.or_none(v.component(check_metrics_token, "token")),
+        secret=True, default="none", feeds="MetricsEndpoint(token=)",
+        help="the bearer token `GET /metrics` requires (at least 16 printable characters); required with "
+        "`METRICS=true`"))
 
     # -- the bundled server (llmguard serve)
     header_timeout: float = field(default=10, metadata=setting(
@@ -372,6 +400,10 @@ class Settings:
                 f"'{unpriced[0]}=<input>/<output>' in US dollars per million tokens",
             )
         self._check_captcha()
+        if self.metrics and not self.metrics_token:
+            reason = "is required with METRICS=true: the bearer token Prometheus sends, at least 16 random characters"
+            raise SettingsError("metrics_token", None, reason, secret=True)
+        self._check_previous_secrets()
         if not self.demo and not self.openai_api_key:
             raise SettingsError(
                 "openai_api_key",
@@ -391,6 +423,13 @@ class Settings:
         for name in ("captcha_site_key", "captcha_secret"):
             if not getattr(self, name):
                 raise SettingsError(name, None, f"is required with TOKEN_CHALLENGE={kind}", secret=True)
+
+    def _check_previous_secrets(self) -> None:
+        """A previous secret is one that came before ``JWT_SECRET``, never the same one."""
+        if self.jwt_secret is not None and self.jwt_secret in self.jwt_previous_secrets:
+            position = self.jwt_previous_secrets.index(self.jwt_secret) + 1
+            reason = f"secret {position} is JWT_SECRET itself; list only the secrets that came before it"
+            raise SettingsError("jwt_previous_secrets", None, reason, secret=True)
 
     def _check_priced(self, name: str, shown: str, models: list[tuple[str, str | None]]) -> None:
         """Under a spend cap, every model a setting names needs a price, as ``ALLOWED_MODELS`` do."""

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -90,6 +90,11 @@ class Storage:
         self.in_process = url.split("://", 1)[0].lower() == "memory"
         self.limiter = SlidingWindowCounterRateLimiter(self.backend)
         self._warned_at = -WARNING_INTERVAL
+        #: Called (no arguments, must not block or raise) on each failure while failing open:
+        #: requests are then served without limits, which ``SpendAlerts`` tells the owner.
+        self.on_fail_open: list[Callable[[], None]] = []
+        #: Called (no arguments, must not block or raise) on each failure, open or closed: ``Metrics`` counts them.
+        self.on_failure: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         scheme = self.url.split("://", 1)[0]
@@ -195,8 +200,13 @@ class Storage:
                 await pool.disconnect()
 
     def _failed(self, reason: str) -> StorageUnavailable:
+        for counter in self.on_failure:
+            counter()
         # One line a minute while the storage stays down, not one per request and guard.
         now = time.monotonic()
+        if self.fail_open:
+            for listener in self.on_fail_open:
+                listener()
         if now - self._warned_at >= WARNING_INTERVAL:
             self._warned_at = now
             if self.fail_open:

@@ -60,6 +60,7 @@ SEED = 20261201
 # The floor for one run: generated requests over all routes.
 FUZZ_TARGET = 10_000
 ALLOWED_MODEL = "gpt-4.1-nano"
+METRICS_TOKEN = "openapi-metrics-token-0123456789"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 # A generated case for any operation, as schemathesis types its own checks.
@@ -154,8 +155,8 @@ def _served_routes(routes: list[BaseRoute], prefix: str = "") -> Iterator[tuple[
 
 
 def test_spec_covers_every_route_of_the_bundled_app() -> None:
-    # Demo mode serves every route there is (the demo page too).
-    app = create_app(Settings(demo=True, jwt_secret=SECRET))
+    # Demo mode serves every route there is (the demo page too); /metrics with METRICS=true.
+    app = create_app(Settings(demo=True, jwt_secret=SECRET, metrics=True, metrics_token=METRICS_TOKEN))
     served = dict(_served_routes(app.routes))
     documented: dict[str, set[str]] = collections.defaultdict(set)
     for path, method, _ in _operations():
@@ -277,7 +278,10 @@ SCHEMA = schemathesis.openapi.from_path(
             # so the bulk of the chat fuzzing is CHAT_FIELDS below.
             "chat": _fuzzing(250),
             "createChatCompletion": _fuzzing(250),
+            "getUsage": _fuzzing(320, negative=False),
+            "preflightUsage": _fuzzing(320, negative=False),
             "health": _fuzzing(20, negative=False),
+            "getMetrics": _fuzzing(20, negative=False),
             "demoPage": _fuzzing(20, negative=False),
             "sdkScript": _fuzzing(900, negative=False),
             "widgetScript": _fuzzing(900, negative=False),
@@ -491,6 +495,8 @@ class Fuzzing:
                 case.headers.pop("Authorization", None)
                 if authorization is not None:
                     case.headers["Authorization"] = authorization
+            elif case.operation.path == "/metrics":
+                explicit["Authorization"] = f"Bearer {METRICS_TOKEN}"  # the scraper's token, not a minted one
             else:
                 explicit["Authorization"] = self.bearer()
         return explicit
@@ -518,6 +524,8 @@ FUZZ_ENV = {
     "LOG_FORMAT": "json",
     # The fuzzer mints its own tokens with POST /api/token; challenges are fuzzed on their own server.
     "TOKEN_CHALLENGE": "off",
+    "METRICS": "true",
+    "METRICS_TOKEN": METRICS_TOKEN,
 }
 
 
@@ -572,8 +580,8 @@ def test_fuzz_totals(fuzzing: Fuzzing, capsys: pytest.CaptureFixture[str]) -> No
         print(f"\nschemathesis sent {total} generated requests (seed {SEED}):\n{table}")
     assert total >= FUZZ_TARGET, f"only {total} generated requests; the floor is {FUZZ_TARGET}:\n{table}"
     for label in documented:
-        # The two routes without any input have one request to send, and its method probes.
-        floor = 1 if label in ("GET /healthz", "GET /") else 300
+        # The routes without any input have one request to send, and its method probes.
+        floor = 1 if label in ("GET /healthz", "GET /", "GET /metrics") else 300
         assert fuzzing.sent[label] >= floor, f"{label}: only {fuzzing.sent[label]} requests"
     limited = {key: n for key, n in fuzzing.statuses.items() if key[1] >= 500 or key[1] == 429}
     assert not limited, f"5xx or 429 answers: {limited}"
@@ -825,6 +833,11 @@ def test_rate_limits_conform(serve: Callable[..., contextlib.AbstractContextMana
     with serve(TOKEN_RATE_LIMIT="2/minute", RATE_LIMIT_MAX="3", RATE_LIMIT_WINDOW="1 minute") as client:
         tokens = [client.mint(), client.mint()]
         client.call("POST", "/api/token", token=None, status=429, code="RateLimitExceeded")
+        # GET /api/usage has a limit of its own (the chat rate): using it up leaves the chats alone.
+        for _ in range(3):
+            client.call("GET", "/api/usage", token=tokens[0], status=200)
+        refused = client.call("GET", "/api/usage", token=tokens[0], status=429, code="RateLimitExceeded")
+        assert refused.headers["ratelimit-policy"] == ['"usage";q=3;w=60']
         # One "chat" limit for the chat routes and /v1/models.
         client.call("POST", "/api/chat", body=HELLO, token=tokens[0], status=200)
         client.call("POST", "/v1/chat/completions", body=HELLO, token=tokens[0], status=200)
@@ -849,6 +862,10 @@ def test_token_budget_conforms(serve: Callable[..., contextlib.AbstractContextMa
         for path in CHAT_ROUTES:
             response = client.call("POST", path, body=HELLO, status=429, code="TokenBudgetExceeded")
             assert int(response.headers["retry-after"][0]) >= 1
+            # The refusal says what is left of the window, after the request limit.
+            assert response.headers["ratelimit-policy"] == ['"chat";q=100000;w=60, "tokens";q=400;w=3600']
+        tokens = client.call("GET", "/api/usage", status=200).json()["tokens"]
+        assert (tokens["limit"], tokens["window"]) == (400, 3600)
 
 
 @pytest.mark.parametrize(
@@ -876,6 +893,7 @@ def test_storage_down_conforms(serve: Callable[..., contextlib.AbstractContextMa
         token = _token(jti="storage-down")  # /api/token cannot mint one now
         client.call("POST", "/api/chat", body=HELLO, token=token, status=503, code="StorageUnavailable")
         client.call("GET", "/v1/models", token=token, status=503, code="StorageUnavailable")
+        client.call("GET", "/api/usage", token=token, status=503, code="StorageUnavailable")
 
 
 def test_challenges_conform(serve: Callable[..., contextlib.AbstractContextManager[Explicit]]) -> None:

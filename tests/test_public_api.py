@@ -12,6 +12,8 @@ import llmguard
 # What each exported name is. A middleware wraps an app (given its required options); an
 # endpoint is an ASGI app built from options alone.
 MIDDLEWARES: dict[str, dict[str, Any]] = {
+    # One log line per request as it ends; with metrics=, records it in Metrics too.
+    "AccessLog": {},
     "ClientIP": {},
     "IPRateLimit": {},
     "JWTAuth": {"secret": SECRET},
@@ -25,7 +27,13 @@ ENDPOINTS: dict[str, Callable[[], Any]] = {
     "TokenEndpoint": lambda: llmguard.TokenEndpoint(secret=SECRET),
     # GET /api/challenge; TokenEndpoint(challenge=) checks its solutions.
     "TokenChallenge": lambda: llmguard.TokenChallenge(secret=SECRET),
+    # GET /api/usage: what a client has left of the chat routes' limit and budget, read, not counted.
+    "UsageEndpoint": lambda: llmguard.UsageEndpoint(),
+    # GET /metrics, for a scraper with the token.
+    "MetricsEndpoint": lambda: llmguard.MetricsEndpoint(llmguard.Metrics(), token="metrics-token-0123456789"),
 }
+# Puts one app under a path prefix of another, and runs both lifespans (tests/test_mount.py).
+MOUNTS = ["PrefixMount"]
 ERRORS = [
     "ChallengeFailed",
     "ChallengeRequired",
@@ -47,11 +55,12 @@ ERRORS = [
     "Unauthorized",
     "UpstreamError",
 ]
-VALUES = ["Price", "Settings", "SettingsError", "Storage"]
+VALUES = ["Metrics", "Price", "Settings", "SettingsError", "SpendAlerts", "Storage"]
 
 
 def test_all_is_pinned_and_sorted() -> None:
     assert llmguard.__all__ == [
+        "AccessLog",
         "ChallengeFailed",
         "ChallengeRequired",
         "ChallengeUnavailable",
@@ -63,11 +72,14 @@ def test_all_is_pinned_and_sorted() -> None:
         "JWTAuth",
         "LLMGuardError",
         "MethodNotAllowed",
+        "Metrics",
+        "MetricsEndpoint",
         "NotFound",
         "OpenAICompatible",
         "OpenAIErrors",
         "OriginFilter",
         "PayloadTooLarge",
+        "PrefixMount",
         "Price",
         "PromptTooLarge",
         "RateLimitExceeded",
@@ -75,6 +87,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "ServerBusy",
         "Settings",
         "SettingsError",
+        "SpendAlerts",
         "SpendCapReached",
         "Storage",
         "StorageUnavailable",
@@ -85,6 +98,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "TokenEndpoint",
         "Unauthorized",
         "UpstreamError",
+        "UsageEndpoint",
         "__version__",
         "create_app",
     ]
@@ -92,13 +106,13 @@ def test_all_is_pinned_and_sorted() -> None:
 
 
 def test_every_exported_name_has_a_known_kind() -> None:
-    kinds = [*MIDDLEWARES, *ENDPOINTS, *ERRORS, *VALUES, "__version__", "create_app"]
+    kinds = [*MIDDLEWARES, *ENDPOINTS, *MOUNTS, *ERRORS, *VALUES, "__version__", "create_app"]
     assert sorted(kinds) == llmguard.__all__
-    for name in [*MIDDLEWARES, *ENDPOINTS, *ERRORS, *VALUES]:
+    for name in [*MIDDLEWARES, *ENDPOINTS, *MOUNTS, *ERRORS, *VALUES]:
         exported = getattr(llmguard, name)
         assert inspect.isclass(exported), name
         assert (exported.__name__, exported.__module__.split(".")[0]) == (name, "llmguard"), exported
-    for name in [*MIDDLEWARES, *ENDPOINTS, "Price", "Settings", "Storage"]:
+    for name in [*MIDDLEWARES, *ENDPOINTS, *MOUNTS, "Metrics", "Price", "Settings", "SpendAlerts", "Storage"]:
         assert not issubclass(getattr(llmguard, name), BaseException), name
     assert inspect.isfunction(llmguard.create_app)
     assert llmguard.create_app.__name__ == "create_app"

@@ -14,16 +14,18 @@ from llmguard import (
     ChatEndpoint,
     IPRateLimit,
     JWTAuth,
+    MetricsEndpoint,
     OriginFilter,
     Settings,
     SettingsError,
+    SpendAlerts,
     TokenBudget,
     TokenChallenge,
     TokenEndpoint,
 )
 from llmguard._app import create_app
 from llmguard._client_ip import ClientIP, header_name, trusted_networks
-from llmguard._jwt import check_max_uses, check_secret
+from llmguard._jwt import check_max_uses, check_previous_secrets, check_secret
 from llmguard._origin import check_origins
 from llmguard._prices import Price, check_prices
 from llmguard._server import protocol
@@ -32,12 +34,13 @@ from llmguard._settings_docs import END, REGENERATE, START, main, markdown, tabl
 from llmguard._storage import Storage
 from llmguard._token_endpoint import check_ttl
 
-README = Path(__file__).parent.parent / "README.md"
+CONFIGURATION_PAGE = Path(__file__).parent.parent / "docs" / "reference" / "configuration.md"
 
 # (variable, text in the environment, attribute, parsed value): every row of DESIGN's table, and the extras.
 ENVIRONMENT = [
     ("OPENAI_API_KEY", "sk-other-Hq3Zt7Vw2Ks9", "openai_api_key", "sk-other-Hq3Zt7Vw2Ks9"),
     ("JWT_SECRET", "s" * 40, "jwt_secret", "s" * 40),
+    ("JWT_PREVIOUS_SECRETS", "p" * 40 + ", " + "q" * 40, "jwt_previous_secrets", ("p" * 40, "q" * 40)),
     ("ALLOWED_ORIGIN", "https://chat.example.org", "allowed_origins", ("https://chat.example.org",)),
     ("SYSTEM_PROMPT", "You are terse.", "system_prompt", "You are terse."),
     ("RATE_LIMIT_MAX", "30", "rate_limit_max", 30),
@@ -248,6 +251,7 @@ def test_a_bad_value_names_the_variable_and_shows_the_value(variable: str, text:
         ("JWT_SECRET", "short-secret-Vb8Rq2Lp"),
         ("JWT_SECRET", "k" * 31),
         ("JWT_SECRET", "é" * 15 + "k"),  # 16 characters but 31 bytes
+        ("JWT_PREVIOUS_SECRETS", "p" * 40 + ",short-previous-Vb8Rq2Lp"),
         ("OPENAI_API_KEY", "sk-live-Tz4Ny8Pw1 Mx"),
         ("OPENAI_API_KEY", "sk-live-Tz4Ny8Pw1Mx\n"),
     ],
@@ -327,7 +331,9 @@ FED: dict[str, Callable[..., Any]] = {
     "ClientIP": ClientIP,
     "IPRateLimit": IPRateLimit,
     "JWTAuth": JWTAuth,
+    "MetricsEndpoint": MetricsEndpoint,
     "OriginFilter": OriginFilter,
+    "SpendAlerts": SpendAlerts,
     "Storage": Storage,
     "TokenBudget": TokenBudget,
     "TokenChallenge": TokenChallenge,
@@ -347,10 +353,21 @@ def test_what_a_setting_feeds_is_a_real_argument(name: str, declared: Any) -> No
             assert argument in inspect.signature(FED[callee]).parameters, f"{name}: {callee} has no {argument}="
 
 
-def test_the_readme_table_is_generated_from_the_declarations() -> None:
-    assert table_in(README.read_text(encoding="utf-8")) == markdown(), (
-        f"README.md's settings table differs from the declarations in llmguard/_settings.py: run `{REGENERATE}`"
+def test_the_configuration_table_is_generated_from_the_declarations() -> None:
+    assert table_in(CONFIGURATION_PAGE.read_text(encoding="utf-8")) == markdown(), (
+        "docs/reference/configuration.md's settings table differs from the declarations in llmguard/_settings.py: "
+        f"run `{REGENERATE}`"
     )
+
+
+def test_a_page_without_the_table_is_pointed_to_the_configuration_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n", encoding="utf-8")
+    assert main([str(readme)]) == 1
+    assert "docs/reference/configuration.md" in capsys.readouterr().out
+    assert readme.read_text(encoding="utf-8") == "# Title\n"
 
 
 def test_the_regenerate_command_rewrites_only_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -474,6 +491,7 @@ def test_settings_report_a_components_check_in_their_own_words() -> None:
     [
         (check_secret, "short", "secret"),
         (check_max_uses, 0, "max_uses"),
+        (check_previous_secrets, ["short-previous"], "previous_secrets"),
         (check_ttl, 5, "ttl"),
         (check_origins, ["https://app.example.com/chat"], "allow_origins"),
         (check_origins, "https://app.example.com", "allow_origins"),
