@@ -33,14 +33,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+# The same request and the same sequential loop as the guard stack's own benchmark.
+from guard_stack import ORIGIN, run, scope_for
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmguard import AccessLog, IPRateLimit, JWTAuth, Metrics, OriginFilter, TokenBudget, TokenEndpoint
 from llmguard._metrics import MULTIPROC_DIR
 from llmguard._state import Usage, request_state
 from llmguard._storage import Storage
 
-ORIGIN = "https://app.example.com"
 SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 RESULTS = Path(__file__).parent / "results"
 MODEL = "gpt-4.1-mini"
@@ -92,48 +93,6 @@ def stack(endpoint: ASGIApp, *, metrics: bool) -> ASGIApp:
     auth = JWTAuth(budget, secret=SECRET)
     limited = IPRateLimit(auth, limit="100000000/minute", storage=storage)
     return AccessLog(OriginFilter(limited, allow_origins=[ORIGIN]), metrics=Metrics(budget=budget) if metrics else None)
-
-
-def scope_for(bearer: str) -> Scope:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/chat",
-        "raw_path": b"/api/chat",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"bench"),
-            (b"origin", ORIGIN.encode()),
-            (b"authorization", f"Bearer {bearer}".encode()),
-            (b"content-type", b"application/json"),
-        ],
-        "client": ("203.0.113.9", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-
-async def run(app: ASGIApp, template: Scope, requests: int) -> float:
-    """Seconds per request, over ``requests`` sequential requests."""
-    statuses: list[int] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            statuses.append(message["status"])
-
-    started = time.perf_counter()
-    for _ in range(requests):
-        await app(dict(template), receive, send)
-    elapsed = time.perf_counter() - started
-    if set(statuses) != {200}:
-        raise RuntimeError(f"the benchmark's requests were refused: {sorted(set(statuses))}")
-    return elapsed / requests
 
 
 async def measure(rounds: int, requests: int) -> dict[str, list[float]]:
