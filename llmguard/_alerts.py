@@ -254,8 +254,9 @@ class SpendAlerts:
     def attach(self, budget: TokenBudget) -> None:
         """Watch ``budget``'s monthly caps, and its storage for failing open (``TokenBudget`` calls this)."""
         self.budgets.append(budget)
-        listeners = budget.storage.on_fail_open
-        if self.storage_failed not in listeners:
+        listeners = budget.storage.on_failure
+        # Failing closed, an outage refuses requests (503s, /healthz): nothing is spent unseen.
+        if budget.storage.fail_open and self.storage_failed not in listeners:
             listeners.append(self.storage_failed)
 
     def settled(self, budget: TokenBudget, *, reserved: bool, error_code: str | None = None) -> None:
@@ -276,7 +277,7 @@ class SpendAlerts:
         self._wake.set()
 
     def storage_failed(self) -> None:
-        """The storage failed and requests are served anyway (``Storage.on_fail_open``): alert, once in a while."""
+        """The storage failed while failing open (``Storage.on_failure``): requests go unlimited; alert now and then."""
         now, wall = time.monotonic(), time.time()
         if now - self._last_failure > 60:  # quiet for a minute: a new outage, as far as this process knows
             self._failing_since = wall

@@ -90,10 +90,8 @@ class Storage:
         self.in_process = url.split("://", 1)[0].lower() == "memory"
         self.limiter = SlidingWindowCounterRateLimiter(self.backend)
         self._warned_at = -WARNING_INTERVAL
-        #: Called (no arguments, must not block or raise) on each failure while failing open:
-        #: requests are then served without limits, which ``SpendAlerts`` tells the owner.
-        self.on_fail_open: list[Callable[[], None]] = []
-        #: Called (no arguments, must not block or raise) on each failure, open or closed: ``Metrics`` counts them.
+        #: Called (no arguments, must not block or raise) on each failure: ``Metrics`` counts them, and
+        #: when failing open (requests served without limits) ``SpendAlerts`` tells the owner.
         self.on_failure: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
@@ -200,13 +198,10 @@ class Storage:
                 await pool.disconnect()
 
     def _failed(self, reason: str) -> StorageUnavailable:
-        for counter in self.on_failure:
-            counter()
+        for listener in self.on_failure:
+            listener()
         # One line a minute while the storage stays down, not one per request and guard.
         now = time.monotonic()
-        if self.fail_open:
-            for listener in self.on_fail_open:
-                listener()
         if now - self._warned_at >= WARNING_INTERVAL:
             self._warned_at = now
             if self.fail_open:
