@@ -79,7 +79,9 @@ class LLMGuardProcess:
         command = [sys.executable, "-m", "llmguard", "serve", "--port", str(self.port), *self.args]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
+        # Generous: a start under coverage, beside other processes starting on a busy 2-core machine,
+        # took up to 18 s (a deadline against hanging, not a measure of speed).
+        deadline = time.monotonic() + 60
         while True:
             if self.process.poll() is not None:
                 self.__exit__()
