@@ -376,9 +376,10 @@ class SpendAlerts:
 
     async def check(self, budget: TokenBudget, now: float | None = None) -> None:
         """Read ``budget``'s monthly caps once; queue an alert for each threshold first crossed this month."""
+        # A reading of now is kept by the budget, so its degradation need not read again so soon.
+        usage = await budget.month_usage(now)
         now = time.time() if now is None else now
         month = _month(now)
-        usage = await budget.month_usage(now)
         expiry = seconds_to_next_month(now) + 7 * 86400
         for cap, (used, limit) in usage.items():
             for threshold in self.thresholds:

@@ -196,6 +196,8 @@ class TokenBudget:
 
         The request that finds the reading stale reads again (one round trip);
         requests that arrive meanwhile use the last reading rather than wait.
+        Any current reading of ``month_usage()`` counts (the spend alerts take
+        one after requests), so both on read about once a second, not twice.
         A storage that does not answer leaves the last reading: the caps still
         hold, and the hold reports the outage.
         """
@@ -205,8 +207,7 @@ class TokenBudget:
         if now - self._read_at >= READING_INTERVAL and not self._reading:
             self._reading = True
             try:
-                self._used = await self.month_used()
-                self._read_at = now
+                await self.month_usage()  # keeps the reading
             except StorageUnavailable:
                 self._read_at = now  # tried: the next try is a reading interval away
             finally:
@@ -228,7 +229,13 @@ class TokenBudget:
         if not caps:
             return {}
         totals = await self.storage.read([key for _, key, _ in caps])  # both in one round trip
-        return {name: (total, limit) for (name, _, limit), total in zip(caps, totals, strict=True)}
+        usage = {name: (total, limit) for (name, _, limit), total in zip(caps, totals, strict=True)}
+        if now is None:
+            # A reading of now, whoever asked for it (the spend alerts, a scrape): degradation() need
+            # not read again for a reading interval.
+            self._used = max(used / limit for used, limit in usage.values())
+            self._read_at = time.monotonic()
+        return usage
 
     def month_caps(self, now: float) -> list[tuple[str, str, int]]:
         """Each monthly cap that is on, as ``(name, this month's key, cap)``."""

@@ -254,6 +254,32 @@ async def test_the_reading_is_kept_for_an_interval(harness_factory: Factory, mon
     assert (await harness.chat(HELLO)).headers["x-llmguard-degraded"] == "80"
 
 
+async def test_a_reading_taken_for_someone_else_serves_the_degradation_too(
+    harness_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The spend alerts (or a metrics scrape) read the month after requests: the degradation uses that
+    # reading for an interval instead of reading again, so both on read once a second, not twice.
+    monkeypatch.setattr("llmguard._budget.READING_INTERVAL", 3600.0)
+    harness = await degraded_harness(harness_factory)
+    budget = find(harness.app, TokenBudget)
+    await use(harness, "month-tokens", 81_000)
+    assert await budget.month_usage() == {"tokens": (81_000, 100_000)}
+    reads: list[object] = []
+    real_read = budget.storage.read
+
+    async def counted(keys: Any) -> list[int]:
+        reads.append(keys)
+        return await real_read(keys)
+
+    monkeypatch.setattr(budget.storage, "read", counted)
+    assert await budget.degradation() == Degradation(0.8, "gpt-4.1-nano", 300)
+    assert reads == []
+    # A reading for another moment (a test's, a report's) is not taken for now.
+    await use(harness, "month-tokens", 15_000)
+    await budget.month_usage(now=time.time())
+    assert await budget.degradation() == Degradation(0.8, "gpt-4.1-nano", 300)
+
+
 async def test_a_storage_outage_keeps_the_last_reading(
     harness_factory: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
