@@ -69,7 +69,7 @@ FIRST_MINT = ROOT / "js" / "scripts" / "first-mint.mjs"
 ORIGIN = "https://app.example.com"
 SECRET = "challenge-bench-secret-0123456789abcdefghij"
 
-# The defaults the botnet arithmetic assumes (README: Settings); printed with the result.
+# The defaults the botnet arithmetic assumes (docs/reference/configuration.md); printed with the result.
 BOTNET = 300
 SPEND_CAP_USD = 50.0
 TOKENS_PER_IP_PER_DAY = 100_000

@@ -3,7 +3,8 @@
 Each field of ``Settings`` carries its whole declaration (``setting(...)``): the
 environment variable (and any alias), how its text is parsed, how its value is
 checked, the help text, and the component argument it feeds. ``--help``, the
-README's settings table and ``to_env()`` are all made from these declarations.
+configuration reference (docs/reference/configuration.md) and ``to_env()`` are
+all made from these declarations.
 
 ``Settings.from_env()`` reads the environment variables; ``Settings(...)`` takes
 the same values as keyword arguments. Either way every value is checked at
@@ -102,7 +103,7 @@ def setting(
     ``env`` is the variable (``aliases`` are other spellings of it, read too);
     ``parse`` reads its text; ``check`` takes the typed value and returns it
     normalized or raises with the reason; ``help`` says what it does (Markdown,
-    shown by ``--help`` and in the README); ``feeds`` names the component
+    shown by ``--help`` and in the configuration reference); ``feeds`` names the component
     argument the value becomes, as ``Class(argument=)``; ``default`` is how the
     docs show the default when the value alone would not say it; ``secret``
     values are never shown; ``redact`` hides what must not be logged in a value.

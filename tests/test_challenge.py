@@ -484,8 +484,8 @@ def test_settings_feed_the_challenge() -> None:
     assert CAPTCHA_SECRET not in repr(settings)
 
 
-async def test_a_hand_built_stack_asks_for_work_as_the_readme_shows() -> None:
-    """README, "Use it as a library": TokenEndpoint(challenge=...) and the challenge as its own route."""
+async def test_a_hand_built_stack_asks_for_work_as_the_docs_show() -> None:
+    """docs/guides/library.md: TokenEndpoint(challenge=...) and the challenge as its own route."""
     storage = Storage("memory://")
     challenge = TokenChallenge(kind="pow", secret=SECRET, storage=storage)
     minting = IPRateLimit(TokenEndpoint(secret=SECRET, challenge=challenge), limit="10/minute", name="token",
