@@ -33,6 +33,7 @@ from llmguard._metrics import Metrics, MetricsEndpoint
 from llmguard._mount import PrefixMount
 from llmguard._openai_route import OpenAICompatible, OpenAIErrors
 from llmguard._origin import OriginFilter
+from llmguard._otel import GenAITelemetry
 from llmguard._prices import Price
 from llmguard._rate_limit import IPRateLimit
 from llmguard._settings import Settings, SettingsError
@@ -49,6 +50,7 @@ __all__ = [
     "ChatEndpoint",
     "ClientIP",
     "Forbidden",
+    "GenAITelemetry",
     "IPRateLimit",
     "InvalidRequest",
     "JWTAuth",

@@ -6,8 +6,9 @@ formats are the application's choice (``llmguard serve`` installs
 ``Origin``, whose CR/LF and other control characters are escaped.
 
 The same place, where each request ends with its status known, records it in
-``Metrics`` when given one (``_metrics``): the log line and the metrics say the
-same status, from one reading.
+``Metrics`` when given one (``_metrics``), or in any other ``Recorder``
+(``GenAITelemetry``, ``_otel``): the log line and the metrics say the same
+status, from one reading.
 """
 
 from __future__ import annotations
@@ -15,16 +16,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmguard._state import request_state
 
-if TYPE_CHECKING:
-    from llmguard._metrics import Metrics
+Route = TypeVar("Route")
 
 logger = logging.getLogger("llmguard.access")
 
@@ -36,19 +37,67 @@ def escape(text: str, limit: int = 200) -> str:
     return text[:limit].translate(_CONTROL)
 
 
+class Recorder(Protocol[Route]):
+    """What ``AccessLog(metrics=)`` records each request in (``Metrics``, ``GenAITelemetry``)."""
+
+    def route(self, scope: Scope) -> Route:
+        """What the recorder needs to read on arrival (routing changes the scope), given back at the end."""
+        ...
+
+    def stream_opened(self) -> None: ...
+
+    def stream_closed(self) -> None: ...
+
+    def request_ended(self, scope: Scope, route: Route, status: int) -> None:
+        """Record one request as it ends, from ``scope["llmguard"]``."""
+        ...
+
+
+class _Recorders:
+    """Several recorders as one: each gets its own arrival reading back."""
+
+    def __init__(self, recorders: Sequence[Recorder[Any]]) -> None:
+        self.recorders = tuple(recorders)
+
+    def route(self, scope: Scope) -> tuple[Any, ...]:
+        return tuple(recorder.route(scope) for recorder in self.recorders)
+
+    def stream_opened(self) -> None:
+        for recorder in self.recorders:
+            recorder.stream_opened()
+
+    def stream_closed(self) -> None:
+        for recorder in self.recorders:
+            recorder.stream_closed()
+
+    def request_ended(self, scope: Scope, route: tuple[Any, ...], status: int) -> None:
+        for recorder, reading in zip(self.recorders, route, strict=True):
+            recorder.request_ended(scope, reading, status)
+
+
 class AccessLog:
     """One record per request on ``logger``, when it ends (the client's key as ``ClientIP`` in front resolved it).
 
-    With ``metrics``, each request is also recorded there as it ends, and the
-    streams open are counted. The status is the response's, or 499 when the
+    With ``metrics`` (a ``Recorder`` such as ``Metrics`` or ``GenAITelemetry``,
+    or a sequence of them), each request is also recorded there as it ends, and
+    the streams open are counted. The status is the response's, or 499 when the
     response did not end: the client went away first (before any answer, or in
     the middle of a stream).
     """
 
-    def __init__(self, app: ASGIApp, *, logger: logging.Logger = logger, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        logger: logging.Logger = logger,
+        metrics: Recorder[Any] | Sequence[Recorder[Any]] | None = None,
+    ) -> None:
         self.app = app
         self.logger = logger
-        self.metrics = metrics
+        # One recorder (or none) is called as it is; several, through one that calls each.
+        if isinstance(metrics, Sequence):
+            metrics = None if not metrics else metrics[0] if len(metrics) == 1 else _Recorders(metrics)
+        self.metrics: Recorder[Any] | None = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,7 +107,7 @@ class AccessLog:
         started = time.perf_counter()
         path = scope["path"]  # before routing rewrites the scope
         metrics = self.metrics
-        route = metrics.route(scope) if metrics is not None else ""
+        route = metrics.route(scope) if metrics is not None else None
         status = 0
         ended = crashed = streaming = False
 

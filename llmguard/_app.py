@@ -7,6 +7,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmguard._access_log import AccessLog
+from llmguard._access_log import AccessLog, Recorder
 from llmguard._alerts import SpendAlerts
 from llmguard._budget import TokenBudget
 from llmguard._challenge import TokenChallenge
@@ -29,6 +30,7 @@ from llmguard._jwt_auth import JWTAuth
 from llmguard._metrics import Metrics, MetricsEndpoint
 from llmguard._openai_route import OpenAICompatible, OpenAIErrors
 from llmguard._origin import OriginFilter
+from llmguard._otel import GenAITelemetry
 from llmguard._rate_limit import IPRateLimit
 from llmguard._settings import Settings
 from llmguard._state import request_state
@@ -60,6 +62,7 @@ def create_app(
     ``/api/usage``: OriginFilter ▶ IPRateLimit ▶ JWTAuth (no use counted) ▶ UsageEndpoint.
     ``/v1/chat/completions`` and ``/v1/models``: the same, in OpenAI's shapes.
     ``/metrics`` (``METRICS=true``): MetricsEndpoint, for a scraper with ``METRICS_TOKEN``.
+    ``OTEL=true``: ``GenAITelemetry`` records the provider calls to OpenTelemetry's global providers.
     All counting goes to one storage (``settings.storage_url``). With
     ``ALERT_WEBHOOK_URL``, a ``SpendAlerts`` posts as the monthly caps fill up
     (its background task runs in the app's lifespan).
@@ -140,6 +143,10 @@ def create_app(
     ]
     # METRICS=true: GET /metrics for a scraper with the token; every request is recorded by AccessLog.
     metrics = Metrics(budget=budget, storage=storage) if settings.metrics else None
+    # OTEL=true: each provider call as a span and GenAI metrics, to whatever SDK the process set up.
+    recorders: list[Recorder[Any]] = [metrics] if metrics is not None else []
+    if settings.otel:
+        recorders.append(GenAITelemetry())
     if metrics is not None:
         scrape = MetricsEndpoint(metrics, **settings.arguments("MetricsEndpoint"))
         routes.append(Route("/metrics", ServerBusyGate(scrape), methods=["GET"]))
@@ -168,7 +175,7 @@ def create_app(
         # The client is resolved once, outermost, so refused requests log the real client too.
         middleware=[
             Middleware(ClientIP, **settings.arguments("ClientIP")),
-            Middleware(AccessLog, metrics=metrics),
+            Middleware(AccessLog, metrics=recorders),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,

@@ -31,6 +31,8 @@ from llmguard._degrade import Degradation, check_degrade, parse_degrade
 from llmguard._jwt import check_max_uses, check_previous_secrets, check_secret
 from llmguard._metrics import check_token as check_metrics_token
 from llmguard._origin import check_origins
+from llmguard._otel import INSTALL as OTEL_INSTALL
+from llmguard._otel import installed as otel_installed
 from llmguard._presets import Presets, check_presets, parse_presets
 from llmguard._prices import DEFAULT_PRICES, Price, check_prices, parse_prices, price_of
 from llmguard._rate_limit import check_rate
@@ -336,6 +338,10 @@ class Settings:
         secret=True, default="none", feeds="MetricsEndpoint(token=)",
         help="the bearer token `GET /metrics` requires (at least 16 printable characters); required with "
         "`METRICS=true`"))
+    otel: bool = field(default=False, metadata=setting(
+        "OTEL", v.parse_bool, check=v.boolean, feeds="create_app()",
+        help="an OpenTelemetry span and GenAI metrics for each provider call, to the global tracer and meter "
+        "providers (needs `llmguard[otel]`); see Metrics"))
 
     # -- the bundled server (llmguard serve)
     header_timeout: float = field(default=10, metadata=setting(
@@ -404,6 +410,8 @@ class Settings:
         if self.metrics and not self.metrics_token:
             reason = "is required with METRICS=true: the bearer token Prometheus sends, at least 16 random characters"
             raise SettingsError("metrics_token", None, reason, secret=True)
+        if self.otel and not otel_installed():
+            raise SettingsError("otel", True, f"needs opentelemetry-api, which is not installed: {OTEL_INSTALL}")
         self._check_previous_secrets()
         if not self.demo and not self.openai_api_key:
             raise SettingsError(

@@ -55,7 +55,7 @@ ERRORS = [
     "Unauthorized",
     "UpstreamError",
 ]
-VALUES = ["Metrics", "Price", "Settings", "SettingsError", "SpendAlerts", "Storage"]
+VALUES = ["GenAITelemetry", "Metrics", "Price", "Settings", "SettingsError", "SpendAlerts", "Storage"]
 
 
 def test_all_is_pinned_and_sorted() -> None:
@@ -67,6 +67,7 @@ def test_all_is_pinned_and_sorted() -> None:
         "ChatEndpoint",
         "ClientIP",
         "Forbidden",
+        "GenAITelemetry",
         "IPRateLimit",
         "InvalidRequest",
         "JWTAuth",
@@ -112,7 +113,7 @@ def test_every_exported_name_has_a_known_kind() -> None:
         exported = getattr(llmguard, name)
         assert inspect.isclass(exported), name
         assert (exported.__name__, exported.__module__.split(".")[0]) == (name, "llmguard"), exported
-    for name in [*MIDDLEWARES, *ENDPOINTS, *MOUNTS, "Metrics", "Price", "Settings", "SpendAlerts", "Storage"]:
+    for name in [*MIDDLEWARES, *ENDPOINTS, *MOUNTS, *(value for value in VALUES if value != "SettingsError")]:
         assert not issubclass(getattr(llmguard, name), BaseException), name
     assert inspect.isfunction(llmguard.create_app)
     assert llmguard.create_app.__name__ == "create_app"
