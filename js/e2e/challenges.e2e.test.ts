@@ -199,10 +199,21 @@ describe("TOKEN_CHALLENGE=pow", () => {
   test("the widget mints through it too, showing 'Checking your browser…' meanwhile", async () => {
     const { page, problems } = await openSite();
     await addWidget(page, hard);
+    // Every note the panel shows, as it shows it: a lucky solve (the number is random, up to 10 million)
+    // can be over before a poll would look.
+    await page.evaluate(() => {
+      const seen: string[] = [];
+      (window as unknown as { notesSeen: string[] }).notesSeen = seen;
+      const root = document.querySelector("llmguard-chat")!.shadowRoot!;
+      new MutationObserver(() => {
+        const note = root.querySelector<HTMLElement>(".note");
+        if (note && !note.hidden && note.textContent && seen.at(-1) !== note.textContent) seen.push(note.textContent);
+      }).observe(root, { subtree: true, childList: true, characterData: true, attributes: true });
+    });
     await send(page, "Hello from the widget");
     const note = page.locator("llmguard-chat .note");
-    await expect.poll(() => note.textContent(), { timeout: 10_000 }).toBe("Checking your browser…");
     await expect.poll(() => page.locator("llmguard-chat .message.assistant").last().textContent(), { timeout: 60_000 }).toContain(REPLY_END);
+    expect(await page.evaluate(() => (window as unknown as { notesSeen: string[] }).notesSeen)).toEqual(["Checking your browser…"]);
     expect(await note.isHidden()).toBe(true);
     expect(problems).toEqual([]);
     await page.context().close();
@@ -216,7 +227,14 @@ describe("TOKEN_CHALLENGE=pow", () => {
         const ticks: number[] = [];
         const timer = setInterval(() => ticks.push(performance.now()), 10);
         const started = performance.now();
-        await getToken({ client: new Client({ baseUrl: proxyUrl }) });
+        // The solution is a random number up to 10 million: one mint may be found in its first
+        // hundred thousand hashes. Mint again (a new client, a new challenge) until there was at
+        // least a second of work, so a blocked main thread has nowhere to hide.
+        let mints = 0;
+        while (performance.now() - started < 1000 && mints < 10) {
+          await getToken({ client: new Client({ baseUrl: proxyUrl }) });
+          mints += 1;
+        }
         const ended = performance.now();
         clearInterval(timer);
         let longestGap = 0;
@@ -225,12 +243,13 @@ describe("TOKEN_CHALLENGE=pow", () => {
           longestGap = Math.max(longestGap, tick - previous);
           previous = tick;
         }
-        return { mintMs: Math.round(ended - started), ticks: ticks.length, longestGapMs: Math.round(longestGap) };
+        return { mints, mintMs: Math.round(ended - started), ticks: ticks.length, longestGapMs: Math.round(longestGap) };
       },
       { cdnOrigin: cdn.origin, proxyUrl: hard.url },
     );
     console.log(`hard proof-of-work (maxnumber 10000000) in Chromium: ${JSON.stringify(timing)}`);
-    // Seconds of work (about 5 million hashes expected), so a blocked main thread could not hide in it.
+    // At least a second of work (about 5 million hashes expected per mint), in which a blocked main
+    // thread could not hide.
     expect(timing.mintMs).toBeGreaterThan(500);
     expect(timing.longestGapMs).toBeLessThan(200);
     expect(timing.ticks).toBeGreaterThan(timing.mintMs / 10 / 3);
