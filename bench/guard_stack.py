@@ -52,9 +52,10 @@ async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b'{"ok":true}'})
 
 
-def guarded(storage: Storage) -> ASGIApp:
+def guarded(storage: Storage, app: ASGIApp = endpoint) -> ASGIApp:
+    """OriginFilter ▶ IPRateLimit ▶ JWTAuth ▶ TokenBudget around ``app``, with limits no run reaches."""
     budget = TokenBudget(
-        endpoint,
+        app,
         storage=storage,
         tokens_per_client="1000000000/day",
         monthly_token_cap=10**12,

@@ -34,15 +34,14 @@ from pathlib import Path
 from typing import Any
 
 # The same request and the same sequential loop as the guard stack's own benchmark.
-from guard_stack import ORIGIN, run, scope_for
+from guard_stack import guarded, run, scope_for, token
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmguard import AccessLog, IPRateLimit, JWTAuth, Metrics, OriginFilter, TokenBudget, TokenEndpoint
+from llmguard import AccessLog, Metrics
 from llmguard._metrics import MULTIPROC_DIR
 from llmguard._state import Usage, request_state
 from llmguard._storage import Storage
 
-SECRET = "bench-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 RESULTS = Path(__file__).parent / "results"
 MODEL = "gpt-4.1-mini"
 EVENTS = 50
@@ -81,23 +80,12 @@ async def stream_reply(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def stack(endpoint: ASGIApp, *, metrics: bool) -> ASGIApp:
-    """The guards and the AccessLog around ``endpoint``, each arm with storage and budget of its own."""
-    storage = Storage("memory://")
-    budget = TokenBudget(
-        endpoint,
-        storage=storage,
-        tokens_per_client="1000000000/day",
-        monthly_token_cap=10**12,
-        monthly_spend_cap_usd=10**9,
-    )
-    auth = JWTAuth(budget, secret=SECRET)
-    limited = IPRateLimit(auth, limit="100000000/minute", storage=storage)
-    return AccessLog(OriginFilter(limited, allow_origins=[ORIGIN]), metrics=Metrics(budget=budget) if metrics else None)
+    """The guard stack's guards (their own memory:// storage) around ``endpoint``, in an AccessLog."""
+    return AccessLog(guarded(Storage("memory://"), endpoint), metrics=Metrics() if metrics else None)
 
 
 async def measure(rounds: int, requests: int) -> dict[str, list[float]]:
-    token, _ = TokenEndpoint(secret=SECRET).mint()
-    template = scope_for(token)
+    template = scope_for(token())
     arms = {
         "JSON, metrics off": stack(json_reply, metrics=False),
         "JSON, metrics on": stack(json_reply, metrics=True),
